@@ -1,0 +1,214 @@
+"""The intervention core: a shared on/off `Switch`, a registry of kinds, and activation hooks.
+
+Hooks are attached once when a model is built; each request only flips `Switch.enabled`.
+With the switch off every hook returns None, so the forward pass is the unedited one bit for bit.
+
+Each kind is a subclass of `ActivationIntervention` with a frozen `Params` dataclass (typed,
+checked in `__post_init__`) and an `edit(h)` method; registering it is one decorator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, get_args
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ce_bench.artifacts import Artifact, ArtifactError
+from ce_bench.sites import Site, attach_hook, site_device, site_width
+
+Positions = Literal["all", "prompt", "generated", "last"]
+POSITIONS: tuple[str, ...] = get_args(Positions)
+
+
+class Switch:
+    """On/off state shared by every hook of one model, plus where the current tokens sit.
+
+    `prompt_length` is set while generating (the left-padded prompt width); `past_length` is the
+    number of tokens already in the KV cache for the forward pass under way, so one-token
+    generation steps know their absolute position.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.prompt_length: int | None = None
+        self.past_length = 0
+
+    @contextmanager
+    def set(self, enabled: bool) -> Iterator[None]:
+        previous, self.enabled = self.enabled, enabled
+        try:
+            yield
+        finally:
+            self.enabled = previous
+
+    @contextmanager
+    def generating(self, prompt_length: int) -> Iterator[None]:
+        self.prompt_length = prompt_length
+        try:
+            yield
+        finally:
+            self.prompt_length = None
+
+    def position_mask(self, positions: Positions, seq_len: int, device: torch.device):  # type: ignore[no-untyped-def]
+        """Boolean mask (seq_len, 1) of the positions to edit; None means all of them."""
+        if positions == "all" or (positions == "prompt" and self.prompt_length is None):
+            return None
+        if self.prompt_length is None:  # a scoring call: there are no generated tokens
+            if positions == "last":
+                raise ValueError(
+                    "positions=last is defined for generation (the last prompt token); "
+                    "loglikelihood requests have no prompt/answer boundary here: use all or prompt"
+                )
+            return torch.zeros(seq_len, 1, dtype=torch.bool, device=device)
+        absolute = torch.arange(seq_len, device=device) + self.past_length
+        if positions == "prompt":
+            mask = absolute < self.prompt_length
+        elif positions == "generated":
+            mask = absolute >= self.prompt_length
+        else:
+            mask = absolute == self.prompt_length - 1
+        return mask[:, None]
+
+
+def track_cache_offset(model: nn.Module, switch: Switch) -> RemovableHandle:
+    """Keep `switch.past_length` equal to the KV-cache length at the start of each forward."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        cache = kwargs.get("past_key_values")
+        switch.past_length = cache.get_seq_length() if cache is not None else 0
+
+    return model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+INTERVENTIONS: dict[str, type[Intervention]] = {}
+
+
+def register_intervention(cls: type[Intervention]) -> type[Intervention]:
+    """Class decorator: make a kind available by its `kind` name (duplicates are an error)."""
+    if cls.kind in INTERVENTIONS:
+        raise ValueError(f"intervention kind {cls.kind!r} is already registered")
+    INTERVENTIONS[cls.kind] = cls
+    return cls
+
+
+def build_intervention(
+    artifact: Artifact, model: nn.Module, overrides: dict[str, Any] | None = None
+) -> Intervention:
+    """Check `artifact` against `model` and build its intervention, with `overrides` applied."""
+    if artifact.kind not in INTERVENTIONS:
+        raise ArtifactError(
+            artifact.source,
+            "kind",
+            f"unknown kind {artifact.kind!r}; known kinds: {', '.join(sorted(INTERVENTIONS))}",
+        )
+    cls = INTERVENTIONS[artifact.kind]
+    params = parse_params(cls.Params, {**artifact.params, **(overrides or {})}, artifact.source)
+    missing = sorted(set(cls.tensor_names) - set(artifact.tensors))
+    if missing:
+        raise ArtifactError(artifact.source, missing[0], "tensor missing from tensors.safetensors")
+    intervention = cls(artifact.site, params, artifact.tensors)
+    intervention.check(model, artifact.source)
+    return intervention
+
+
+def parse_params(params_cls: type, raw: dict[str, Any], source: str) -> Any:
+    """Build a kind's frozen Params from JSON values; unknown or ill-typed fields are errors."""
+    known = {f.name: f for f in dataclasses.fields(params_cls)}
+    for key in raw:
+        if key not in known:
+            raise ArtifactError(
+                source, f"params.{key}", f"unknown parameter; known: {', '.join(known)}"
+            )
+    try:
+        return params_cls(**raw)
+    except (TypeError, ValueError) as err:
+        raise ArtifactError(source, "params", str(err)) from err
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise ValueError unless `value` is one of `choices` (used by Params.__post_init__)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+
+
+class Intervention(ABC):
+    """Something that changes a model's forward pass while its switch is on."""
+
+    kind: ClassVar[str]
+    Params: ClassVar[type]
+    tensor_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, site: Site, params: Any, tensors: dict[str, torch.Tensor]) -> None:
+        self.site, self.params = site, params
+        self.tensors = {name: tensors[name] for name in self.tensor_names}
+
+    def check(self, model: nn.Module, source: str) -> None:  # noqa: B027 (optional override)
+        """Raise ArtifactError if this intervention does not fit `model` (shapes, indices)."""
+
+    @abstractmethod
+    def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:
+        """Attach to `model`, gated by `switch`; returns handles whose removal undoes it all."""
+
+
+@dataclass(frozen=True)
+class ActivationParams:
+    """Fields every activation intervention has."""
+
+    positions: Positions = "all"
+
+    def __post_init__(self) -> None:
+        check_choice("positions", self.positions, POSITIONS)
+
+
+class ActivationIntervention(Intervention):
+    """An intervention that rewrites the activation at its site: h <- edit(h)."""
+
+    @abstractmethod
+    def edit(self, h: torch.Tensor) -> torch.Tensor:
+        """The edited activation, same shape and dtype as `h` (batch, seq, width)."""
+
+    def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Move tensors next to the site's weights once, before any forward pass."""
+        self.tensors = {k: v.to(device=device, dtype=dtype) for k, v in self.tensors.items()}
+
+    def check_vector(self, model: nn.Module, source: str, name: str) -> None:
+        """Fail unless tensor `name` is a vector as wide as the site."""
+        width, tensor = site_width(model, self.site), self.tensors[name]
+        if tensor.shape != (width,):
+            raise ArtifactError(
+                source,
+                name,
+                f"expected shape ({width},) for {self.site}, got {tuple(tensor.shape)}",
+            )
+
+    def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:
+        self.prepare(*site_device(model, self.site))
+        return [attach_hook(model, self.site, _gated(self, switch))]
+
+
+def _gated(intervention: ActivationIntervention, switch: Switch):  # type: ignore[no-untyped-def]
+    positions = intervention.params.positions
+
+    def edit(h: torch.Tensor) -> torch.Tensor | None:
+        if not switch.enabled:
+            return None
+        mask = switch.position_mask(positions, h.shape[1], h.device)
+        if mask is None:
+            return intervention.edit(h)
+        if not bool(mask.any()):
+            return None
+        return torch.where(mask, intervention.edit(h), h)
+
+    return edit

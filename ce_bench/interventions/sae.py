@@ -1,0 +1,104 @@
+"""SAE feature clamping through a sae-lens SAE: encode, set feature k to C, decode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
+
+import torch
+from torch import nn
+
+from ce_bench.artifacts import ArtifactError
+from ce_bench.interventions.base import (
+    ActivationIntervention,
+    ActivationParams,
+    check_choice,
+    check_number,
+    register_intervention,
+)
+from ce_bench.sites import SiteError, site_from_hook_name, site_width
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+ClampMode = Literal["replace", "delta"]
+
+
+@dataclass(frozen=True)
+class SAEClampParams(ActivationParams):
+    feature: int = -1  # index k of the clamped feature
+    strength: float = 0.0  # the value C the feature is set to
+    mode: ClampMode = "replace"
+    sae_path: str = ""  # a local sae-lens SAE directory (offline use), or:
+    sae_release: str = ""  # a sae-lens release and id (hub use)
+    sae_id: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("strength", self.strength)
+        check_choice("mode", self.mode, get_args(ClampMode))
+        if isinstance(self.feature, bool) or not isinstance(self.feature, int) or self.feature < 0:
+            raise ValueError(f"feature must be a non-negative integer, got {self.feature!r}")
+        if bool(self.sae_path) == bool(self.sae_release and self.sae_id):
+            raise ValueError("give either sae_path, or sae_release and sae_id")
+
+
+def load_sae(params: SAEClampParams) -> SAE:
+    """Load the SAE an artifact names, from disk or from a sae-lens release."""
+    from sae_lens import SAE
+
+    if params.sae_path:
+        return SAE.load_from_disk(params.sae_path, device="cpu")
+    return SAE.from_pretrained(params.sae_release, params.sae_id, device="cpu")
+
+
+@register_intervention
+class SAEClamp(ActivationIntervention):
+    """Clamp SAE feature k to C (seed 000 3.1 and App. A.1, Eq. 18).
+
+    Modes:
+        replace: h <- decode(c'), the paper's edit; it drops the SAE's reconstruction error, so
+            even C = c_k changes h by that error.
+        delta: h <- h + decode(c') - decode(c) = h + W_dec[k] (C - c_k) for an SAE without
+            activation normalisation; keeps the error term, so C = c_k is the identity.
+    """
+
+    kind = "sae_clamp"
+    Params = SAEClampParams
+
+    def check(self, model: nn.Module, source: str) -> None:
+        try:
+            self.sae = load_sae(self.params)
+        except Exception as err:  # sae-lens raises many types for a missing or bad SAE
+            raise ArtifactError(source, "params.sae_path", f"cannot load the SAE ({err})") from err
+        cfg = self.sae.cfg
+        hook_name = cfg.metadata.hook_name
+        try:
+            sae_site = site_from_hook_name(model, hook_name)
+        except SiteError as err:
+            raise ArtifactError(source, "site", str(err)) from err
+        if sae_site != self.site:
+            raise ArtifactError(
+                source, "site", f"the SAE reads {sae_site} ({hook_name}), the artifact says {self.site}"
+            )
+        if cfg.d_in != site_width(model, self.site):
+            raise ArtifactError(
+                source, "params.sae_path", f"SAE d_in={cfg.d_in}, site width {site_width(model, self.site)}"
+            )
+        if self.params.feature >= cfg.d_sae:
+            raise ArtifactError(
+                source, "params.feature", f"feature {self.params.feature} >= SAE width {cfg.d_sae}"
+            )
+
+    def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.sae = self.sae.to(device)
+
+    def edit(self, h: torch.Tensor) -> torch.Tensor:
+        k, value = self.params.feature, self.params.strength
+        codes = self.sae.encode(h)
+        clamped = codes.clone()
+        clamped[..., k] = value
+        if self.params.mode == "replace":
+            return self.sae.decode(clamped).to(h.dtype)
+        both = self.sae.decode(torch.stack([clamped, codes]))  # one decode, shared normalisation
+        return h + (both[0] - both[1]).to(h.dtype)

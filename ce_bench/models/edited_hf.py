@@ -1,0 +1,179 @@
+"""`edited_hf`: lm-eval's HFLM with interventions attached once and switched per request.
+
+    lm_eval --model edited_hf \
+        --model_args pretrained=smollm2-135m,intervention=artifacts/anger_sv,strength=4 \
+        --tasks ce_general_mini
+
+Requests run with the interventions ON, except the baseline half of a paired request (see
+`ce_bench.pairing`), which runs with them OFF in the same process and the same run. OFF is exact:
+no hook changes anything, so results equal `--model hf` bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.api.model import CacheHook
+from lm_eval.models.huggingface import HFLM
+
+from ce_bench import pairing
+from ce_bench.artifacts import Artifact, check_model, fingerprint, load_artifact
+from ce_bench.interventions import Switch, build_intervention, track_cache_offset
+from ce_bench.models.embedded import EMBEDDED_NAME, resolve_pretrained
+
+
+class EditedHFLM(HFLM):
+    """HFLM plus interventions from artifact directories.
+
+    Args (model_args, besides every HFLM argument):
+        pretrained: a model id or path; `smollm2-135m` (the default) is the embedded model.
+        intervention: an artifact directory, or several joined by `+`.
+        strength: overrides each artifact's strength (k / C / beta); one value, or one per
+            artifact joined by `+`.
+        positions: overrides where activation edits apply: all | prompt | generated | last.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = EMBEDDED_NAME,
+        intervention: str | None = None,
+        strength: float | str | None = None,
+        positions: str | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        artifacts = [load_artifact(p) for p in _split(intervention)]
+        overrides = _overrides(strength, positions, len(artifacts))
+        self.model_name = pretrained or EMBEDDED_NAME
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        super().__init__(pretrained=resolve_pretrained(pretrained), device=device, **kwargs)
+        self.model.eval()
+        built = []
+        for artifact, override in zip(artifacts, overrides, strict=True):
+            check_model(artifact, self.model)
+            built.append(build_intervention(artifact, self.model, override))
+        self.switch = Switch()
+        self._hooks = ExitStack()
+        self.interventions = built
+        self.fingerprint = fingerprint(artifacts, {"overrides": overrides})
+        self._artifacts = artifacts
+        self._overrides = overrides
+        try:
+            for item in built:
+                for handle in item.attach(self.model, self.switch):
+                    self._hooks.callback(handle.remove)
+            if any(getattr(i.params, "positions", "all") != "all" for i in built):
+                self._hooks.callback(track_cache_offset(self.model, self.switch).remove)
+        except BaseException:
+            self._hooks.close()
+            raise
+        pairing.announce_model(self)
+
+    def close(self) -> None:
+        """Detach every hook; the model is the unedited one afterwards."""
+        self._hooks.close()
+
+    # ------------------------------------------------------------------ forward passes
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):  # type: ignore[no-untyped-def]
+        enabled = pairing.pop_switch(generation_kwargs)
+        with self.switch.set(enabled), self.switch.generating(context.shape[1]):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+    # ------------------------------------------------------------------ paired loglikelihood
+    def loglikelihood(
+        self, requests: list[Instance], disable_tqdm: bool = False
+    ) -> list[tuple[float, bool]]:
+        """Score requests; those tagged by `pairing.baseline_loglikelihood` run switched OFF."""
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        for enabled in (False, True):
+            picked = [i for i, r in enumerate(requests) if pairing.is_enabled(r.args) == enabled]
+            if not picked:
+                continue
+            plain = [_untagged(requests[i]) for i in picked]
+            with self.switch.set(enabled), self._cache_hook_unless(enabled):
+                scores = super().loglikelihood(plain, disable_tqdm=disable_tqdm)
+            for i, score in zip(picked, scores, strict=True):
+                results[i] = score
+        return results  # type: ignore[return-value]
+
+    def _cache_hook_unless(self, enabled: bool) -> ExitStack:
+        """Switched-off scores must not be cached under the untagged request's key."""
+        stack = ExitStack()
+        if not enabled:
+            saved, self.cache_hook = self.cache_hook, CacheHook(None)
+            stack.callback(setattr, self, "cache_hook", saved)
+        return stack
+
+    # ------------------------------------------------------------------ caching and results
+    def set_cache_hook(self, cache_hook: CacheHook) -> None:
+        """Keep `--use_cache` entries of different interventions apart.
+
+        lm-eval keys its cache by request arguments only (DESIGN.md section 3); we move this
+        model's entries into a SQLite table named after the intervention fingerprint.
+        """
+        if cache_hook.dbdict is not None:
+            _use_table(cache_hook.dbdict, f"ce_bench_{self.fingerprint}")
+        super().set_cache_hook(cache_hook)
+
+    def get_model_info(self) -> dict[str, Any]:
+        info = super().get_model_info()
+        info["ce_bench"] = {
+            "base_model": self.model_name,
+            "fingerprint": self.fingerprint,
+            "interventions": [_describe(a, i) for a, i in zip(self._artifacts, self.interventions, strict=True)],
+        }
+        return info
+
+
+def _split(intervention: str | None) -> list[str]:
+    return [p for p in (intervention or "").split("+") if p]
+
+
+def _overrides(strength: Any, positions: str | None, count: int) -> list[dict[str, Any]]:
+    """Per-artifact parameter overrides from model_args."""
+    strengths: list[Any] = [None] * count
+    if strength is not None and strength != "":
+        values = [float(s) for s in str(strength).split("+")]
+        if len(values) not in (1, count):
+            raise ValueError(
+                f"strength={strength!r} gives {len(values)} values for {count} interventions"
+            )
+        strengths = values * count if len(values) == 1 else values
+    if count == 0 and (strength not in (None, "") or positions):
+        raise ValueError("strength/positions given but no intervention= artifact")
+    return [
+        {k: v for k, v in (("strength", s), ("positions", positions)) if v not in (None, "")}
+        for s in strengths
+    ]
+
+
+def _untagged(request: Instance) -> Instance:
+    clone = copy.copy(request)
+    clone.arguments = pairing.strip_tag(request.args)
+    return clone
+
+
+def _describe(artifact: Artifact, intervention: Any) -> dict[str, Any]:
+    params = {k: v for k, v in vars(intervention.params).items()}
+    return {
+        "artifact": str(Path(artifact.path).resolve()) if artifact.path else None,
+        "kind": artifact.kind,
+        "site": artifact.site.name,
+        "layer": artifact.site.layer,
+        "params": params,
+        "located_on": artifact.model.name,
+        "provenance": vars(artifact.provenance),
+    }
+
+
+def _use_table(dbdict: Any, table: str) -> None:
+    """Point a sqlitedict at another table of the same file (created if missing)."""
+    dbdict.tablename = table
+    dbdict.conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (key TEXT PRIMARY KEY, value BLOB)')
+    dbdict.conn.commit()

@@ -1,0 +1,70 @@
+"""Paired requests: the same request with the intervention OFF (baseline) and ON, in one run.
+
+A task that compares the edited model with the unedited one asks for both answers itself, so
+both reach its `process_results` together:
+
+- generation: two `generate_until` requests; the baseline's gen_kwargs carry
+  `{"ce_bench_intervention": "off"}` (`baseline_generation`), which `edited_hf` pops before
+  calling `generate()`. `generate_until` batches by gen_kwargs, so OFF and ON never share a batch.
+- loglikelihood: the baseline request's arguments get a third element
+  `{"ce_bench_intervention": "off"}` (`baseline_loglikelihood`); `edited_hf.loglikelihood` scores
+  those with the switch off.
+
+Only the baseline is tagged; the ON request is an ordinary request. Tags are part of the request
+arguments, so lm-eval's `--use_cache` keys OFF and ON answers apart. Tasks call
+`require_edited_hf` when they build requests: any other model type gets a clear error.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+SWITCH_KEY = "ce_bench_intervention"
+OFF = "off"
+_live_models: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def announce_model(model: Any) -> None:
+    """Called by `edited_hf` when it is built: paired tasks may now run in this process."""
+    _live_models.add(model)
+
+
+def require_edited_hf(task_name: str) -> None:
+    """Raise unless an `edited_hf` model exists in this process."""
+    if not _live_models:
+        raise RuntimeError(
+            f"task {task_name!r} scores each document with the intervention off and on in one run;"
+            " it needs `--model edited_hf` (ce-bench's model type), not another model type"
+        )
+
+
+def baseline_generation(gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Generation kwargs of the switched-OFF copy of a request."""
+    return {**gen_kwargs, SWITCH_KEY: OFF}
+
+
+def baseline_loglikelihood(args: tuple[str, str]) -> tuple[str, str, dict[str, str]]:
+    """Arguments of the switched-OFF copy of a loglikelihood request."""
+    return (*args, {SWITCH_KEY: OFF})
+
+
+def pop_switch(gen_kwargs: dict[str, Any]) -> bool:
+    """Remove the tag from generation kwargs; True if the intervention should be ON."""
+    return _enabled(gen_kwargs.pop(SWITCH_KEY, "on"))
+
+
+def is_enabled(args: tuple[Any, ...]) -> bool:
+    """True unless loglikelihood arguments carry the OFF tag."""
+    return len(args) < 3 or _enabled(args[2].get(SWITCH_KEY, "on"))
+
+
+def strip_tag(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Loglikelihood arguments as HFLM expects them: (context, continuation)."""
+    return tuple(args[:2])
+
+
+def _enabled(value: str) -> bool:
+    if value not in ("on", OFF):
+        raise ValueError(f"{SWITCH_KEY} must be 'on' or 'off', got {value!r}")
+    return value == "on"
