@@ -80,3 +80,17 @@ def _convert(gguf: Path, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_model(pretrained: str | None = EMBEDDED_NAME, device: str | None = None):  # type: ignore[no-untyped-def]
+    """(model, tokenizer) for locate methods: the embedded model by default, any HF id or path."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_pretrained(pretrained)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -36,15 +36,14 @@ class PairedGeneration(ConfigurableTask):
     """Each prompt generated twice: intervention OFF (idx 0) and ON (idx 1)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__(config={k: v for k, v in config.items() if k != "class"})
+        ours = {k: v for k, v in config.items() if k != "class"}
+        super().__init__(config=_own_metrics(ours))
 
     def construct_requests(self, doc: dict, ctx: str, **kwargs: Any) -> list[Instance]:
         require_edited_hf(self.config.task)
         edited = super().construct_requests(doc, ctx, **kwargs)
-        base = dataclasses.replace(
-            edited, arguments=(ctx, baseline_generation(edited.args[1])), idx=0
-        )
-        return [base, dataclasses.replace(edited, idx=1)]
+        base = _copy(edited, arguments=(ctx, baseline_generation(edited.args[1])), idx=0)
+        return [base, _copy(edited, idx=1)]
 
     def process_results(self, doc: dict, results: list[str]) -> dict[str, float]:
         base, edited = results
@@ -55,17 +54,14 @@ class PairedMultipleChoice(BuiltinTaskOnShippedData):
     """A built-in multiple-choice task scored OFF (idx 0..n-1) and ON (idx n..2n-1) per item."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        # A non-callable process_results tells lm-eval that our metric names (acc_base, agree)
-        # need no registered metric function; ConfigurableTask.process_results still computes
-        # lm-eval's own acc / acc_norm for each half below.
-        super().__init__({**config, "process_results": "paired"})
+        super().__init__(_own_metrics(config))
 
     def construct_requests(self, doc: dict, ctx: str, **kwargs: Any) -> list[Instance]:
         require_edited_hf(self.config.task)
         edited = super().construct_requests(doc, ctx, **kwargs)
         n = len(edited)
-        base = [dataclasses.replace(r, arguments=baseline_loglikelihood(r.args)) for r in edited]
-        return base + [dataclasses.replace(r, idx=r.idx + n) for r in edited]
+        base = [_copy(r, arguments=baseline_loglikelihood(r.args)) for r in edited]
+        return base + [_copy(r, idx=r.idx + n) for r in edited]
 
     def process_results(self, doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
         n = len(results) // 2
@@ -77,3 +73,18 @@ class PairedMultipleChoice(BuiltinTaskOnShippedData):
             **{f"{k}_base": base[k] for k in ("acc", "acc_norm")},
             "agree": float(agree),
         }
+
+
+def _own_metrics(config: dict[str, Any]) -> dict[str, Any]:
+    """Mark the config as computing its own metrics.
+
+    A non-callable `process_results` tells lm-eval that our metric names (changed, acc_base,
+    agree) need no registered metric function (otherwise it searches HF evaluate for them);
+    ConfigurableTask.process_results still computes lm-eval's own multiple-choice metrics.
+    """
+    return {**config, "process_results": "computed by the task class"}
+
+
+def _copy(request: Instance, **changes: Any) -> Instance:
+    """A copy of a request with its own (empty) response lists."""
+    return dataclasses.replace(request, resps=[], filtered_resps={}, **changes)

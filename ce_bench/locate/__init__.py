@@ -1,0 +1,1 @@
+"""Offline procedures that produce intervention artifacts (one module per method)."""

@@ -1,0 +1,44 @@
+"""Difference-of-means steering vectors (seed 000 Eq. 6; seed 001 App. M)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash
+from ce_bench.locate.activations import Aggregate, collect_activations
+from ce_bench.sites import Site
+
+
+def locate_diffmean(
+    model: nn.Module,
+    tokenizer,  # type: ignore[no-untyped-def]
+    positive: list[str],
+    negative: list[str],
+    layer: int,
+    model_name: str,
+    aggregate: Aggregate = "last",
+    strength: float = 1.0,
+) -> Artifact:
+    """A `steer` artifact whose vector is mean(h_pos) - mean(h_neg) at `resid_post` of `layer`.
+
+    Example:
+        >>> art = locate_diffmean(model, tok, happy_lines, neutral_lines, 15, "smollm2-135m")
+        >>> save_artifact(art, "artifacts/happy_sv")
+    """
+    if not positive or not negative:
+        raise ValueError("diffmean needs at least one positive and one negative text")
+    site = Site("resid_post", layer)
+    pos = collect_activations(model, tokenizer, positive, site, aggregate, desc="positive")
+    neg = collect_activations(model, tokenizer, negative, site, aggregate, desc="negative")
+    vector = pos.mean(0) - neg.mean(0)
+    return Artifact(
+        kind="steer",
+        site=site,
+        params={"strength": strength, "positions": "all"},
+        tensors={"vector": vector},
+        model=ModelIdentity.of(model, model_name),
+        provenance=Provenance(
+            method=f"diffmean/{aggregate}",
+            data_hash=data_hash("\n".join(positive), "\n".join(negative)),
+        ),
+    )
