@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random models built from configs (no download) and the embedded model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoTokenizer,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+VOCAB = 128
+_COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+               intermediate_size=48)
+
+
+def _llama_like(config_cls, model_cls, **extra):  # type: ignore[no-untyped-def]
+    return lambda: model_cls(config_cls(**_COMMON, num_key_value_heads=2, **extra))
+
+
+TINY_BUILDERS = {
+    "llama": _llama_like(LlamaConfig, LlamaForCausalLM),
+    "gemma2": _llama_like(Gemma2Config, Gemma2ForCausalLM, head_dim=8),
+    "mistral": _llama_like(MistralConfig, MistralForCausalLM),
+    "qwen2": _llama_like(Qwen2Config, Qwen2ForCausalLM),
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4)),
+    "gpt_neox": lambda: GPTNeoXForCausalLM(
+        GPTNeoXConfig(**_COMMON)
+    ),
+}
+
+
+def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised 3-layer model of architecture `arch`, in eval mode."""
+    torch.manual_seed(seed)
+    return TINY_BUILDERS[arch]().eval()
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    from ce_bench.models.embedded import embedded_model_dir
+
+    return embedded_model_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
+    """A tiny random Llama saved with the embedded model's tokenizer: loads like a real model."""
+    out = tmp_path_factory.mktemp("tiny_llama")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(**{**_COMMON, "vocab_size": len(tokenizer)}, num_key_value_heads=2,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

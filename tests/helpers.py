@@ -1,0 +1,51 @@
+"""Small builders shared by tests: in-memory artifacts and activation recorders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ce_bench.artifacts import Artifact, ModelIdentity, Provenance
+from ce_bench.interventions import Switch, build_intervention
+from ce_bench.sites import Site, attach_hook
+
+
+def make_artifact(
+    model: nn.Module, kind: str, site: Site, params: dict[str, Any], **tensors: torch.Tensor
+) -> Artifact:
+    return Artifact(kind, site, params, tensors, ModelIdentity.of(model, "tiny"), Provenance("test"))
+
+
+@contextmanager
+def attached(model: nn.Module, artifact: Artifact) -> Iterator[Switch]:
+    """Attach the artifact's intervention to `model`; detached on exit."""
+    switch = Switch()
+    handles = build_intervention(artifact, model).attach(model, switch)
+    try:
+        yield switch
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def recording(model: nn.Module, site: Site) -> Iterator[list[torch.Tensor]]:
+    """Record the activation at `site` as the next module sees it (after earlier hooks)."""
+    seen: list[torch.Tensor] = []
+
+    def record(h: torch.Tensor) -> None:
+        seen.append(h.detach().clone())
+
+    handle = attach_hook(model, site, record)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def tokens(n: int = 7, batch: int = 2, vocab: int = 128, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, n), generator=torch.Generator().manual_seed(seed))
