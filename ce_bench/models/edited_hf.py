@@ -12,7 +12,8 @@ no hook changes anything, so results equal `--model hf` bit for bit.
 from __future__ import annotations
 
 import copy
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ class EditedHFLM(HFLM):
 
     # ------------------------------------------------------------------ forward passes
     def _model_generate(self, context, max_length, stop, **generation_kwargs):  # type: ignore[no-untyped-def]
-        enabled = pairing.pop_switch(generation_kwargs)
+        enabled = self.switch.enabled and pairing.pop_switch(generation_kwargs)
         with self.switch.set(enabled), self.switch.generating(context.shape[1]):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
@@ -90,25 +91,26 @@ class EditedHFLM(HFLM):
         self, requests: list[Instance], disable_tqdm: bool = False
     ) -> list[tuple[float, bool]]:
         """Score requests; those tagged by `pairing.baseline_loglikelihood` run switched OFF."""
-        results: list[tuple[float, bool] | None] = [None] * len(requests)
-        for enabled in (False, True):
-            picked = [i for i, r in enumerate(requests) if pairing.is_enabled(r.args) == enabled]
-            if not picked:
-                continue
-            plain = [_untagged(requests[i]) for i in picked]
-            with self.switch.set(enabled), self._cache_hook_unless(enabled):
-                scores = super().loglikelihood(plain, disable_tqdm=disable_tqdm)
-            for i, score in zip(picked, scores, strict=True):
-                results[i] = score
-        return results  # type: ignore[return-value]
+        baseline = [i for i, r in enumerate(requests) if not pairing.is_enabled(r.args)]
+        if not baseline:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        rest = sorted(set(range(len(requests))) - set(baseline))
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        with self.switch.set(False), self._no_partial_cache():
+            scores = super().loglikelihood([_untagged(requests[i]) for i in baseline], disable_tqdm)
+        scores += super().loglikelihood([requests[i] for i in rest], disable_tqdm) if rest else []
+        for i, score in zip(baseline + rest, scores, strict=True):
+            results[i] = score
+        return results
 
-    def _cache_hook_unless(self, enabled: bool) -> ExitStack:
+    @contextmanager
+    def _no_partial_cache(self) -> Iterator[None]:
         """Switched-off scores must not be cached under the untagged request's key."""
-        stack = ExitStack()
-        if not enabled:
-            saved, self.cache_hook = self.cache_hook, CacheHook(None)
-            stack.callback(setattr, self, "cache_hook", saved)
-        return stack
+        saved, self.cache_hook = self.cache_hook, CacheHook(None)
+        try:
+            yield
+        finally:
+            self.cache_hook = saved
 
     # ------------------------------------------------------------------ caching and results
     def set_cache_hook(self, cache_hook: CacheHook) -> None:

@@ -1,0 +1,101 @@
+"""`edited_hf` in-process: exact parity with `hf` when off, paired requests, bad input first."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+
+from ce_bench.artifacts import ArtifactError, save_artifact
+from ce_bench.models.edited_hf import EditedHFLM
+from ce_bench.models.embedded import load_model
+from ce_bench.pairing import baseline_generation, baseline_loglikelihood
+from ce_bench.sites import Site
+from tests.helpers import make_artifact
+
+PAIRS = [
+    ("Question: What do plants need to grow?\nAnswer:", " sunlight and water"),
+    ("Question: What do plants need to grow?\nAnswer:", " a loud noise"),
+    ("The capital of France is", " Paris"),
+    ("Once upon a time", " there was a small village by the sea."),
+]
+PROMPTS = ["The weather today is", "My favourite food is", "The old house on the hill"]
+GREEDY = {"until": ["\n\n"], "max_gen_toks": 12, "do_sample": False}
+
+
+def _ll(pairs):  # type: ignore[no-untyped-def]
+    return [Instance("loglikelihood", {}, args, i) for i, args in enumerate(pairs)]
+
+
+def _gen(gen_kwargs):  # type: ignore[no-untyped-def]
+    return [Instance("generate_until", {}, (p, gen_kwargs), 0) for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def steer_dir(tmp_path_factory, tiny_llama_dir):  # type: ignore[no-untyped-def]
+    model, _ = load_model(str(tiny_llama_dir), "cpu")
+    torch.manual_seed(0)
+    art = make_artifact(model, "steer", Site("resid_post", 1), {"strength": 8.0}, vector=torch.randn(32))
+    return save_artifact(art, tmp_path_factory.mktemp("steer") / "art")
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_llama_dir):  # type: ignore[no-untyped-def]
+    return HFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def edited(tiny_llama_dir, steer_dir):  # type: ignore[no-untyped-def]
+    return EditedHFLM(pretrained=str(tiny_llama_dir), intervention=str(steer_dir), batch_size=2)
+
+
+def test_no_intervention_is_bit_identical_to_hf(tiny_llama_dir, plain) -> None:
+    bare = EditedHFLM(pretrained=str(tiny_llama_dir), batch_size=2)
+    assert bare.loglikelihood(_ll(PAIRS)) == plain.loglikelihood(_ll(PAIRS))
+    assert bare.generate_until(_gen(GREEDY)) == plain.generate_until(_gen(GREEDY))
+
+
+def test_switched_off_is_bit_identical_to_hf_and_on_differs(edited, plain) -> None:
+    with edited.switch.set(False):
+        assert edited.loglikelihood(_ll(PAIRS)) == plain.loglikelihood(_ll(PAIRS))
+        assert edited.generate_until(_gen(GREEDY)) == plain.generate_until(_gen(GREEDY))
+    assert edited.loglikelihood(_ll(PAIRS)) != plain.loglikelihood(_ll(PAIRS))
+
+
+def test_paired_requests_reach_off_and_on_in_one_call(edited, plain) -> None:
+    mixed = _ll([baseline_loglikelihood(p) for p in PAIRS] + PAIRS)
+    scores = edited.loglikelihood(mixed)
+    assert scores[: len(PAIRS)] == plain.loglikelihood(_ll(PAIRS))
+    assert scores[len(PAIRS) :] == edited.loglikelihood(_ll(PAIRS))
+    texts = edited.generate_until(_gen(baseline_generation(GREEDY)) + _gen(GREEDY))
+    assert texts[: len(PROMPTS)] == plain.generate_until(_gen(GREEDY))
+    assert texts[len(PROMPTS) :] == edited.generate_until(_gen(GREEDY))
+
+
+def test_strength_override_and_fingerprint(tiny_llama_dir, steer_dir, edited) -> None:
+    weaker = EditedHFLM(pretrained=str(tiny_llama_dir), intervention=str(steer_dir), strength=0.0)
+    assert weaker.fingerprint != edited.fingerprint
+    info = weaker.get_model_info()["ce_bench"]
+    assert info["interventions"][0]["params"]["strength"] == 0.0
+    with weaker.switch.set(False):
+        off = weaker.loglikelihood(_ll(PAIRS))
+    assert weaker.loglikelihood(_ll(PAIRS)) == off  # k = 0 is the identity
+
+
+def test_bad_model_args_fail_before_the_model_is_used(tiny_llama_dir, steer_dir, tmp_path) -> None:
+    with pytest.raises(ArtifactError, match="artifact directory not found"):
+        EditedHFLM(pretrained=str(tiny_llama_dir), intervention=str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="strength=.* gives 2 values for 1 interventions"):
+        EditedHFLM(pretrained=str(tiny_llama_dir), intervention=str(steer_dir), strength="1+2")
+    with pytest.raises(ArtifactError, match="positions must be one of"):
+        EditedHFLM(pretrained=str(tiny_llama_dir), intervention=str(steer_dir), positions="middle")
+
+
+def test_two_interventions_joined_by_plus_both_apply(tiny_llama_dir, steer_dir, edited, plain) -> None:
+    both = EditedHFLM(pretrained=str(tiny_llama_dir), intervention=f"{steer_dir}+{steer_dir}",
+                      strength="4+4")
+    assert len(both.interventions) == 2
+    two_halves = [ll for ll, _ in both.loglikelihood(_ll(PAIRS))]
+    one_whole = [ll for ll, _ in edited.loglikelihood(_ll(PAIRS))]  # 4 + 4 = 8, the artifact's k
+    assert two_halves == pytest.approx(one_whole, abs=1e-3)
