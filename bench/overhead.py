@@ -10,8 +10,7 @@ prompt "Question: {q}\\nAnswer:", one " {choice}" continuation per choice) and g
 
 - `hf`: lm-eval's HFLM, the reference;
 - `edited_hf`: no intervention;
-- `steer off`: a steer intervention attached but switched off (requests tagged as the baseline
-  half of a pair, as paired tasks do);
+- `steer off`: a steer intervention attached but switched off (`with lm.switch.set(False):`);
 - `steer`, `neuron_scale`, `directional_ablation`, `sae_clamp` (a random sae-lens SAE,
   d_sae 2304): one intervention each at layer 15;
 - `steered`: lm-eval's own SteeredModel with the same vector, layer and strength as `steer`.
@@ -21,6 +20,9 @@ configurations (so machine drift hits all of them alike) and each workload keeps
 Ratios compare totals (min loglikelihood + min generation time). Targets:
 steer, neuron_scale, directional_ablation <= 1.03 x hf; sae_clamp <= 1.15 x hf;
 steer off <= 1.01 x hf; edited_hf steer <= 1.00 x steered.
+
+Run it on an otherwise idle machine: torch keeps its default thread count, and other CPU load
+then inflates (and scatters) the times many-fold.
 
 The last line printed is machine-readable:
     steer_vs_hf=R sae_vs_hf=R off_vs_hf=R steer_vs_steered=R
@@ -32,19 +34,19 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from lm_eval.api.instance import Instance
-from lm_eval.api.model import LM
 from lm_eval.models.hf_steered import SteeredModel
 from lm_eval.models.huggingface import HFLM
 from rich.console import Console
 from rich.table import Table
 
-from ce_bench import pairing
 from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, save_artifact
 from ce_bench.locate.diffmean import locate_diffmean
 from ce_bench.models.edited_hf import EditedHFLM
@@ -71,15 +73,20 @@ class Config:
     """One model under test, its requests, and the times measured for it."""
 
     name: str
-    lm: LM
+    lm: HFLM
     ll_requests: list[Instance]
     gen_requests: list[Instance]
+    switched_off: bool = False
     ll_times: list[float] = field(default_factory=list)
     gen_times: list[float] = field(default_factory=list)
 
     @property
     def total(self) -> float:
         return min(self.ll_times) + min(self.gen_times)
+
+    def state(self) -> AbstractContextManager[None]:
+        """The context the workloads run in: the intervention switched off, or as built."""
+        return self.lm.switch.set(False) if self.switched_off else nullcontext()
 
 
 # ---------------------------------------------------------------------------------- workloads
@@ -149,14 +156,10 @@ def write_steer_file(vector: torch.Tensor, directory: Path) -> str:
 
 # ---------------------------------------------------------------------------------- models
 def build_configs(items: int, prompts: int, workdir: Path) -> list[Config]:
-    """Every model, built once, with identical requests (the switched-off one's are tagged)."""
-    ll_args = loglikelihood_requests(items)
+    """Every model, built once, all with the same requests."""
+    ll = as_instances("loglikelihood", loglikelihood_requests(items))
     gen_args = [(prompt, dict(GEN_KWARGS)) for prompt in generation_prompts(prompts)]
-    ll, gen = as_instances("loglikelihood", ll_args), as_instances("generate_until", gen_args)
-    ll_off = as_instances("loglikelihood", [pairing.baseline_loglikelihood(a) for a in ll_args])
-    gen_off = as_instances(
-        "generate_until", [(p, pairing.baseline_generation(k)) for p, k in gen_args]
-    )
+    gen = as_instances("generate_until", gen_args)
 
     model_dir = str(embedded_model_dir())
     hf = HFLM(pretrained=model_dir, device="cpu", batch_size=BATCH_SIZE)
@@ -197,7 +200,7 @@ def build_configs(items: int, prompts: int, workdir: Path) -> list[Config]:
     return [
         Config("hf", hf, ll, gen),
         Config("edited_hf", edited(), ll, gen),
-        Config("steer off", edited(artifacts["steer"]), ll_off, gen_off),
+        Config("steer off", edited(artifacts["steer"]), ll, gen, switched_off=True),
         *(Config(name, edited(path), ll, gen) for name, path in artifacts.items()),
         Config("steered", steered, ll, gen),
     ]
@@ -205,14 +208,16 @@ def build_configs(items: int, prompts: int, workdir: Path) -> list[Config]:
 
 # ---------------------------------------------------------------------------------- timing
 def run_ll(config: Config) -> list[tuple[float, bool]]:
-    return config.lm.loglikelihood(config.ll_requests, disable_tqdm=True)
+    with config.state():
+        return config.lm.loglikelihood(config.ll_requests, disable_tqdm=True)
 
 
 def run_gen(config: Config) -> list[str]:
-    return config.lm.generate_until(config.gen_requests, disable_tqdm=True)
+    with config.state():
+        return config.lm.generate_until(config.gen_requests, disable_tqdm=True)
 
 
-def timed(fn: Any, config: Config) -> float:
+def timed(fn: Callable[[Config], object], config: Config) -> float:
     start = time.perf_counter()
     fn(config)
     return time.perf_counter() - start

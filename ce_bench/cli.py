@@ -68,8 +68,11 @@ def show(directory: Path) -> None:
     table.add_row("params", json.dumps(artifact.params))
     for name, tensor in artifact.tensors.items():
         table.add_row(f"tensor {name}", f"{tuple(tensor.shape)} {tensor.dtype}")
-    table.add_row("located on", f"{artifact.model.name} ({artifact.model.model_type}, "
-                  f"{artifact.model.num_layers} layers, d={artifact.model.hidden_size})")
+    table.add_row(
+        "located on",
+        f"{artifact.model.name} ({artifact.model.model_type}, "
+        f"{artifact.model.num_layers} layers, d={artifact.model.hidden_size})",
+    )
     for key, value in vars(artifact.provenance).items():
         table.add_row(key, str(value))
     console.print(table)

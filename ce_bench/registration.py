@@ -36,7 +36,7 @@ def register() -> None:
 
 
 def _with_our_tasks(init):  # type: ignore[no-untyped-def]
-    """Wrap TaskManager.__init__ so our task dir comes after lm-eval's and before the user's paths."""
+    """Wrap TaskManager.__init__: our task dir after lm-eval's, before the user's paths."""
 
     signature = inspect.signature(init)
 

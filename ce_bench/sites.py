@@ -108,8 +108,8 @@ def layout(model: nn.Module) -> Layout:
     model_type = model.config.model_type
     if model_type not in LAYOUTS:
         raise SiteError(
-            f"architecture {model_type!r} has no site table; supported: {', '.join(sorted(LAYOUTS))}"
-            " (add a Layout to ce_bench/sites.py LAYOUTS)"
+            f"architecture {model_type!r} has no site table; supported:"
+            f" {', '.join(sorted(LAYOUTS))} (add a Layout to ce_bench/sites.py LAYOUTS)"
         )
     return LAYOUTS[model_type]
 
@@ -144,15 +144,18 @@ def site_from_hook_name(model: nn.Module, hook_name: str) -> Site:
             if module_path(model, Site(name, layer)) == hook_name:
                 return Site(name, layer)
     raise SiteError(
-        f"hook name {hook_name!r} does not map to a ce-bench site; expected blocks.L.hook_resid_post,"
-        f" blocks.L.mlp.hook_post, blocks.L.hook_attn_out or an HF layer path such as"
+        f"hook name {hook_name!r} does not map to a ce-bench site; expected"
+        f" blocks.L.hook_resid_post, blocks.L.mlp.hook_post, blocks.L.hook_attn_out"
+        f" or an HF layer path such as"
         f" {module_path(model, Site('resid_post', 0))!r}"
     )
 
 
 def site_device(model: nn.Module, site: Site) -> tuple[torch.device, torch.dtype]:
     """Device and dtype of the weights at `site`'s layer (layers may sit on different GPUs)."""
-    param = next(model.get_submodule(module_path(model, Site("resid_post", site.layer))).parameters())
+    param = next(
+        model.get_submodule(module_path(model, Site("resid_post", site.layer))).parameters()
+    )
     return param.device, param.dtype
 
 

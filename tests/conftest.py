@@ -27,8 +27,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 VOCAB = 128
-_COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-               intermediate_size=48)
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=48,
+)
 
 
 def _llama_like(config_cls, model_cls, **extra):  # type: ignore[no-untyped-def]
@@ -41,9 +46,7 @@ TINY_BUILDERS = {
     "mistral": _llama_like(MistralConfig, MistralForCausalLM),
     "qwen2": _llama_like(Qwen2Config, Qwen2ForCausalLM),
     "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4)),
-    "gpt_neox": lambda: GPTNeoXForCausalLM(
-        GPTNeoXConfig(**_COMMON)
-    ),
+    "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**_COMMON)),
 }
 
 
@@ -66,8 +69,11 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path)
     out = tmp_path_factory.mktemp("tiny_llama")
     tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(**{**_COMMON, "vocab_size": len(tokenizer)}, num_key_value_heads=2,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        **{**_COMMON, "vocab_size": len(tokenizer)},
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForCausalLM(config).eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -17,7 +17,9 @@ from ce_bench.sites import Site, attach_hook
 def make_artifact(
     model: nn.Module, kind: str, site: Site, params: dict[str, Any], **tensors: torch.Tensor
 ) -> Artifact:
-    return Artifact(kind, site, params, tensors, ModelIdentity.of(model, "tiny"), Provenance("test"))
+    return Artifact(
+        kind, site, params, tensors, ModelIdentity.of(model, "tiny"), Provenance("test")
+    )
 
 
 @contextmanager

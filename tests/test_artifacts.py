@@ -111,5 +111,7 @@ def test_unknown_parameter_and_manifest_field_are_errors(tmp_path) -> None:
 def test_bad_positions_value_is_an_error(tmp_path) -> None:
     path = _steer_dir(tmp_path)
     _edit_manifest(path, params={"strength": 1.0, "positions": "middle"})
-    with pytest.raises(ArtifactError, match="positions must be one of all, prompt, generated, last"):
+    with pytest.raises(
+        ArtifactError, match="positions must be one of all, prompt, generated, last"
+    ):
         _check(path)

@@ -36,7 +36,9 @@ def _gen(gen_kwargs):  # type: ignore[no-untyped-def]
 def steer_dir(tmp_path_factory, tiny_llama_dir):  # type: ignore[no-untyped-def]
     model, _ = load_model(str(tiny_llama_dir), "cpu")
     torch.manual_seed(0)
-    art = make_artifact(model, "steer", Site("resid_post", 1), {"strength": 8.0}, vector=torch.randn(32))
+    art = make_artifact(
+        model, "steer", Site("resid_post", 1), {"strength": 8.0}, vector=torch.randn(32)
+    )
     return save_artifact(art, tmp_path_factory.mktemp("steer") / "art")
 
 
@@ -92,9 +94,12 @@ def test_bad_model_args_fail_before_the_model_is_used(tiny_llama_dir, steer_dir,
         EditedHFLM(pretrained=str(tiny_llama_dir), intervention=str(steer_dir), positions="middle")
 
 
-def test_two_interventions_joined_by_plus_both_apply(tiny_llama_dir, steer_dir, edited, plain) -> None:
-    both = EditedHFLM(pretrained=str(tiny_llama_dir), intervention=f"{steer_dir}+{steer_dir}",
-                      strength="4+4")
+def test_two_interventions_joined_by_plus_both_apply(
+    tiny_llama_dir, steer_dir, edited, plain
+) -> None:
+    both = EditedHFLM(
+        pretrained=str(tiny_llama_dir), intervention=f"{steer_dir}+{steer_dir}", strength="4+4"
+    )
     assert len(both.interventions) == 2
     two_halves = [ll for ll, _ in both.loglikelihood(_ll(PAIRS))]
     one_whole = [ll for ll, _ in edited.loglikelihood(_ll(PAIRS))]  # 4 + 4 = 8, the artifact's k

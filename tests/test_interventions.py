@@ -29,7 +29,9 @@ def test_steer_adds_k_times_v_at_resid_post(arch: str) -> None:
     model = tiny_model(arch)
     site = Site("resid_post", LAYER)
     v = torch.randn(32)
-    edited, plain = _edited_and_plain(model, make_artifact(model, "steer", site, {"strength": 3.0}, vector=v), site)
+    edited, plain = _edited_and_plain(
+        model, make_artifact(model, "steer", site, {"strength": 3.0}, vector=v), site
+    )
     torch.testing.assert_close(edited, plain + 3.0 * v, rtol=0, atol=1e-6)
 
 
@@ -63,7 +65,9 @@ def test_attn_out_site_is_editable(arch: str) -> None:
     model = tiny_model(arch)
     site = Site("attn_out", LAYER)
     v = torch.randn(32)
-    edited, plain = _edited_and_plain(model, make_artifact(model, "steer", site, {"strength": 1.0}, vector=v), site)
+    edited, plain = _edited_and_plain(
+        model, make_artifact(model, "steer", site, {"strength": 1.0}, vector=v), site
+    )
     torch.testing.assert_close(edited, plain + v, rtol=0, atol=1e-6)
 
 
@@ -82,8 +86,12 @@ def _random_sae(tmp_path, hook_name: str, d_in: int = 32, d_sae: int = 64):  # t
 
 @pytest.mark.parametrize(
     ("arch", "hook_name"),
-    [("llama", f"blocks.{LAYER}.hook_resid_post"), ("llama", f"model.layers.{LAYER}"),
-     ("gemma2", f"blocks.{LAYER}.hook_resid_post"), ("gpt2", f"transformer.h.{LAYER}")],
+    [
+        ("llama", f"blocks.{LAYER}.hook_resid_post"),
+        ("llama", f"model.layers.{LAYER}"),
+        ("gemma2", f"blocks.{LAYER}.hook_resid_post"),
+        ("gpt2", f"transformer.h.{LAYER}"),
+    ],
 )
 def test_sae_clamp_replace_decodes_the_clamped_code(tmp_path, arch: str, hook_name: str) -> None:
     model = tiny_model(arch)
@@ -103,10 +111,14 @@ def test_sae_clamp_delta_keeps_the_error_term(tmp_path) -> None:
     site = Site("resid_post", LAYER)
     sae, path = _random_sae(tmp_path, f"blocks.{LAYER}.hook_resid_post")
     unchanged = {"feature": 7, "strength": 0.0, "mode": "delta", "sae_path": str(path)}
-    edited, plain = _edited_and_plain(model, make_artifact(model, "sae_clamp", site, unchanged), site)
+    edited, plain = _edited_and_plain(
+        model, make_artifact(model, "sae_clamp", site, unchanged), site
+    )
     assert torch.equal(edited, plain)  # C = c_k: identity, reconstruction error kept
     replaced = {**unchanged, "mode": "replace"}
-    edited, plain = _edited_and_plain(model, make_artifact(model, "sae_clamp", site, replaced), site)
+    edited, plain = _edited_and_plain(
+        model, make_artifact(model, "sae_clamp", site, replaced), site
+    )
     assert not torch.allclose(edited, plain, atol=1e-3)  # the paper's mode drops the error
     shifted = {**unchanged, "strength": 4.0}
     edited, plain = _edited_and_plain(model, make_artifact(model, "sae_clamp", site, shifted), site)
@@ -119,10 +131,14 @@ def test_zero_strength_and_removal_are_the_identity(arch: str) -> None:
     ids = tokens()
     with torch.no_grad():
         reference = model(ids).logits
-        art = make_artifact(model, "steer", Site("resid_post", 0), {"strength": 0.0}, vector=torch.randn(32))
+        art = make_artifact(
+            model, "steer", Site("resid_post", 0), {"strength": 0.0}, vector=torch.randn(32)
+        )
         with attached(model, art):
             assert torch.equal(model(ids).logits, reference)
-        art = make_artifact(model, "steer", Site("resid_post", 0), {"strength": 2.0}, vector=torch.randn(32))
+        art = make_artifact(
+            model, "steer", Site("resid_post", 0), {"strength": 2.0}, vector=torch.randn(32)
+        )
         with attached(model, art):
             assert not torch.equal(model(ids).logits, reference)
         assert torch.equal(model(ids).logits, reference)  # detached: the model is unedited again
@@ -131,7 +147,9 @@ def test_zero_strength_and_removal_are_the_identity(arch: str) -> None:
 def test_switch_on_off_on_gives_on_equal_on_and_off_equal_plain() -> None:
     model = tiny_model("llama")
     ids = tokens()
-    art = make_artifact(model, "steer", Site("resid_post", 1), {"strength": 2.0}, vector=torch.randn(32))
+    art = make_artifact(
+        model, "steer", Site("resid_post", 1), {"strength": 2.0}, vector=torch.randn(32)
+    )
     with torch.no_grad():
         plain = model(ids).logits
         with attached(model, art) as switch:

@@ -15,14 +15,16 @@ SITE = Site("resid_post", 1)
 def _generate(positions: str, use_cache: bool) -> torch.Tensor:
     model = tiny_model("llama")
     torch.manual_seed(5)
-    art = make_artifact(model, "steer", SITE, {"strength": 4.0, "positions": positions},
-                        vector=torch.randn(32))
+    art = make_artifact(
+        model, "steer", SITE, {"strength": 4.0, "positions": positions}, vector=torch.randn(32)
+    )
     ids = tokens(n=6, batch=2)
     with attached(model, art) as switch, torch.no_grad():
         handle = track_cache_offset(model, switch)
         with switch.generating(ids.shape[1]):
-            out = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=use_cache,
-                                 pad_token_id=0)
+            out = model.generate(
+                ids, max_new_tokens=8, do_sample=False, use_cache=use_cache, pad_token_id=0
+            )
         handle.remove()
     return out
 
@@ -40,8 +42,9 @@ def test_each_mode_edits_a_different_generation() -> None:
     outputs = {p: _generate(p, True) for p in ("all", "prompt", "generated", "last")}
     model = tiny_model("llama")
     with torch.no_grad():
-        plain = model.generate(tokens(n=6, batch=2), max_new_tokens=8, do_sample=False,
-                               pad_token_id=0)
+        plain = model.generate(
+            tokens(n=6, batch=2), max_new_tokens=8, do_sample=False, pad_token_id=0
+        )
     for name, out in outputs.items():
         assert not torch.equal(out, plain), name
     assert not torch.equal(outputs["generated"], outputs["prompt"])
@@ -53,11 +56,19 @@ def test_masks_select_prompt_generated_and_last_positions() -> None:
     switch = Switch()
     with switch.generating(prompt_length=4):
         switch.past_length = 0
-        assert switch.position_mask("prompt", 4, torch.device("cpu")).squeeze(1).tolist() == [True] * 4
+        assert (
+            switch.position_mask("prompt", 4, torch.device("cpu")).squeeze(1).tolist() == [True] * 4
+        )
         assert switch.position_mask("last", 4, torch.device("cpu")).squeeze(1).tolist() == [
-            False, False, False, True]
+            False,
+            False,
+            False,
+            True,
+        ]
         switch.past_length = 5  # a one-token step at absolute position 5
-        assert switch.position_mask("generated", 1, torch.device("cpu")).squeeze(1).tolist() == [True]
+        assert switch.position_mask("generated", 1, torch.device("cpu")).squeeze(1).tolist() == [
+            True
+        ]
         assert switch.position_mask("prompt", 1, torch.device("cpu")).squeeze(1).tolist() == [False]
     assert switch.position_mask("all", 3, torch.device("cpu")) is None
     assert not switch.position_mask("generated", 3, torch.device("cpu")).any()  # scoring call

@@ -39,10 +39,14 @@ class NeuronScale(ActivationIntervention):
 
     def check(self, model: nn.Module, source: str) -> None:
         if self.site.name != "mlp_act":
-            raise ArtifactError(source, "site", f"neuron_scale acts on mlp_act, got {self.site.name}")
+            raise ArtifactError(
+                source, "site", f"neuron_scale acts on mlp_act, got {self.site.name}"
+            )
         neurons, width = self.tensors["neurons"], site_width(model, self.site)
         if neurons.dtype not in (torch.int32, torch.int64) or neurons.dim() != 1:
-            raise ArtifactError(source, "neurons", "expected a 1-D integer tensor of neuron indices")
+            raise ArtifactError(
+                source, "neurons", "expected a 1-D integer tensor of neuron indices"
+            )
         if neurons.numel() and (int(neurons.min()) < 0 or int(neurons.max()) >= width):
             raise ArtifactError(
                 source,

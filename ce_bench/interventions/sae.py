@@ -79,11 +79,15 @@ class SAEClamp(ActivationIntervention):
             raise ArtifactError(source, "site", str(err)) from err
         if sae_site != self.site:
             raise ArtifactError(
-                source, "site", f"the SAE reads {sae_site} ({hook_name}), the artifact says {self.site}"
+                source,
+                "site",
+                f"the SAE reads {sae_site} ({hook_name}), the artifact says {self.site}",
             )
         if cfg.d_in != site_width(model, self.site):
             raise ArtifactError(
-                source, "params.sae_path", f"SAE d_in={cfg.d_in}, site width {site_width(model, self.site)}"
+                source,
+                "params.sae_path",
+                f"SAE d_in={cfg.d_in}, site width {site_width(model, self.site)}",
             )
         if self.params.feature >= cfg.d_sae:
             raise ArtifactError(

@@ -128,7 +128,9 @@ class EditedHFLM(HFLM):
         info["ce_bench"] = {
             "base_model": self.model_name,
             "fingerprint": self.fingerprint,
-            "interventions": [_describe(a, i) for a, i in zip(self._artifacts, self.interventions, strict=True)],
+            "interventions": [
+                _describe(a, i) for a, i in zip(self._artifacts, self.interventions, strict=True)
+            ],
         }
         return info
 

@@ -17,9 +17,19 @@ from lm_eval.tasks._yaml_loader import load_yaml
 
 LM_EVAL_TASKS = Path(lm_eval.tasks.__file__).parent
 DATA = Path(__file__).parent / "data"
-_DROP_FROM_BUILTIN = ("tag", "group", "task_alias", "dataset_name", "training_split",
-                      "validation_split", "test_split", "fewshot_split", "fewshot_config",
-                      "dataset_path", "dataset_kwargs")
+_DROP_FROM_BUILTIN = (
+    "tag",
+    "group",
+    "task_alias",
+    "dataset_name",
+    "training_split",
+    "validation_split",
+    "test_split",
+    "fewshot_split",
+    "fewshot_config",
+    "dataset_path",
+    "dataset_kwargs",
+)
 
 
 class BuiltinTaskOnShippedData(ConfigurableTask):

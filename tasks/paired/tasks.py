@@ -18,11 +18,11 @@ from typing import Any
 
 import datasets
 import numpy as np
+from ce_bench.tasks.general.shipped import BuiltinTaskOnShippedData
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
 from ce_bench.pairing import baseline_generation, baseline_loglikelihood, require_edited_hf
-from ce_bench.tasks.general.shipped import BuiltinTaskOnShippedData
 
 DATA = Path(__file__).parent / "data"
 

@@ -1,0 +1,159 @@
+"""`lm_eval` run as a subprocess, exactly as a user types it, on the embedded model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ce_bench.artifacts import save_artifact
+from ce_bench.locate.diffmean import locate_diffmean
+from ce_bench.models.embedded import load_model
+
+pytestmark = pytest.mark.slow
+LM_EVAL = str(Path(sys.executable).parent / "lm_eval")
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def lm_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [LM_EVAL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def results_of(out_dir: Path) -> dict:
+    (path,) = out_dir.rglob("results_*.json")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def happy_sv(tmp_path_factory, embedded_dir) -> Path:  # type: ignore[no-untyped-def]
+    model, tokenizer = load_model("smollm2-135m", "cpu")
+    lines = [(EXAMPLES / f"{name}.txt").read_text().splitlines() for name in ("happy", "neutral")]
+    art = locate_diffmean(model, tokenizer, lines[0], lines[1], 15, "smollm2-135m", strength=6.0)
+    return save_artifact(art, tmp_path_factory.mktemp("sv") / "happy_sv")
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory, embedded_dir, happy_sv):  # type: ignore[no-untyped-def]
+    """hf, edited_hf without and with a steer artifact, on ce_general_mini --limit 4."""
+    work = tmp_path_factory.mktemp("runs")
+    common = ["--tasks", "ce_general_mini", "--limit", "4", "--batch_size", "8"]
+    runs = {
+        "hf": ["--model", "hf", "--model_args", f"pretrained={embedded_dir}"],
+        "bare": ["--model", "edited_hf"],
+        "steer": ["--model", "edited_hf", "--model_args", f"intervention={happy_sv}"],
+    }
+    out = {}
+    for name, args in runs.items():
+        proc = lm_eval(*args, *common, "--output_path", str(work / name), cwd=work)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[name] = results_of(work / name)
+    return out
+
+
+def _metrics(results: dict) -> dict:
+    return {
+        task: {k: v for k, v in m.items() if k != "alias"} for task, m in results["results"].items()
+    }
+
+
+def test_edited_hf_without_intervention_matches_hf_exactly(three_runs) -> None:
+    assert _metrics(three_runs["bare"]) == _metrics(three_runs["hf"])
+    assert set(three_runs["hf"]["results"]) >= {
+        "ce_mini_arc_easy",
+        "ce_mini_mmlu",
+        "ce_mini_winogrande",
+    }
+
+
+def test_steer_artifact_changes_results_and_is_fingerprinted(three_runs, happy_sv) -> None:
+    assert _metrics(three_runs["steer"]) != _metrics(three_runs["hf"])
+    info = three_runs["steer"]["config"]["ce_bench"]
+    assert info["interventions"][0]["kind"] == "steer"
+    assert info["interventions"][0]["artifact"] == str(happy_sv.resolve())
+    assert info["fingerprint"] != three_runs["bare"]["config"]["ce_bench"]["fingerprint"]
+
+
+def test_lm_eval_lists_ce_bench_and_builtin_tasks(tmp_path) -> None:
+    proc = lm_eval("ls", "tasks", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("ce_general_mini", "ce_mini_hellaswag", "ce_paired_generation", "arc_easy"):
+        assert name in proc.stdout
+
+
+def test_paired_task_with_hf_fails_saying_it_needs_edited_hf(tmp_path, embedded_dir) -> None:
+    proc = lm_eval(
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={embedded_dir}",
+        "--tasks",
+        "ce_paired_generation",
+        "--limit",
+        "1",
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "needs `--model edited_hf`" in proc.stderr
+
+
+def test_bad_artifact_fails_before_evaluation_with_its_message(tmp_path, happy_sv) -> None:
+    proc = lm_eval(
+        "--model",
+        "edited_hf",
+        "--model_args",
+        f"intervention={happy_sv},positions=middle",
+        "--tasks",
+        "ce_mini_arc_easy",
+        "--limit",
+        "1",
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "positions must be one of all, prompt, generated, last" in proc.stderr
+    assert "Running loglikelihood requests" not in proc.stderr
+
+
+def test_use_cache_never_returns_another_interventions_answer(tmp_path, happy_sv) -> None:
+    cache = str(tmp_path / "cache" / "lm")
+    common = ["--tasks", "ce_paired_mini_arc_easy", "--limit", "3", "--use_cache", cache]
+    first = lm_eval(
+        "--model",
+        "edited_hf",
+        "--model_args",
+        f"intervention={happy_sv}",
+        *common,
+        "--output_path",
+        str(tmp_path / "a"),
+        cwd=tmp_path,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = lm_eval(
+        "--model",
+        "edited_hf",
+        "--model_args",
+        f"intervention={happy_sv},strength=0",
+        *common,
+        "--output_path",
+        str(tmp_path / "b"),
+        cwd=tmp_path,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    strong = results_of(tmp_path / "a")["results"]["ce_paired_mini_arc_easy"]
+    zero = results_of(tmp_path / "b")["results"]["ce_paired_mini_arc_easy"]
+    assert zero["agree,none"] == 1.0  # k = 0: edited == unedited, not the cached k = 6 answers
+    assert strong["acc_base,none"] == zero["acc_base,none"]
+
+
+def test_plain_python_processes_do_not_import_lm_eval() -> None:
+    code = "import sys; print('lm_eval' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+        == "False"
+    )
