@@ -2,7 +2,7 @@
 
 Not a test: a benchmark to run by hand on CPU with the embedded model (smollm2-135m):
 
-    .venv/bin/python bench/overhead.py [--repeats N] [--quick]
+    .venv/bin/python bench/overhead.py [--repeats N] [--threads T] [--quick]
 
 Every configuration runs the same two workloads at batch size 8: loglikelihood (ARC-Easy items,
 prompt "Question: {q}\\nAnswer:", one " {choice}" continuation per choice) and greedy generation
@@ -21,8 +21,8 @@ Ratios compare totals (min loglikelihood + min generation time). Targets:
 steer, neuron_scale, directional_ablation <= 1.03 x hf; sae_clamp <= 1.15 x hf;
 steer off <= 1.01 x hf; edited_hf steer <= 1.00 x steered.
 
-Run it on an otherwise idle machine: torch keeps its default thread count, and other CPU load
-then inflates (and scatters) the times many-fold.
+Run it on an otherwise idle machine. `--threads 1` pins torch to one thread, which makes the
+times far steadier on a small machine; by default torch keeps its own thread count.
 
 The last line printed is machine-readable:
     steer_vs_hf=R sae_vs_hf=R off_vs_hf=R steer_vs_steered=R
@@ -282,8 +282,11 @@ def _yes(met: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per workload")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="fewer items, for a smoke test")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     items, prompts = (8, 4) if args.quick else (40, 8)
     with tempfile.TemporaryDirectory(prefix="ce-bench-overhead-") as workdir:
         configs = build_configs(items, prompts, Path(workdir))

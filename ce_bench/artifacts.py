@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,19 +65,24 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class Provenance:
-    """How an artifact was made."""
+    """How an artifact was made.
+
+    `report` holds what the locate method wants a reader to see (JSON values only): the data
+    split and its hash, candidate tables, training statistics.
+    """
 
     method: str
     data_hash: str = ""
     ce_bench_version: str = ""
     date: str = ""
+    report: dict[str, Any] = field(default_factory=dict)
 
     def stamped(self) -> Provenance:
         """A copy with the current ce-bench version and date filled in."""
         from ce_bench import __version__
 
         date = self.date or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        return Provenance(self.method, self.data_hash, self.ce_bench_version or __version__, date)
+        return replace(self, ce_bench_version=self.ce_bench_version or __version__, date=date)
 
 
 @dataclass

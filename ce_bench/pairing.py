@@ -13,10 +13,15 @@ both reach its `process_results` together:
 Only the baseline is tagged; the ON request is an ordinary request. Tags are part of the request
 arguments, so lm-eval's `--use_cache` keys OFF and ON answers apart. Tasks call
 `require_edited_hf` when they build requests: any other model type gets a clear error.
+
+Some scores need the unedited model on text that exists only after generation (the perplexity
+of an edited output, seed 000 A.8). `unedited_perplexity` asks this process's `edited_hf` model
+for them while the task scores its results (each process of a multi-process run has its own).
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -37,6 +42,27 @@ def require_edited_hf(task_name: str) -> None:
             f"task {task_name!r} scores each document with the intervention off and on in one run;"
             " it needs `--model edited_hf` (ce-bench's model type), not another model type"
         )
+
+
+def unedited_perplexity(pairs: list[tuple[str, str]]) -> list[float]:
+    """Perplexity of each (context, continuation) continuation under the unedited model.
+
+    An empty continuation has no perplexity: it gets `inf`.
+    """
+    from lm_eval.api.instance import Instance
+
+    require_edited_hf("perplexity under the unedited model")
+    model = next(iter(_live_models))
+    scored = [(i, pair) for i, pair in enumerate(pairs) if pair[1].strip()]
+    requests = [
+        Instance("loglikelihood", doc={}, arguments=baseline_loglikelihood(pair), idx=0)
+        for _, pair in scored
+    ]
+    results = model.loglikelihood(requests, disable_tqdm=True) if requests else []
+    perplexities = [math.inf] * len(pairs)
+    for (i, (_, continuation)), (logprob, _) in zip(scored, results, strict=True):
+        perplexities[i] = math.exp(-logprob / max(1, len(model.tok_encode(continuation))))
+    return perplexities
 
 
 def baseline_generation(gen_kwargs: dict[str, Any]) -> dict[str, Any]:

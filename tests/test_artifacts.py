@@ -53,6 +53,16 @@ def test_wrong_vector_length_names_the_tensor_and_shapes(tmp_path) -> None:
         _check(path)
 
 
+def test_weight_delta_of_the_wrong_shape_names_w_down(tmp_path) -> None:
+    model = tiny_model("llama")
+    art = make_artifact(model, "weight_delta", Site("mlp_act", 1), {}, delta=torch.zeros(48, 32))
+    path = save_artifact(art, tmp_path / "art")
+    with pytest.raises(
+        ArtifactError, match=r"'delta'.*expected shape \(32, 48\).*W_down of layer 1"
+    ):
+        _check(path, model)
+
+
 def test_layer_out_of_range_is_an_error(tmp_path) -> None:
     path = _steer_dir(tmp_path)
     _edit_manifest(path, layer=7)

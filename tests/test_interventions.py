@@ -6,7 +6,7 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
-from ce_bench.sites import Site
+from ce_bench.sites import Site, module_path
 from tests.conftest import tiny_model
 from tests.helpers import attached, make_artifact, recording, tokens
 
@@ -24,10 +24,11 @@ def _edited_and_plain(model, artifact, site, ids=None):  # type: ignore[no-untyp
     return seen[0], seen[1]
 
 
+@pytest.mark.parametrize("site_name", ["resid_post", "attn_out"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_steer_adds_k_times_v_at_resid_post(arch: str) -> None:
+def test_steer_adds_k_times_v_at_the_site(arch: str, site_name: str) -> None:
     model = tiny_model(arch)
-    site = Site("resid_post", LAYER)
+    site = Site(site_name, LAYER)
     v = torch.randn(32)
     edited, plain = _edited_and_plain(
         model, make_artifact(model, "steer", site, {"strength": 3.0}, vector=v), site
@@ -60,26 +61,15 @@ def test_neuron_scale_multiplies_only_the_chosen_mlp_neurons(arch: str) -> None:
     torch.testing.assert_close(edited, expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_attn_out_site_is_editable(arch: str) -> None:
-    model = tiny_model(arch)
-    site = Site("attn_out", LAYER)
-    v = torch.randn(32)
-    edited, plain = _edited_and_plain(
-        model, make_artifact(model, "steer", site, {"strength": 1.0}, vector=v), site
-    )
-    torch.testing.assert_close(edited, plain + v, rtol=0, atol=1e-6)
-
-
-def _random_sae(tmp_path, hook_name: str, d_in: int = 32, d_sae: int = 64):  # type: ignore[no-untyped-def]
+def _random_sae(tmp_path, hook_name: str, normalize: str = "none"):  # type: ignore[no-untyped-def]
     torch.manual_seed(3)
-    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae))
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=64, normalize_activations=normalize))
     sae.cfg.metadata.hook_name = hook_name
     with torch.no_grad():
         sae.W_dec.normal_(0, 0.3)
         sae.W_enc.normal_(0, 0.3)
         sae.b_enc[7] = -1e4  # feature 7 never fires: clamping it to 0 must change nothing
-    path = tmp_path / hook_name.replace(".", "_")
+    path = tmp_path / f"{hook_name.replace('.', '_')}_{normalize}"
     sae.save_model(path)
     return sae, path
 
@@ -125,6 +115,18 @@ def test_sae_clamp_delta_keeps_the_error_term(tmp_path) -> None:
     torch.testing.assert_close(edited, plain + 4.0 * sae.W_dec[7].detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_sae_clamp_delta_undoes_run_time_normalisation(tmp_path) -> None:
+    """With constant_norm_rescale the SAE sees h scaled to norm sqrt(d); the delta scales back."""
+    model = tiny_model("llama")
+    site = Site("resid_post", LAYER)
+    sae, path = _random_sae(tmp_path, f"blocks.{LAYER}.hook_resid_post", "constant_norm_rescale")
+    params = {"feature": 7, "strength": 4.0, "mode": "delta", "sae_path": str(path)}
+    edited, plain = _edited_and_plain(model, make_artifact(model, "sae_clamp", site, params), site)
+    scale = plain.norm(dim=-1, keepdim=True) / 32**0.5
+    expected = plain + 4.0 * scale * sae.W_dec[7].detach()
+    torch.testing.assert_close(edited, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_zero_strength_and_removal_are_the_identity(arch: str) -> None:
     model = tiny_model(arch)
@@ -160,3 +162,29 @@ def test_switch_on_off_on_gives_on_equal_on_and_off_equal_plain() -> None:
     assert torch.equal(first_on, second_on)
     assert torch.equal(off, plain)
     assert not torch.equal(first_on, plain)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_weight_delta_gives_the_edited_weights_on_and_the_exact_originals_off(arch: str) -> None:
+    model = tiny_model(arch)
+    ids = tokens()
+    site = Site("mlp_act", LAYER)
+    weight = model.get_submodule(module_path(model, site)).weight
+    original = weight.detach().clone()
+    delta = 0.1 * torch.randn_like(original)
+    art = make_artifact(model, "weight_delta", site, {"strength": 2.0}, delta=delta)
+    with torch.no_grad():
+        plain = model(ids).logits
+        weight.add_(2.0 * delta)
+        expected = model(ids).logits
+        weight.copy_(original)
+        with attached(model, art) as switch:
+            on = model(ids).logits
+            with switch.set(False):
+                off = model(ids).logits
+                assert torch.equal(weight, original)
+            again = model(ids).logits
+        assert torch.equal(weight, original)  # detached: the original tensor is back
+    torch.testing.assert_close(on, expected, rtol=0, atol=1e-6)
+    assert torch.equal(on, again)
+    assert torch.equal(off, plain)

@@ -43,13 +43,15 @@ class SAEClampParams(ActivationParams):
             raise ValueError("give either sae_path, or sae_release and sae_id")
 
 
-def load_sae(params: SAEClampParams) -> SAE:
-    """Load the SAE an artifact names, from disk or from a sae-lens release."""
+def load_sae(sae_path: str = "", sae_release: str = "", sae_id: str = "") -> SAE:
+    """Load a sae-lens SAE from a local directory, or from a release and id (hub)."""
     from sae_lens import SAE
 
-    if params.sae_path:
-        return SAE.load_from_disk(params.sae_path, device="cpu")
-    return SAE.from_pretrained(params.sae_release, params.sae_id, device="cpu")
+    if sae_path:
+        return SAE.load_from_disk(sae_path, device="cpu")
+    if not (sae_release and sae_id):
+        raise ValueError("give either sae_path, or sae_release and sae_id")
+    return SAE.from_pretrained(sae_release, sae_id, device="cpu")
 
 
 @register_intervention
@@ -68,7 +70,8 @@ class SAEClamp(ActivationIntervention):
 
     def check(self, model: nn.Module, source: str) -> None:
         try:
-            self.sae = load_sae(self.params)
+            p = self.params
+            self.sae = load_sae(p.sae_path, p.sae_release, p.sae_id)
         except Exception as err:  # sae-lens raises many types for a missing or bad SAE
             raise ArtifactError(source, "params.sae_path", f"cannot load the SAE ({err})") from err
         cfg = self.sae.cfg
@@ -95,14 +98,18 @@ class SAEClamp(ActivationIntervention):
             )
 
     def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
-        self.sae = self.sae.to(device)
+        self.sae = self.sae.to(device=device, dtype=dtype)
+        # Without run-time normalisation decode is affine, so the delta is one row of W_dec.
+        self.linear_decode = self.sae.cfg.normalize_activations in (None, "none")
 
     def edit(self, h: torch.Tensor) -> torch.Tensor:
         k, value = self.params.feature, self.params.strength
         codes = self.sae.encode(h)
+        if self.params.mode == "delta" and self.linear_decode:
+            return h + (value - codes[..., k, None]) * self.sae.W_dec[k]
         clamped = codes.clone()
         clamped[..., k] = value
         if self.params.mode == "replace":
-            return self.sae.decode(clamped).to(h.dtype)
+            return self.sae.decode(clamped)
         both = self.sae.decode(torch.stack([clamped, codes]))  # one decode, shared normalisation
-        return h + (both[0] - both[1]).to(h.dtype)
+        return h + (both[0] - both[1])

@@ -69,7 +69,11 @@ class DirectionalAblation(ActivationIntervention):
         norm = self.tensors["direction"].float().norm()
         if norm == 0:
             raise ArtifactError(source, "direction", "the direction has zero norm")
-        self.tensors["direction"] = self.tensors["direction"].float() / norm
+
+    def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
+        direction = self.tensors["direction"].float()
+        self.tensors["direction"] = direction / direction.norm()
+        super().prepare(device, dtype)
 
     def edit(self, h: torch.Tensor) -> torch.Tensor:
         r = self.tensors["direction"]

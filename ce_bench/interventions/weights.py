@@ -1,0 +1,85 @@
+"""Weight edits: a stored weight difference, present while the switch is on and gone when off."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ce_bench.artifacts import ArtifactError
+from ce_bench.interventions.base import (
+    Intervention,
+    Switch,
+    check_number,
+    register_intervention,
+)
+from ce_bench.sites import module_path
+
+
+@dataclass(frozen=True)
+class WeightDeltaParams:
+    strength: float = 1.0  # W <- W + strength * delta; 1 gives the fine-tuned weights exactly
+
+    def __post_init__(self) -> None:
+        check_number("strength", self.strength)
+
+
+@register_intervention
+class WeightDelta(Intervention):
+    """W_down of layer L <- W_down + s * delta (seed 000's SFT of W_down, section 2).
+
+    The site is `mlp_act` because W_down is the projection that reads it. The edited and the
+    original weights are both kept, and a pre-hook on W_down's module copies in whichever one
+    the switch asks for before the forward pass uses it: switching off restores the original
+    tensor exactly (no add-then-subtract rounding), and detaching restores it for good.
+    Weights act at every position, so this kind takes no `positions` parameter.
+    """
+
+    kind = "weight_delta"
+    Params = WeightDeltaParams
+    tensor_names = ("delta",)
+
+    def check(self, model: nn.Module, source: str) -> None:
+        if self.site.name != "mlp_act":
+            raise ArtifactError(
+                source, "site", f"weight_delta edits the W_down reading mlp_act, got {self.site}"
+            )
+        weight = model.get_submodule(module_path(model, self.site)).weight
+        delta = self.tensors["delta"]
+        if delta.shape != weight.shape:
+            raise ArtifactError(
+                source,
+                "delta",
+                f"expected shape {tuple(weight.shape)} (W_down of layer {self.site.layer}),"
+                f" got {tuple(delta.shape)}",
+            )
+
+    def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:
+        module = model.get_submodule(module_path(model, self.site))
+        weight = module.weight
+        original = weight.detach().clone()
+        delta = self.tensors["delta"].to(device=weight.device, dtype=torch.float32)
+        edited = (original.float() + self.params.strength * delta).to(weight.dtype)
+        state = {"edited": False}
+
+        def sync(module: nn.Module, args: tuple) -> None:
+            if state["edited"] != switch.enabled:
+                with torch.no_grad():
+                    weight.copy_(edited if switch.enabled else original)
+                state["edited"] = switch.enabled
+
+        hook = module.register_forward_pre_hook(sync)
+        return [hook, _Restore(weight, original)]
+
+
+class _Restore:
+    """A handle whose `remove()` puts the original weight back."""
+
+    def __init__(self, weight: torch.Tensor, original: torch.Tensor) -> None:
+        self.weight, self.original = weight, original
+
+    def remove(self) -> None:
+        with torch.no_grad():
+            self.weight.copy_(self.original)

@@ -1,0 +1,166 @@
+"""Seed 000's four concept-editing methods, located for one emotion from the locate split.
+
+Each method registers under the name `ce-bench locate <name>` uses; all of them read the same
+split (locate:validation:test = 1:1:2, A.8) and stamp the emotion and the split's hash into the
+artifact, so the concept_emotion task and the analyses know what an artifact was made from.
+
+Example:
+    >>> data = EmotionData.load()
+    >>> job = EmotionJob(model, tok, "smollm2-135m", data, "anger", layer=20)
+    >>> art = locate_emotion("steering", job)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+from ce_bench.artifacts import Artifact
+from ce_bench.emotions import (
+    EMOTIONS,
+    NEUTRAL,
+    TEMPLATES,
+    Prompt,
+    Split,
+    emotion_prompts,
+    load_scenarios,
+    split_hash,
+    split_scenarios,
+)
+from ce_bench.locate.diffmean import locate_diffmean
+from ce_bench.locate.knowledge_neurons import locate_knowledge_neurons
+from ce_bench.locate.sae_features import SAESource, locate_sae_feature
+from ce_bench.locate.sft import locate_sft
+
+PROBES = 3  # neutral prompts the Reinforcer continues
+
+
+@dataclass(frozen=True)
+class EmotionData:
+    """The scenario split every method locates from."""
+
+    splits: dict[str, Split]
+    source: str  # where the scenarios came from ("shipped" or the user's path / URL)
+    seed: int = 0
+
+    @classmethod
+    def load(cls, scenarios: str | None = None, seed: int = 0) -> EmotionData:
+        return cls(split_scenarios(load_scenarios(scenarios), seed), scenarios or "shipped", seed)
+
+    @property
+    def hash(self) -> str:
+        return split_hash(self.splits)
+
+    def prompts(self, emotion: str, limit: int | None = None) -> list[Prompt]:
+        """Every template of the first `limit` locate scenarios of `emotion`."""
+        return emotion_prompts(emotion, self.splits[emotion].locate[:limit])
+
+    def probes(self) -> list[str]:
+        """Neutral prompts for the Reinforcer (the first template, which asks for a feeling)."""
+        pool = self.splits.get(NEUTRAL) or self.splits[EMOTIONS[0]]
+        return [TEMPLATES[0].fill(s) for s in pool.locate[:PROBES]]
+
+
+@dataclass
+class EmotionJob:
+    """One method's inputs: the model, the data, the emotion and the layer."""
+
+    model: nn.Module
+    tokenizer: Any
+    model_name: str
+    data: EmotionData
+    emotion: str
+    layer: int
+    limit: int | None = None  # locate scenarios per emotion (all if None)
+    sae: SAESource | None = None  # for sae-features
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific keyword arguments
+
+
+LOCATORS: dict[str, Callable[[EmotionJob], Artifact]] = {}
+
+
+def register_locator(name: str) -> Callable[[Callable[[EmotionJob], Artifact]], Any]:
+    def add(fn: Callable[[EmotionJob], Artifact]) -> Callable[[EmotionJob], Artifact]:
+        if name in LOCATORS:
+            raise ValueError(f"locate method {name!r} is already registered")
+        LOCATORS[name] = fn
+        return fn
+
+    return add
+
+
+def locate_emotion(method: str, job: EmotionJob) -> Artifact:
+    """Run `method` for `job` and record the emotion, layer and split in the artifact."""
+    if method not in LOCATORS:
+        raise ValueError(f"unknown locate method {method!r}; known: {', '.join(LOCATORS)}")
+    if job.emotion not in EMOTIONS:
+        raise ValueError(f"unknown emotion {job.emotion!r}; expected one of {', '.join(EMOTIONS)}")
+    artifact = LOCATORS[method](job)
+    report = {
+        **artifact.provenance.report,
+        "emotion": job.emotion,
+        "locate_method": method,
+        "scenarios": job.data.source,
+        "split_seed": job.data.seed,
+        "split_hash": job.data.hash,
+        "locate_scenarios": len(job.data.splits[job.emotion].locate[: job.limit]),
+    }
+    artifact.provenance = replace(artifact.provenance, report=report)
+    return artifact
+
+
+@register_locator("steering")
+def _steering(job: EmotionJob) -> Artifact:
+    """Mean residual of the emotion's prompts minus that of the other emotions' (Eq. 6)."""
+    positive = [p.text for p in job.data.prompts(job.emotion, job.limit)]
+    negative = [
+        p.text
+        for other in EMOTIONS
+        if other != job.emotion
+        for p in job.data.prompts(other, job.limit)
+    ]
+    return locate_diffmean(
+        job.model, job.tokenizer, positive, negative, job.layer, job.model_name, **job.options
+    )
+
+
+@register_locator("knowledge-neurons")
+def _knowledge_neurons(job: EmotionJob) -> Artifact:
+    return locate_knowledge_neurons(
+        job.model,
+        job.tokenizer,
+        job.data.prompts(job.emotion, job.limit),
+        job.layer,
+        job.model_name,
+        **job.options,
+    )
+
+
+@register_locator("sae-features")
+def _sae_features(job: EmotionJob) -> Artifact:
+    if job.sae is None:
+        raise ValueError("sae-features needs an SAE: a local directory or a sae-lens release/id")
+    return locate_sae_feature(
+        job.model,
+        job.tokenizer,
+        job.data.prompts(job.emotion, job.limit),
+        job.data.probes(),
+        job.sae,
+        job.model_name,
+        **job.options,
+    )
+
+
+@register_locator("sft")
+def _sft(job: EmotionJob) -> Artifact:
+    return locate_sft(
+        job.model,
+        job.tokenizer,
+        job.data.prompts(job.emotion, job.limit),
+        job.layer,
+        job.model_name,
+        **job.options,
+    )

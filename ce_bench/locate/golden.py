@@ -1,0 +1,79 @@
+"""Prompt + golden answer batches (seed 000 A.2: locate with "prompt + golden answer" data).
+
+Several locate methods score how well the model produces a golden answer after a prompt with
+teacher forcing: SFT trains on it, SAE attribution differentiates it (Eq. 9-10). This module
+builds those batches once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ce_bench.emotions import Prompt
+
+IGNORE = -100
+
+
+@dataclass
+class GoldenBatch:
+    """Right-padded prompt + " golden" rows; `labels` hold the answer tokens only."""
+
+    input_ids: torch.Tensor  # (batch, seq)
+    attention_mask: torch.Tensor
+    labels: torch.Tensor  # IGNORE outside the answer
+    last_prompt: torch.Tensor  # (batch,) index of each row's last prompt token
+
+
+def golden_batch(tokenizer, prompts: Sequence[Prompt], device: torch.device) -> GoldenBatch:  # type: ignore[no-untyped-def]
+    """Tokenise prompt and answer separately, so the boundary is exact for any tokenizer."""
+    rows, labels, last = [], [], []
+    for prompt in prompts:
+        context = tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(" " + prompt.golden, add_special_tokens=False)["input_ids"]
+        rows.append(context + answer)
+        labels.append([IGNORE] * len(context) + answer)
+        last.append(len(context) - 1)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def padded(values: list[list[int]], fill: int) -> torch.Tensor:
+        return torch.tensor([v + [fill] * (width - len(v)) for v in values], device=device)
+
+    return GoldenBatch(
+        input_ids=padded(rows, pad),
+        attention_mask=padded([[1] * len(r) for r in rows], 0),
+        labels=padded(labels, IGNORE),
+        last_prompt=torch.tensor(last, device=device),
+    )
+
+
+def answer_nll(model: nn.Module, batch: GoldenBatch) -> torch.Tensor:
+    """Per-row mean negative log-likelihood of the answer tokens (seed 000 Eq. 10's Loss)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    targets = batch.labels[:, 1:]
+    nll = nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
+    )
+    counts = (targets != IGNORE).sum(1).clamp(min=1)
+    return nll.sum(1) / counts
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module, trainable: Sequence[torch.Tensor] = ()) -> Iterator[None]:
+    """Only `trainable` requires grad inside the block (gradient methods need activation grads,
+    not weight grads); every flag is restored afterwards."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in flags:
+            p.requires_grad_(False)
+        for p in trainable:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)

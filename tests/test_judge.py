@@ -1,0 +1,542 @@
+"""The judge: A.5 reply parsing (seed 000), both-orders verdicts, retries, the reply cache, the
+lexicon proxy, and a real OpenAI-compatible server (`transformers serve` of the embedded model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ce_bench.judge import (
+    PROMPT_VERSION,
+    Judge,
+    JudgeParseError,
+    PairItem,
+    PairVerdict,
+    Rating,
+    build_prompt,
+    judge_from_metadata,
+    make_judge,
+    parse_scores,
+    register_judge,
+)
+from ce_bench.judge.cache import Completion, ReplyCache, ReplyKey
+from ce_bench.judge.lexicon_judge import lexicon_score
+
+FAST_RETRY = {"backoff_base": 0.001, "backoff_max": 0.01}
+CALM, FURIOUS = "I walked home and made tea.", "I was furious, I hated him and slammed the door."
+
+
+# --- parsing the A.5 output format -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "scores"),
+    [
+        (
+            "Evaluation evidence: the second is angrier.\n"
+            "The overall score of Sentence 1: 2\nThe overall score of Sentence 2: 9",
+            (2, 9),
+        ),
+        (
+            "**The overall score of Sentence 1:** 0\n**The overall score of Sentence 2:** 10",
+            (0, 10),
+        ),
+        (
+            "**The overall score of Sentence 1: 4**\n__The overall score of Sentence 2__: *5*",
+            (4, 5),
+        ),
+        ("the OVERALL score of sentence 1 :  7.\n  The overall score of Sentence 2:3.  ", (7, 3)),
+        (
+            "The overall score of Sentence 1: 6\nThe overall score of Sentence 2: 1\n"
+            "The overall score of Sentence 1: 6",  # a repeated, agreeing line is fine
+            (6, 1),
+        ),
+    ],
+)
+def test_parse_scores_reads_both_scores_in_the_a5_format(reply: str, scores: tuple[int, int]):
+    assert parse_scores(reply) == scores
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "The overall score of Sentence 1: 3",  # Sentence 2 missing
+        "The overall score of Sentence 1: 3\nThe overall score of Sentence 2: 11",  # out of range
+        "The overall score of Sentence 1: 3\nThe overall score of Sentence 2: -1",
+        "The overall score of Sentence 1: 3/10\nThe overall score of Sentence 2: 8/10",
+        "The overall score of Sentence 1: 7.5\nThe overall score of Sentence 2: 8",
+        "The overall score of Sentence 1 is 10.\nThe overall score of Sentence 2 is 2.",
+        "The overall score of Sentence 1: seven\nThe overall score of Sentence 2: 8",
+        "Sentence 1: 3, Sentence 2: 8",
+        "The overall score of Sentence 1: 3\nThe overall score of Sentence 2: 8\n"
+        "The overall score of Sentence 2: 5",  # conflicting duplicate
+        "",
+        "Hello there, welcome to my world!",
+    ],
+)
+def test_parse_scores_rejects_anything_else(reply: str):
+    with pytest.raises(JudgeParseError):
+        parse_scores(reply)
+
+
+def test_prompt_names_the_emotion_and_places_the_sentences_in_order():
+    prompt = build_prompt("disgust", "FIRST TEXT", "SECOND TEXT")
+    assert 'assess the degree of "disgust" in both sentences' in prompt
+    assert "higher the level of disgust." in prompt
+    assert prompt.index("FIRST TEXT") < prompt.index("SECOND TEXT")
+    assert prompt.endswith("The overall score of Sentence 2: <score>")
+
+
+# --- a scripted local OpenAI-compatible endpoint ------------------------------------------------
+
+_SENTENCE = re.compile(r"\[The Start of Sentences [12]\]\n\n(.*?)\n\n\[The End of Sentences")
+
+
+def biased_reply(prompt: str) -> str:
+    """Scores 8 for a sentence with "furious" in it, else 2, plus 1 for being Sentence 1: a judge
+    with a position bias, which averaging over both orders must cancel."""
+    first, second = _SENTENCE.findall(prompt)
+    s1 = (8 if "furious" in first else 2) + 1
+    s2 = 8 if "furious" in second else 2
+    return (
+        "Evaluation evidence: scripted.\n"
+        f"**The overall score of Sentence 1:** {s1}\nThe overall score of Sentence 2: {s2}."
+    )
+
+
+class ScriptedAPI:
+    """A chat-completions endpoint on 127.0.0.1 whose responses follow `statuses` (one per
+    request), then `then` for every later request; a 200 carries `reply(prompt)`."""
+
+    def __init__(
+        self,
+        statuses: list[int] | None = None,
+        then: int = 200,
+        reply: Callable[[str], str] = biased_reply,
+        delay: float = 0.0,
+    ) -> None:
+        self.statuses, self.then, self.reply, self.delay = list(statuses or []), then, reply, delay
+        self.prompts: list[str] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> ScriptedAPI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def _respond(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        prompt = body["messages"][0]["content"]
+        with self._lock:
+            self.prompts.append(prompt)
+            status = self.statuses.pop(0) if self.statuses else self.then
+        if status != 200:
+            return status, {"error": {"message": f"scripted {status}", "type": "scripted"}}
+        return 200, {
+            "id": "scripted",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": self.reply(prompt)},
+                }
+            ],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+        }
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(api.delay)
+                status, payload = api._respond(body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def scripted_judge(api: ScriptedAPI, cache: Path, **options: Any) -> Judge:
+    return make_judge(
+        "openai", model="scripted", base_url=api.url, cache_path=str(cache), **options
+    )
+
+
+# --- the openai backend: both orders, retries, failures ----------------------------------------
+
+
+def test_verdict_averages_both_orders_which_cancels_position_bias(tmp_path: Path):
+    with ScriptedAPI() as api:
+        verdict = scripted_judge(api, tmp_path / "c.sqlite").compare("anger", CALM, FURIOUS)
+    first, second = (_SENTENCE.findall(p) for p in api.prompts)
+    assert first == [CALM, FURIOUS] and second == [FURIOUS, CALM]
+    assert verdict.original_first == (3, 8) and verdict.edited_first == (9, 2)
+    assert (verdict.original, verdict.edited, verdict.failure) == (2.5, 8.5, None)
+
+
+def test_rate_limited_request_is_retried_with_backoff_until_it_succeeds(tmp_path: Path):
+    with ScriptedAPI(statuses=[429, 429]) as api:
+        judge = scripted_judge(api, tmp_path / "c.sqlite", **FAST_RETRY)
+        verdict = judge.compare("anger", CALM, FURIOUS)
+    usage = judge.usage()
+    assert verdict.ok and (verdict.original, verdict.edited) == (2.5, 8.5)
+    assert (usage["requests"], usage["retries"], usage["calls"]) == (4, 2, 2)
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (200, 40)
+    assert usage["failures"] == {}
+
+
+def test_server_errors_become_a_recorded_failure_after_the_last_attempt(tmp_path: Path):
+    with ScriptedAPI(then=500) as api:
+        judge = scripted_judge(api, tmp_path / "c.sqlite", max_attempts=3, **FAST_RETRY)
+        verdict = judge.compare("anger", CALM, FURIOUS)
+    assert verdict.failure == "api: status 500"
+    assert verdict.original is None and verdict.edited is None
+    assert verdict.original_first is None and verdict.edited_first is None
+    usage = judge.usage()
+    assert (usage["requests"], usage["retries"], usage["calls"]) == (6, 4, 0)
+    assert usage["failures"] == {"api: status 500": 2}
+    assert (usage["pairs"], usage["failed_pairs"]) == (1, 1)
+
+
+def test_client_error_is_not_retried(tmp_path: Path):
+    with ScriptedAPI(then=400) as api:
+        judge = scripted_judge(api, tmp_path / "c.sqlite", **FAST_RETRY)
+        verdict = judge.compare("anger", CALM, FURIOUS)
+    assert verdict.failure == "api: status 400" and verdict.edited is None
+    assert (judge.usage()["requests"], judge.usage()["retries"]) == (2, 0)
+
+
+def test_timeouts_are_retried_then_recorded(tmp_path: Path):
+    with ScriptedAPI(delay=1.0) as api:
+        judge = scripted_judge(
+            api, tmp_path / "c.sqlite", timeout=0.2, max_attempts=2, **FAST_RETRY
+        )
+        verdict = judge.compare("anger", CALM, FURIOUS)
+    assert verdict.failure == "api: timeout"
+    assert judge.usage()["failures"] == {"api: timeout": 2}
+
+
+def test_unreachable_server_is_a_recorded_connection_failure(tmp_path: Path):
+    with socket.socket() as sock:  # a port nobody listens on once the socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    judge = make_judge(
+        "openai",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        cache_path=str(tmp_path / "c.sqlite"),
+        max_attempts=2,
+        **FAST_RETRY,
+    )
+    verdict = judge.compare("fear", CALM, FURIOUS)
+    assert verdict.failure == "api: connection" and verdict.original is None
+    assert judge.usage()["requests"] == 4
+
+
+def test_unparseable_reply_is_a_parse_failure_never_a_score(tmp_path: Path):
+    with ScriptedAPI(reply=lambda prompt: "I think both are quite angry, maybe 7.") as api:
+        judge = scripted_judge(api, tmp_path / "c.sqlite")
+        verdict = judge.compare("anger", CALM, FURIOUS)
+    assert verdict.failure == "parse"
+    assert (verdict.original, verdict.edited, verdict.original_first) == (None, None, None)
+    assert judge.usage()["failures"] == {"parse": 2}
+
+
+def test_compare_many_returns_verdicts_in_item_order_under_concurrency(tmp_path: Path):
+    items = [PairItem("anger", f"{CALM} ({i})", f"{FURIOUS} ({i})") for i in range(6)]
+    items[2] = PairItem("anger", f"{FURIOUS} (swapped)", f"{CALM} (swapped)")
+    with ScriptedAPI(delay=0.05) as api:
+        judge = scripted_judge(api, tmp_path / "c.sqlite", concurrency=4)
+        verdicts = judge.compare_many(items, progress=False)
+    assert [(v.original, v.edited) for v in verdicts] == [(2.5, 8.5)] * 2 + [(8.5, 2.5)] + [
+        (2.5, 8.5)
+    ] * 3
+    assert len(ReplyCache(tmp_path / "c.sqlite")) == 12
+
+
+# --- the reply cache ----------------------------------------------------------------------------
+
+
+def test_cached_replies_survive_a_new_judge_so_a_rerun_pays_nothing(tmp_path: Path):
+    cache = tmp_path / "c.sqlite"
+    with ScriptedAPI() as api:
+        first = scripted_judge(api, cache)
+        verdict = first.compare("anger", CALM, FURIOUS)
+        # committed as they arrive: another connection sees them while the judge is alive
+        with sqlite3.connect(cache) as db:
+            assert db.execute("SELECT COUNT(*) FROM replies").fetchone()[0] == 2
+        again = scripted_judge(api, cache)
+        assert again.compare("anger", CALM, FURIOUS) == verdict
+    assert len(api.prompts) == 2
+    usage = again.usage()
+    assert (usage["calls"], usage["requests"], usage["cache_hits"]) == (0, 0, 2)
+
+
+def test_cache_is_keyed_by_order_emotion_model_and_prompt_version(tmp_path: Path):
+    cache = ReplyCache(tmp_path / "c.sqlite")
+    key = ReplyKey("gpt-4o", PROMPT_VERSION, "anger", CALM, FURIOUS)
+    cache.put(key, Completion("reply", prompt_tokens=5, completion_tokens=3))
+    assert ReplyCache(tmp_path / "c.sqlite").get(key) == Completion("reply", 5, 3)
+    for other in (
+        ReplyKey("gpt-4o", PROMPT_VERSION, "anger", FURIOUS, CALM),
+        ReplyKey("gpt-4o", PROMPT_VERSION, "fear", CALM, FURIOUS),
+        ReplyKey("gpt-4o-mini", PROMPT_VERSION, "anger", CALM, FURIOUS),
+        ReplyKey("gpt-4o", "other-prompt", "anger", CALM, FURIOUS),
+    ):
+        assert cache.get(other) is None
+
+
+def test_parse_failures_are_cached_but_failed_requests_are_not(tmp_path: Path):
+    cache = tmp_path / "c.sqlite"
+    with ScriptedAPI(reply=lambda prompt: "no scores here") as garbage:
+        scripted_judge(garbage, cache).compare("anger", CALM, FURIOUS)
+        rerun = scripted_judge(garbage, cache)
+        assert rerun.compare("anger", CALM, FURIOUS).failure == "parse"
+    assert len(garbage.prompts) == 2 and rerun.usage()["failures"] == {"parse": 2}
+
+    with ScriptedAPI(then=503) as down:
+        failed = scripted_judge(down, cache, max_attempts=1).compare("fear", CALM, FURIOUS)
+    assert failed.failure == "api: status 503"
+    with ScriptedAPI() as up:
+        assert scripted_judge(up, cache).compare("fear", CALM, FURIOUS).ok
+    assert len(up.prompts) == 2
+
+
+# --- building judges from options ---------------------------------------------------------------
+
+
+def test_options_from_metadata_strings_are_typed_and_unprefixed_keys_ignored(tmp_path: Path):
+    judge = judge_from_metadata(
+        {
+            "judge": "openai",
+            "judge_model": "m",
+            "judge_base_url": "http://127.0.0.1:8000/v1",
+            "judge_concurrency": "3",
+            "judge_backoff_base": "0.5",
+            "judge_cache_path": str(tmp_path / "c.sqlite"),
+            "pretrained": "not-a-judge-option",
+        },
+        default="lexicon",
+    )
+    assert judge.name == "openai"
+    assert (judge.options.concurrency, judge.options.backoff_base) == (3, 0.5)
+    assert judge_from_metadata({}, default="lexicon").name == "lexicon"
+
+
+def test_unknown_option_is_an_error_naming_it_and_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown option 'modle'.*known: .*model"):
+        make_judge("openai", modle="gpt-4o")
+    with pytest.raises(ValueError, match=r"unknown judge 'gpt'.*lexicon, openai"):
+        make_judge("gpt")
+    with pytest.raises(ValueError, match="max_tokens"):
+        make_judge("openai", base_url="http://127.0.0.1:1/v1", max_tokens="0")
+    with pytest.raises(ValueError, match="concurrency"):
+        make_judge("lexicon", concurrency="many")
+
+
+def test_missing_api_key_names_the_variable_unless_the_server_is_local(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        make_judge("openai")
+    with pytest.raises(ValueError, match="MY_JUDGE_KEY"):
+        make_judge("openai", base_url="https://judge.example/v1", api_key_env="MY_JUDGE_KEY")
+    local = make_judge(
+        "openai", base_url="http://localhost:8000/v1", cache_path=str(tmp_path / "c.sqlite")
+    )
+    assert local.usage()["base_url"] == "http://localhost:8000/v1"
+
+
+def test_a_backend_name_can_be_registered_only_once():
+    class Duplicate(Judge):
+        name = "lexicon"
+
+        def rate(self, emotion: str, first: str, second: str) -> Rating:
+            return Rating((0, 0))
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_judge(Duplicate)
+
+
+# --- the lexicon proxy --------------------------------------------------------------------------
+
+
+def test_lexicon_judge_scores_an_angry_sentence_above_a_neutral_one():
+    verdict = make_judge("lexicon").compare("anger", CALM, FURIOUS)
+    assert verdict.ok and verdict.edited > verdict.original
+    assert verdict.original_first == verdict.edited_first[::-1]
+
+
+def test_lexicon_judge_is_deterministic_and_says_it_is_a_proxy():
+    items = [PairItem(emotion, CALM, FURIOUS) for emotion in ("anger", "fear", "disgust")]
+    first = make_judge("lexicon").compare_many(items, progress=False)
+    second = make_judge("lexicon").compare_many(items, progress=False)
+    assert first == second
+    assert make_judge("lexicon").usage()["proxy"] is True
+
+
+def test_lexicon_finds_inflected_forms_and_rejects_unknown_emotions():
+    assert lexicon_score("hated", "anger") == 10  # listed as "hate"
+    assert lexicon_score("", "anger") == 0
+    with pytest.raises(ValueError, match="happiness"):
+        lexicon_score("I am glad", "love")
+
+
+# --- a real OpenAI-compatible server: `transformers serve` of the embedded model ---------------
+
+SERVE_START_SECONDS = 180
+SERVED_ITEMS = [
+    PairItem("anger", CALM, FURIOUS),
+    PairItem("fear", "The sun rose over the quiet field.", "A scream echoed in the dark."),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_model(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of `transformers serve` running the embedded model on a free loopback port."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(embedded_dir)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    # One torch thread: on 2 cores shared with other work, torch's default (a thread per core)
+    # oversubscribes and a 12-token reply takes 15 s instead of 1.5 s.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    with log.open("w") as log_file:
+        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + SERVE_START_SECONDS
+        while not _healthy(port):
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"transformers serve did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class ServedRun:
+    judge: Judge
+    verdicts: list[PairVerdict]
+    cache: Path
+
+
+@pytest.fixture(scope="module")
+def served_run(
+    served_model: str, embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ServedRun:
+    """One judged run through the real server. The server only answers to the model name it was
+    started with, so the judge model is the folder path."""
+    cache = tmp_path_factory.mktemp("judge") / "c.sqlite"
+    judge = make_judge(
+        "openai",
+        model=str(embedded_dir),
+        base_url=served_model,
+        max_tokens=12,
+        timeout=120,
+        cache_path=str(cache),
+        concurrency=2,
+    )
+    return ServedRun(judge, judge.compare_many(SERVED_ITEMS, progress=False), cache)
+
+
+@pytest.mark.slow
+def test_served_judge_asks_in_both_orders_and_never_scores_unparseable_replies(
+    served_run: ServedRun,
+):
+    usage, model = served_run.judge.usage(), served_run.judge.options.model
+    assert (usage["calls"], usage["requests"], usage["cache_hits"]) == (4, 4, 0)
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    cache = ReplyCache(served_run.cache)
+    unparseable = 0
+    for item, verdict in zip(SERVED_ITEMS, served_run.verdicts, strict=True):
+        orders = [(item.original, item.edited), (item.edited, item.original)]
+        replies = [cache.get(ReplyKey(model, PROMPT_VERSION, item.emotion, *o)) for o in orders]
+        assert all(reply is not None for reply in replies)  # both orders were asked and kept
+        parsed = [_try_parse(reply.text) for reply in replies]
+        unparseable += parsed.count(None)
+        assert [verdict.original_first, verdict.edited_first] == parsed
+        if None in parsed:
+            assert verdict.failure == "parse" and verdict.original is None
+        else:
+            assert verdict.ok and 0 <= verdict.edited <= 10
+    assert usage["failures"].get("parse", 0) == unparseable
+    assert usage["failed_pairs"] == sum(not v.ok for v in served_run.verdicts)
+
+
+@pytest.mark.slow
+def test_served_judge_rerun_makes_zero_calls(served_run: ServedRun, served_model: str):
+    again = make_judge(
+        "openai",
+        model=served_run.judge.options.model,
+        base_url=served_model,
+        max_tokens=12,
+        cache_path=str(served_run.cache),
+    )
+    assert again.compare_many(SERVED_ITEMS, progress=False) == served_run.verdicts
+    usage = again.usage()
+    assert (usage["calls"], usage["requests"], usage["cache_hits"]) == (0, 0, 4)
+
+
+def _try_parse(reply: str) -> tuple[int, int] | None:
+    try:
+        return parse_scores(reply)
+    except JudgeParseError:
+        return None
