@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -13,6 +16,8 @@ from rich.table import Table
 app = typer.Typer(help="ce-bench: benchmark concept and knowledge editing inside lm-eval.")
 locate_app = typer.Typer(help="Locate an intervention and write it as an artifact directory.")
 app.add_typer(locate_app, name="locate")
+analyze_app = typer.Typer(help="Analyses of located edits (seed 000 sections 4.4 and 4.5).")
+app.add_typer(analyze_app, name="analyze")
 console = Console()
 
 
@@ -56,6 +61,254 @@ def locate_diffmean_cmd(
     console.print(f"wrote {out} (steer at {artifact.site}, |v| = {norm:.3f})")
 
 
+# Options every emotion locate command shares (seed 000: one emotion, one layer, the locate split).
+EMOTION = typer.Option(
+    ..., help="Target emotion: happiness, sadness, anger, fear, surprise, disgust."
+)
+LAYER = typer.Option(..., help="Layer L (0-based).")
+OUT = typer.Option(..., help="Artifact directory to write.")
+MODEL = typer.Option("smollm2-135m", help="HF id or path; default: embedded model.")
+SCENARIOS = typer.Option(None, help="RepE scenario dir or URL; default: the shipped set.")
+LIMIT = typer.Option(None, help="Locate scenarios to use (each under every template); default all.")
+DEVICE = typer.Option(None, help="cpu / cuda; default: cuda if available.")
+
+
+def _locate(
+    method: str,
+    emotion: str,
+    layer: int,
+    out: Path,
+    model: str,
+    scenarios: str | None,
+    limit: int | None,
+    device: str | None,
+    options: dict[str, Any],
+    sae: Any = None,
+) -> Any:
+    """Run one emotion locate method and write its artifact; returns the artifact."""
+    from ce_bench.artifacts import save_artifact
+    from ce_bench.emotions import EMOTIONS
+    from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
+    from ce_bench.models.embedded import load_model
+
+    if emotion not in EMOTIONS:
+        raise typer.BadParameter(
+            f"{emotion!r} is not one of {', '.join(EMOTIONS)}", param_hint="--emotion"
+        )
+    data = EmotionData.load(scenarios)
+    lm, tokenizer = load_model(model, device)
+    given = {k: v for k, v in options.items() if v is not None}
+    job = EmotionJob(lm, tokenizer, model, data, emotion, layer, limit, sae, given)
+    artifact = locate_emotion(method, job)
+    save_artifact(artifact, out)
+    return artifact
+
+
+@locate_app.command("steering")
+def locate_steering_cmd(
+    emotion: str = EMOTION,
+    layer: int = LAYER,
+    out: Path = OUT,
+    model: str = MODEL,
+    scenarios: str | None = SCENARIOS,
+    limit: int | None = LIMIT,
+    device: str | None = DEVICE,
+) -> None:
+    """Mean residual of the emotion's prompts minus the other emotions' (seed 000 Eq. 6)."""
+    artifact = _locate("steering", emotion, layer, out, model, scenarios, limit, device, {})
+    unit = artifact.provenance.report["strength_unit"]
+    console.print(f"wrote {out} (steer at {artifact.site}; k = {unit:.2f} matches |h|)")
+
+
+@locate_app.command("knowledge-neurons")
+def locate_knowledge_neurons_cmd(
+    emotion: str = EMOTION,
+    layer: int = LAYER,
+    out: Path = OUT,
+    model: str = MODEL,
+    scenarios: str | None = SCENARIOS,
+    limit: int | None = LIMIT,
+    device: str | None = DEVICE,
+    steps: int | None = typer.Option(None, help="Riemann steps m of the IG integral; default 20."),
+    threshold: float | None = typer.Option(
+        None, help="Keep neurons above this x each prompt's max attribution; default 0.1."
+    ),
+    min_share: float | None = typer.Option(
+        None, help="Co-occurrence q: keep neurons passing in more than this share; default 0.2."
+    ),
+    max_neurons: int | None = typer.Option(
+        None, help="Cap on kept neurons; default: A.8's 450 per 14336 of the layer's width."
+    ),
+    strength: float | None = typer.Option(
+        None, help="beta of Eq. 3 (>1 amplifies, 0 masks); default 2.0."
+    ),
+) -> None:
+    """Knowledge neurons of an emotion's golden answers by integrated gradients (Eq. 1-3)."""
+    options = dict(
+        steps=steps,
+        threshold=threshold,
+        min_share=min_share,
+        max_neurons=max_neurons,
+        strength=strength,
+    )
+    artifact = _locate(
+        "knowledge-neurons", emotion, layer, out, model, scenarios, limit, device, options
+    )
+    report = artifact.provenance.report
+    console.print(
+        f"wrote {out} ({len(report['neurons'])} of {report['candidates']} candidate neurons at"
+        f" {artifact.site}, from {report['prompts']} prompts, beta = {artifact.params['strength']})"
+    )
+
+
+@locate_app.command("sae-features")
+def locate_sae_features_cmd(
+    emotion: str = EMOTION,
+    layer: int = LAYER,
+    out: Path = OUT,
+    model: str = MODEL,
+    scenarios: str | None = SCENARIOS,
+    limit: int | None = LIMIT,
+    device: str | None = DEVICE,
+    sae_path: str = typer.Option("", help="Local sae-lens SAE directory."),
+    sae_release: str = typer.Option("", help="sae-lens release (hub), with --sae-id."),
+    sae_id: str = typer.Option("", help="SAE id within the release."),
+    top: int | None = typer.Option(None, help="Candidates the Reinforcer interprets; default 10."),
+) -> None:
+    """SAE feature by attribution (Eq. 9-10) and the Reinforcer (A.1); no SAE given on the
+    embedded model: the project's own SAE for the layer (ce-bench train-sae)."""
+    from ce_bench.locate.sae_features import FeatureNotFound, SAESource
+
+    if not (sae_path or sae_release):
+        if model != "smollm2-135m":
+            raise typer.BadParameter("give --sae-path or --sae-release/--sae-id for this model")
+        from ce_bench.sae_training import ensure_sae
+
+        sae_path = str(ensure_sae(layer, model=model))
+    source = SAESource(sae_path, sae_release, sae_id)
+    try:
+        artifact = _locate(
+            "sae-features",
+            emotion,
+            layer,
+            out,
+            model,
+            scenarios,
+            limit,
+            device,
+            {"top": top},
+            source,
+        )
+    except FeatureNotFound as err:
+        console.print(_candidates_table(err.candidates, emotion))
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from err
+    report = artifact.provenance.report
+    console.print(_candidates_table(report["candidates"], emotion))
+    console.print(
+        f"wrote {out}: feature {artifact.params['feature']} (rank {report['chosen_rank']}),"
+        f" C = {artifact.params['strength']:.2f}; target in a prompt's top 10:"
+        f" {100 * report['top10_hit_rate']:.1f}% of locate prompts"
+    )
+
+
+def _candidates_table(candidates: list[Any], emotion: str) -> Table:
+    table = Table(title=f"Reinforcer: top features for {emotion}")
+    for column in ("rank", "feature", "attribution", "interpretation", f"is {emotion}"):
+        table.add_column(column)
+    for c in candidates:
+        c = c if isinstance(c, dict) else asdict(c)
+        table.add_row(
+            str(c["rank"]),
+            str(c["feature"]),
+            f"{c['attribution']:.4g}",
+            " ".join(c["interpretation"]) or "(no repeat)",
+            "yes" if c["matches"] else "",
+        )
+    return table
+
+
+@locate_app.command("sft")
+def locate_sft_cmd(
+    emotion: str = EMOTION,
+    layer: int = LAYER,
+    out: Path = OUT,
+    model: str = MODEL,
+    scenarios: str | None = SCENARIOS,
+    limit: int | None = LIMIT,
+    device: str | None = DEVICE,
+    lr: float | None = typer.Option(None, help="Adam learning rate; default 1e-4."),
+    epochs: int | None = typer.Option(None, help="Passes over the locate prompts; default 2."),
+) -> None:
+    """Fine-tune only W_down of the layer on prompt + golden answer (seed 000 section 2)."""
+    options = {"lr": lr, "epochs": epochs}
+    artifact = _locate("sft", emotion, layer, out, model, scenarios, limit, device, options)
+    report = artifact.provenance.report
+    console.print(
+        f"wrote {out} (weight_delta of W_down at layer {layer}; answer loss"
+        f" {report['first_loss']:.3f} -> {report['last_loss']:.3f})"
+    )
+
+
+@analyze_app.command("generalization")
+def analyze_generalization_cmd(
+    emotion: str = typer.Option(..., help="Emotion whose word lists are scored (Table 3)."),
+    artifact: list[str] | None = typer.Option(None, help="NAME=DIR, repeatable: one column each."),
+    prompt: list[str] | None = typer.Option(
+        None, help="Prompt, repeatable (averaged); default: seed 000's breakfast prompt."
+    ),
+    steps: int = typer.Option(20, help="Greedy steps per prompt."),
+    model: str = typer.Option("smollm2-135m", help="HF id or path; default: embedded model."),
+    device: str | None = typer.Option(None, help="cpu / cuda; default: cuda if available."),
+    out: Path | None = typer.Option(
+        None, help="Also write the table: *.json as JSON, else Markdown."
+    ),
+) -> None:
+    """Mean probability of concept, synonym, antonym, related, unrelated words (Table 4)."""
+    from ce_bench.analysis import generalization_markdown, generalization_table
+    from ce_bench.analysis import output_generalization as analyse
+    from ce_bench.analysis.generalization import PAPER_PROMPT
+    from ce_bench.artifacts import load_artifact
+    from ce_bench.models.embedded import load_model
+
+    artifacts = {name: load_artifact(path) for name, path in _named_dirs(artifact or [])}
+    lm, tokenizer = load_model(model, device)
+    report = analyse(lm, tokenizer, emotion, artifacts, prompt or (PAPER_PROMPT,), steps)
+    console.print(generalization_table(report))
+    _write_report(out, asdict(report), generalization_markdown(report))
+
+
+@analyze_app.command("overlap")
+def analyze_overlap_cmd(
+    emotion: str = typer.Option(..., help="The artifacts' emotion; its prompts score SAE and SV."),
+    ne: Path | None = typer.Option(None, help="neuron_scale artifact directory (NE)."),
+    sae: Path | None = typer.Option(None, help="sae_clamp artifact directory (SAE)."),
+    sv: Path | None = typer.Option(None, help="steer artifact directory (SV)."),
+    sft: Path | None = typer.Option(None, help="weight_delta artifact directory (SFT)."),
+    top_j: int | None = typer.Option(None, help="J when --ne is missing; otherwise J = |NE|."),
+    prompts: int = typer.Option(20, help="Locate-split prompts SAE and SV are averaged over."),
+    scenarios: str | None = typer.Option(None, help="RepE scenario dir or URL; default: shipped."),
+    model: str = typer.Option("smollm2-135m", help="HF id or path; default: embedded model."),
+    device: str | None = typer.Option(None, help="cpu / cuda; default: cuda if available."),
+    out: Path | None = typer.Option(
+        None, help="Also write the table: *.json as JSON, else Markdown."
+    ),
+) -> None:
+    """Overlap (%) of the neurons NE, SAE, SV and SFT imply at one layer (Table 5)."""
+    from ce_bench.analysis import neuron_overlap, overlap_markdown, overlap_table
+    from ce_bench.artifacts import load_artifact
+    from ce_bench.locate.emotion import EmotionData
+    from ce_bench.models.embedded import load_model
+
+    given = {"ne": ne, "sae": sae, "sv": sv, "sft": sft}
+    artifacts = {key: load_artifact(path) for key, path in given.items() if path is not None}
+    texts = [p.text for p in EmotionData.load(scenarios).prompts(emotion, prompts)][:prompts]
+    lm, tokenizer = load_model(model, device)
+    report = neuron_overlap(lm, tokenizer, texts, top_j=top_j, emotion=emotion, **artifacts)
+    console.print(overlap_table(report))
+    _write_report(out, asdict(report), overlap_markdown(report))
+
+
 @app.command()
 def show(directory: Path) -> None:
     """Print an artifact's manifest and tensor shapes."""
@@ -76,6 +329,31 @@ def show(directory: Path) -> None:
     for key, value in vars(artifact.provenance).items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+def _named_dirs(items: list[str]) -> list[tuple[str, Path]]:
+    """Parse repeated NAME=DIR options, keeping their order (it is the table's column order)."""
+    pairs: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not (sep and name and path):
+            raise typer.BadParameter(f"expected NAME=DIR, got {item!r}")
+        if name in pairs:
+            raise typer.BadParameter(f"artifact name {name!r} given twice")
+        pairs[name] = Path(path)
+    return list(pairs.items())
+
+
+def _write_report(out: Path | None, report: dict[str, Any], markdown: str) -> None:
+    """Write a report with the command that produced it (*.json as JSON, else Markdown)."""
+    if out is None:
+        return
+    command = shlex.join(["ce-bench", *sys.argv[1:]])
+    if out.suffix == ".json":
+        out.write_text(json.dumps({"command": command, **report}, indent=2) + "\n")
+    else:
+        out.write_text(f"Command: `{command}`\n\n{markdown}")
+    console.print(f"wrote {out}")
 
 
 def _lines(path: Path) -> list[str]:

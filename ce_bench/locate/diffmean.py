@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash
@@ -31,6 +32,10 @@ def locate_diffmean(
     pos = collect_activations(model, tokenizer, positive, site, aggregate, desc="positive")
     neg = collect_activations(model, tokenizer, negative, site, aggregate, desc="negative")
     vector = pos.mean(0) - neg.mean(0)
+    if not float(vector.norm()) > 0:
+        raise ValueError("positive and negative texts have the same mean activation: no direction")
+    # k at which k*v is as long as the mean residual: a scale-free unit for strength grids
+    mean_norm = float(torch.cat([pos, neg]).norm(dim=-1).mean())
     return Artifact(
         kind="steer",
         site=site,
@@ -40,5 +45,6 @@ def locate_diffmean(
         provenance=Provenance(
             method=f"diffmean/{aggregate}",
             data_hash=data_hash("\n".join(positive), "\n".join(negative)),
+            report={"mean_norm": mean_norm, "strength_unit": mean_norm / float(vector.norm())},
         ),
     )

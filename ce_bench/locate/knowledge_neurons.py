@@ -241,8 +241,13 @@ def locate_knowledge_neurons(
                 "candidates": chosen.candidates,
                 "prompts_without_positive_attribution": int((table.max(1).values <= 0).sum()),
                 "neurons": [
-                    {"neuron": int(i), "share": round(float(s), 4), "mean_attribution": float(a)}
-                    for i, s, a in zip(chosen.neurons, chosen.share, chosen.mean_attribution)
+                    {"neuron": i, "share": round(s, 4), "mean_attribution": round(a, 4)}
+                    for i, s, a in zip(
+                        chosen.neurons.tolist(),
+                        chosen.share.tolist(),
+                        chosen.mean_attribution.tolist(),
+                        strict=True,
+                    )
                 ],
             },
         ),

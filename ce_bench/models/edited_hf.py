@@ -50,7 +50,7 @@ class EditedHFLM(HFLM):
     ) -> None:
         artifacts = [load_artifact(p) for p in _split(intervention)]
         overrides = _overrides(strength, positions, len(artifacts))
-        self.model_name = pretrained or EMBEDDED_NAME
+        self.model_name = _name_of(pretrained)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         super().__init__(pretrained=resolve_pretrained(pretrained), device=device, **kwargs)
@@ -133,6 +133,13 @@ class EditedHFLM(HFLM):
             ],
         }
         return info
+
+
+def _name_of(pretrained: Any) -> str:
+    """The base model's name for results: the id or path, or a loaded model's own name."""
+    if isinstance(pretrained, str) and pretrained:
+        return pretrained
+    return EMBEDDED_NAME if not pretrained else pretrained.config.name_or_path
 
 
 def _split(intervention: str | None) -> list[str]:

@@ -7,8 +7,10 @@ mean of its two. Per prompt:
 
 - success: edited score > original score, and the edited output is not degenerate (A.8);
 - score_gain: edited score - original score;
-- degenerate: the edited output repeats itself or has a perplexity above `max_ppl` under the
-  unedited model;
+- degenerate: the edit made the output repeat itself (the edited output is repetitive and the
+  original is not: a small model's greedy continuations often loop on their own, and only the
+  looping the edit introduces is its fault), or the edited output's perplexity under the
+  unedited model is above `max_ppl`;
 - judge_failure: the judge's reply could not be parsed or the call failed; such a prompt gets
   no success and no gain (NaN, left out of their means), never an invented score.
 
@@ -118,7 +120,7 @@ class Scored:
     """Everything `process_results` reports for one prompt."""
 
     verdict: PairVerdict
-    repetitive: bool
+    repetitive: bool  # the edit introduced repetition
     perplexity: float  # of the edited output under the unedited model; NaN if empty
     max_ppl: float
 
@@ -169,9 +171,8 @@ class ConceptEmotion(PairedGeneration):
             pairs, verdicts, perplexities, strict=True
         ):
             ppl = ppl if math.isfinite(ppl) else NAN
-            self._scored[prompt, base, edited] = Scored(
-                verdict, is_repetitive(edited), ppl, self.max_ppl
-            )
+            repetitive = is_repetitive(edited) and not is_repetitive(base)
+            self._scored[prompt, base, edited] = Scored(verdict, repetitive, ppl, self.max_ppl)
         self.config.metadata["judge_usage"] = self.judge.usage()
         self.config.metadata["target_emotion"] = self.emotion
 

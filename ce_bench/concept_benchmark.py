@@ -1,0 +1,229 @@
+"""Seed 000's concept-editing benchmark in one call: locate, choose strengths, test (Table 2).
+
+For every method (NE, SAE, SV, SFT) and emotion at one layer:
+
+1. locate from the locate split (`ce_bench.locate.emotion`) and save the artifact;
+2. evaluate `concept_emotion_<emotion>` on the validation split at each strength of the
+   method's grid, and keep the strength with the best success rate among those whose
+   degenerate rate stays under a bound (seed 000 A.8, as AxBench does);
+3. evaluate the chosen strength on the test split.
+
+Evaluation goes through lm-eval (`simple_evaluate` with an `edited_hf` model built on the one
+loaded model), so the numbers are those a user gets from `lm_eval --model edited_hf`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ce_bench.artifacts import Artifact, save_artifact
+from ce_bench.emotions import EMOTIONS
+from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
+from ce_bench.locate.sae_features import FeatureNotFound, SAESource
+
+METHODS = ("knowledge-neurons", "sae-features", "steering", "sft")  # Table 2's NE, SAE, SV, SFT
+SHORT = {"knowledge-neurons": "NE", "sae-features": "SAE", "steering": "SV", "sft": "SFT"}
+# Strength grids per artifact kind, as multiples of the artifact's `strength_unit` (1 when it
+# has none). For steer and sae_clamp the unit makes the injected vector as long as the mean
+# residual, so one grid fits any model; beta multiplies neuron activations (Eq. 3); the
+# weight_delta scale 1 is the fine-tuned W_down itself.
+GRIDS: dict[str, tuple[float, ...]] = {
+    "steer": (0.25, 0.5, 1.0),
+    "sae_clamp": (0.25, 0.5, 1.0),
+    "neuron_scale": (2.0, 5.0, 10.0),
+    "weight_delta": (1.0, 2.0, 4.0),
+}
+MAX_DEGENERATE = 0.5  # a strength whose edited outputs are mostly degenerate is not eligible
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to run; the defaults are the paper's protocol on the embedded model."""
+
+    model: str = "smollm2-135m"
+    layer: int = 20
+    emotions: tuple[str, ...] = EMOTIONS
+    methods: tuple[str, ...] = METHODS
+    sae: SAESource | None = None  # None on the embedded model: the project's own trained SAE
+    scenarios: str | None = None
+    judge: dict[str, Any] = field(default_factory=lambda: {"judge": "lexicon"})
+    locate_limit: int | None = None  # locate scenarios per emotion
+    validation_limit: int | None = None  # prompts per strength on the validation split
+    test_limit: int | None = None
+    max_gen_toks: int = 48
+    batch_size: int = 16
+    max_degenerate: float = MAX_DEGENERATE
+    out: Path = Path("results/concept_editing")
+
+
+@dataclass
+class Cell:
+    """One method x emotion: its artifact, the validation sweep, the test result."""
+
+    method: str
+    emotion: str
+    artifact: str | None = None
+    located: bool = True
+    note: str = ""
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    strength: float | None = None
+    test: dict[str, Any] = field(default_factory=dict)
+
+
+def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> list[Cell]:
+    """Locate, select and test every method x emotion; writes everything under `config.out`."""
+    from ce_bench.models.embedded import load_model
+
+    console = console or Console()
+    model, tokenizer = load_model(config.model, "cpu")
+    data = EmotionData.load(config.scenarios)
+    sae = config.sae or _own_sae(config)
+    cells: list[Cell] = []
+    for method in config.methods:
+        for emotion in config.emotions:
+            cell = Cell(method, emotion)
+            cells.append(cell)
+            console.rule(f"{SHORT[method]} / {emotion}")
+            job = EmotionJob(model, tokenizer, config.model, data, emotion, config.layer)
+            job.limit, job.sae = config.locate_limit, sae
+            try:
+                artifact = locate_emotion(method, job)
+            except FeatureNotFound as err:  # Table 2's "-": the SAE has no such feature here
+                cell.located, cell.note = False, str(err)
+                console.print(f"[yellow]{err}[/yellow]")
+                continue
+            path = save_artifact(artifact, config.out / "artifacts" / method / emotion)
+            cell.artifact = str(path)
+            evaluate = _evaluator(model, tokenizer, path, emotion, config)
+            for strength in strength_grid(artifact):
+                metrics = evaluate(strength, "validation", config.validation_limit)
+                cell.validation.append({"strength": strength, **metrics})
+            cell.strength = choose_strength(cell.validation, config.max_degenerate)
+            cell.test = evaluate(cell.strength, "test", config.test_limit)
+            console.print(
+                f"strength {cell.strength:g}: test success {cell.test['success_rate']:.3f}"
+            )
+    write_results(cells, config)
+    console.print(table2(cells, config))
+    return cells
+
+
+def strength_grid(artifact: Artifact) -> list[float]:
+    """The strengths tried on the validation split for this artifact."""
+    unit = float(artifact.provenance.report.get("strength_unit", 1.0))
+    return [round(m * unit, 6) for m in GRIDS[artifact.kind]]
+
+
+def choose_strength(validation: list[dict[str, Any]], max_degenerate: float) -> float:
+    """Best validation success rate among strengths under the degenerate bound (A.8); if none
+    is under it, the least degenerate."""
+    eligible = [v for v in validation if v["degenerate_rate"] <= max_degenerate]
+    if not eligible:
+        return min(validation, key=lambda v: v["degenerate_rate"])["strength"]
+    return max(eligible, key=lambda v: (_number(v["success_rate"]), -v["strength"]))["strength"]
+
+
+def _number(value: float) -> float:
+    return -1.0 if value is None or math.isnan(value) else value
+
+
+def _evaluator(model, tokenizer, path: Path, emotion: str, config: BenchmarkConfig) -> Callable:  # type: ignore[no-untyped-def]
+    """A function (strength, split, limit) -> concept_emotion metrics for one artifact."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from ce_bench import register
+    from ce_bench.models.edited_hf import EditedHFLM
+
+    register()
+
+    def evaluate(strength: float, split: str, limit: int | None) -> dict[str, Any]:
+        lm = EditedHFLM(
+            pretrained=model,
+            tokenizer=tokenizer,
+            intervention=str(path),
+            strength=strength,
+            batch_size=config.batch_size,
+        )
+        metadata = {**config.judge, "split": split, "scenarios": config.scenarios}
+        try:
+            out = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[f"concept_emotion_{emotion}"],
+                limit=limit,
+                gen_kwargs={"max_gen_toks": config.max_gen_toks},
+                task_manager=TaskManager(metadata={k: v for k, v in metadata.items() if v}),
+                verbosity="WARNING",
+            )
+        finally:
+            lm.close()
+        metrics = out["results"][f"concept_emotion_{emotion}"]
+        return {k.split(",")[0]: v for k, v in metrics.items() if "," in k and "stderr" not in k}
+
+    return evaluate
+
+
+def _own_sae(config: BenchmarkConfig) -> SAESource | None:
+    """The project's trained SAE for the embedded model, when the SAE method is asked for."""
+    if "sae-features" not in config.methods:
+        return None
+    from ce_bench.sae_training import ensure_sae
+
+    return SAESource(sae_path=str(ensure_sae(config.layer, model=config.model)))
+
+
+def table2(cells: list[Cell], config: BenchmarkConfig) -> Table:
+    """Seed 000 Table 2: % of test prompts successfully edited, emotion x method."""
+    methods = [m for m in config.methods]
+    table = Table(title=f"Editing success (%) at layer {config.layer}, {config.model}")
+    table.add_column("emotion")
+    for method in methods:
+        table.add_column(SHORT[method], justify="right")
+    for emotion in config.emotions:
+        table.add_row(emotion, *(_cell_text(cells, m, emotion) for m in methods))
+    table.add_row("Average", *(_average_text(cells, m) for m in methods), style="bold")
+    return table
+
+
+def _success(cells: list[Cell], method: str, emotion: str) -> float | None:
+    cell = next(c for c in cells if c.method == method and c.emotion == emotion)
+    value = cell.test.get("success_rate") if cell.located else None
+    return None if value is None or math.isnan(value) else 100 * value
+
+
+def _cell_text(cells: list[Cell], method: str, emotion: str) -> str:
+    value = _success(cells, method, emotion)
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _average_text(cells: list[Cell], method: str) -> str:
+    values = [_success(cells, method, c.emotion) for c in cells if c.method == method]
+    found = [v for v in values if v is not None]
+    return f"{sum(found) / len(found):.2f}" if found else "-"
+
+
+def write_results(cells: list[Cell], config: BenchmarkConfig) -> None:
+    """results.json (every cell) and table2.md under `config.out`."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "config": {**asdict(config), "out": str(config.out)},
+        "cells": [asdict(c) for c in cells],
+    }
+    (config.out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    lines = [
+        f"| emotion | {' | '.join(SHORT[m] for m in config.methods)} |",
+        "|---|" + "---:|" * len(config.methods),
+    ]
+    for emotion in config.emotions:
+        row = [_cell_text(cells, m, emotion) for m in config.methods]
+        lines.append(f"| {emotion} | {' | '.join(row)} |")
+    lines.append(f"| **Average** | {' | '.join(_average_text(cells, m) for m in config.methods)} |")
+    (config.out / "table2.md").write_text("\n".join(lines) + "\n")
