@@ -1,91 +1,138 @@
-"""`make demo`: locate a steering vector on the embedded model and measure its side effects.
+"""`make demo`: seed 000's concept-editing benchmark on the embedded model, end to end.
 
-1. Locate a diff-mean vector (happy vs neutral sentences in `examples/`) at layer 15.
-2. Evaluate `ce_general_mini` through lm-eval with `edited_hf`, without and with the vector.
-3. Print both results side by side and write the results JSON under `out/demo/`.
+1. Train (or load the cached) SAE of the embedded model at the layer (`ce-bench train-sae`).
+2. Locate NE, SAE, SV and SFT for the six emotions from the locate split.
+3. Choose each one's strength on the validation split and evaluate `concept_emotion` on the test
+   split through lm-eval, judged by the offline lexicon judge (a proxy for the paper's GPT-4).
+4. Print and write Table 2 (editing success), Table 4 (output generalisation, anger) and Table 5
+   (neuron overlap) under `--out` (default `results/concept_editing/`), with the command.
 
-Run with `python -m ce_bench.demo [--limit N] [--strength K] [--layer L]`.
+The limits keep it to about ten minutes on two CPU cores; raise them for tighter numbers.
+Run with `python -m ce_bench.demo [--layer L] [--test-limit N] ...`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from ce_bench.concept_benchmark import SHORT, BenchmarkConfig, Cell, run_benchmark
+from ce_bench.emotions import EMOTIONS
+
+PAIRS = ("NE-SAE", "NE-SV", "NE-SFT", "SAE-SV", "SAE-SFT", "SV-SFT")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layer", type=int, default=15)
-    parser.add_argument("--strength", type=float, default=2.0)
-    parser.add_argument("--limit", type=int, default=20, help="items per task (0: all 50)")
-    parser.add_argument("--out", type=Path, default=Path("out/demo"))
+    parser.add_argument("--layer", type=int, default=20)
+    parser.add_argument("--emotions", nargs="+", default=list(EMOTIONS), choices=EMOTIONS)
+    parser.add_argument("--locate-limit", type=int, default=6, help="locate scenarios/emotion")
+    parser.add_argument("--validation-limit", type=int, default=4, help="prompts per strength")
+    parser.add_argument("--test-limit", type=int, default=12, help="test prompts per emotion")
+    parser.add_argument("--max-gen-toks", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path("results/concept_editing"))
     args = parser.parse_args(argv)
 
-    import lm_eval
-
-    from ce_bench import register
-    from ce_bench.artifacts import save_artifact
-    from ce_bench.locate.diffmean import locate_diffmean
-    from ce_bench.models.embedded import EMBEDDED_NAME, load_model
-
-    register()
     console = Console()
-    model, tokenizer = load_model(EMBEDDED_NAME, "cpu")
-    positive, negative = (_lines(EXAMPLES / f"{n}.txt") for n in ("happy", "neutral"))
-    artifact = locate_diffmean(model, tokenizer, positive, negative, args.layer, EMBEDDED_NAME)
-    artifact_dir = save_artifact(artifact, args.out / "happy_sv")
-    console.print(f"located {artifact_dir} (steer at {artifact.site})")
-    del model
+    started = time.monotonic()
+    config = BenchmarkConfig(
+        layer=args.layer,
+        emotions=tuple(args.emotions),
+        locate_limit=args.locate_limit,
+        validation_limit=args.validation_limit,
+        test_limit=args.test_limit,
+        max_gen_toks=args.max_gen_toks,
+        out=args.out,
+    )
+    cells = run_benchmark(config, console)
+    write_analyses(cells, config, console)
+    minutes = (time.monotonic() - started) / 60
+    command = shlex.join(["python", "-m", "ce_bench.demo", *(argv or sys.argv[1:])])
+    (args.out / "COMMAND.md").write_text(
+        f"Made by `{command}` (from `make demo`) in {minutes:.1f} min.\n\n"
+        f"Judge: the offline NRC-lexicon proxy (`judge=lexicon`), not GPT-4; limits: locate"
+        f" {args.locate_limit} scenarios, validation {args.validation_limit} and test"
+        f" {args.test_limit} prompts per emotion, {args.max_gen_toks} new tokens.\n"
+    )
+    console.print(f"done in {minutes:.1f} min; tables in {args.out}/")
 
-    runs = {
-        "unedited": "",
-        f"steer k={args.strength:g}": f"intervention={artifact_dir},strength={args.strength}",
-    }
-    results = {}
-    for name, model_args in runs.items():
-        console.rule(f"ce_general_mini, {name}")
-        out = lm_eval.simple_evaluate(
-            model="edited_hf",
-            model_args=model_args,
-            tasks=["ce_general_mini"],
-            limit=args.limit or None,
-            batch_size=8,
+
+def write_analyses(cells: list[Cell], config: BenchmarkConfig, console: Console) -> None:
+    """Table 4 (generalisation, anger when it ran) and Table 5 (overlap per emotion)."""
+    from ce_bench.analysis import (
+        generalization_markdown,
+        generalization_table,
+        neuron_overlap,
+        output_generalization,
+    )
+    from ce_bench.locate.emotion import EmotionData
+    from ce_bench.models.embedded import load_model
+
+    model, tokenizer = load_model(config.model, "cpu")
+    emotion = "anger" if "anger" in config.emotions else config.emotions[0]
+    chosen = {c.method: _tuned(c) for c in cells if c.emotion == emotion and c.artifact}
+    report = output_generalization(
+        model, tokenizer, emotion, {SHORT[m]: a for m, a in chosen.items()}
+    )
+    console.print(generalization_table(report))
+    (config.out / "generalization.md").write_text(generalization_markdown(report))
+
+    data = EmotionData.load(config.scenarios)
+    rows = {}
+    for emotion in config.emotions:
+        arts = {c.method: _tuned(c) for c in cells if c.emotion == emotion and c.artifact}
+        if "knowledge-neurons" not in arts:
+            continue
+        texts = [p.text for p in data.prompts(emotion, config.locate_limit)]
+        overlap = neuron_overlap(
+            model,
+            tokenizer,
+            texts,
+            ne=arts.get("knowledge-neurons"),
+            sae=arts.get("sae-features"),
+            sv=arts.get("steering"),
+            sft=arts.get("sft"),
+            emotion=emotion,
         )
-        results[name] = out["results"]
-        path = args.out / f"results_{'unedited' if not model_args else 'steer'}.json"
-        path.write_text(json.dumps(out["results"], indent=2, default=str))
-    console.print(side_by_side(results))
+        rows[emotion] = overlap.overlaps
+    table, markdown = overlap_table(rows, config.layer)
+    console.print(table)
+    (config.out / "overlap.md").write_text(markdown)
+    (config.out / "overlap.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (config.out / "generalization.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
 
 
-def side_by_side(results: dict[str, dict[str, Any]]) -> Table:
-    """One row per task and metric, one column per run, plus the delta of the last vs the first."""
-    names = list(results)
-    table = Table(title="ce_general_mini: unedited vs edited")
-    for column in ("task", "metric", *names, "delta"):
-        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
-    first = results[names[0]]
-    for task in sorted(first):
-        for key, value in first[task].items():
-            if not isinstance(value, float) or "stderr" in key:
-                continue
-            values = [results[n][task][key] for n in names]
-            stderr = first[task].get(key.replace(",", "_stderr,"), None)
-            cells = [f"{v:.3f}" for v in values]
-            if isinstance(stderr, float):
-                cells[0] += f" ± {stderr:.3f}"
-            table.add_row(task, key.split(",")[0], *cells, f"{values[-1] - values[0]:+.3f}")
-    return table
+def _tuned(cell: Cell):  # type: ignore[no-untyped-def]
+    """The cell's artifact at the strength chosen on the validation split."""
+    from ce_bench.artifacts import load_artifact
+
+    artifact = load_artifact(cell.artifact)
+    artifact.params["strength"] = cell.strength
+    return artifact
 
 
-def _lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+def overlap_table(rows: dict[str, dict[str, float | None]], layer: int) -> tuple[Table, str]:
+    """Seed 000 Table 5: overlap (%) per emotion and method pair, with the average."""
+    table = Table(title=f"Neuron overlap (%) at layer {layer}")
+    table.add_column("emotion")
+    for pair in PAIRS:
+        table.add_column(pair, justify="right")
+    lines = [f"| emotion | {' | '.join(PAIRS)} |", "|---|" + "---:|" * len(PAIRS)]
+    average = {p: [r[p] for r in rows.values() if r.get(p) is not None] for p in PAIRS}
+    body = {**rows, "Average": {p: (sum(v) / len(v) if v else None) for p, v in average.items()}}
+    for name, row in body.items():
+        cells = ["-" if row.get(p) is None else f"{row[p]:.2f}" for p in PAIRS]
+        table.add_row(name, *cells, style="bold" if name == "Average" else None)
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return table, "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,3 +56,18 @@ def recording(model: nn.Module, site: Site) -> Iterator[list[torch.Tensor]]:
 
 def tokens(n: int = 7, batch: int = 2, vocab: int = 128, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+LM_EVAL = str(Path(sys.executable).parent / "lm_eval")
+
+
+def lm_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [LM_EVAL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def results_of(out_dir: Path) -> dict:
+    (path,) = out_dir.rglob("results_*.json")
+    return json.loads(path.read_text())

@@ -4,16 +4,12 @@ lexicon proxy, and a real OpenAI-compatible server (`transformers serve` of the 
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -422,53 +418,10 @@ def test_lexicon_finds_inflected_forms_and_rejects_unknown_emotions():
 
 # --- a real OpenAI-compatible server: `transformers serve` of the embedded model ---------------
 
-SERVE_START_SECONDS = 180
 SERVED_ITEMS = [
     PairItem("anger", CALM, FURIOUS),
     PairItem("fear", "The sun rose over the quiet field.", "A scream echoed in the dark."),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served_model(embedded_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The base URL of `transformers serve` running the embedded model on a free loopback port."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(embedded_dir)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    # One torch thread: on 2 cores shared with other work, torch's default (a thread per core)
-    # oversubscribes and a 12-token reply takes 15 s instead of 1.5 s.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    with log.open("w") as log_file:
-        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + SERVE_START_SECONDS
-        while not _healthy(port):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @dataclass

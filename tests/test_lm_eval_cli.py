@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,22 +11,10 @@ import pytest
 from ce_bench.artifacts import save_artifact
 from ce_bench.locate.diffmean import locate_diffmean
 from ce_bench.models.embedded import load_model
+from tests.helpers import lm_eval, results_of
 
 pytestmark = pytest.mark.slow
-LM_EVAL = str(Path(sys.executable).parent / "lm_eval")
 EXAMPLES = Path(__file__).parents[1] / "examples"
-
-
-def lm_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(
-        [LM_EVAL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
-    )
-
-
-def results_of(out_dir: Path) -> dict:
-    (path,) = out_dir.rglob("results_*.json")
-    return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="module")

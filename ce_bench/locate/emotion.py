@@ -127,18 +127,6 @@ def _steering(job: EmotionJob) -> Artifact:
     )
 
 
-@register_locator("knowledge-neurons")
-def _knowledge_neurons(job: EmotionJob) -> Artifact:
-    return locate_knowledge_neurons(
-        job.model,
-        job.tokenizer,
-        job.data.prompts(job.emotion, job.limit),
-        job.layer,
-        job.model_name,
-        **job.options,
-    )
-
-
 @register_locator("sae-features")
 def _sae_features(job: EmotionJob) -> Artifact:
     if job.sae is None:
@@ -154,13 +142,15 @@ def _sae_features(job: EmotionJob) -> Artifact:
     )
 
 
-@register_locator("sft")
-def _sft(job: EmotionJob) -> Artifact:
-    return locate_sft(
-        job.model,
-        job.tokenizer,
-        job.data.prompts(job.emotion, job.limit),
-        job.layer,
-        job.model_name,
-        **job.options,
-    )
+def _on_prompts(locate: Callable[..., Artifact]) -> Callable[[EmotionJob], Artifact]:
+    """A locator for methods called as locate(model, tokenizer, prompts, layer, name, **options)."""
+
+    def run(job: EmotionJob) -> Artifact:
+        prompts = job.data.prompts(job.emotion, job.limit)
+        return locate(job.model, job.tokenizer, prompts, job.layer, job.model_name, **job.options)
+
+    return run
+
+
+register_locator("knowledge-neurons")(_on_prompts(locate_knowledge_neurons))  # Eq. 1-3, A.8
+register_locator("sft")(_on_prompts(locate_sft))  # section 2, W_down only

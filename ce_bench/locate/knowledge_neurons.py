@@ -45,13 +45,16 @@ __all__ = [
 
 DEFAULT_STEPS = 20  # m, A.8
 DEFAULT_THRESHOLD = 0.1  # t = 0.1 x the prompt's maximum attribution, A.8
-# q is left open by seed 000. Dai et al. start their sharing threshold at 0.7 for a handful of
-# paraphrases of one fact; our prompts are many different scenarios under five templates, where
-# a neuron tied to one template's wording fires in at most 1/5 of them. q = 0.2 keeps exactly
-# the neurons that reach beyond a single template (MIN_SHARE_NOTE) while the cap below,
-# not q, sets the size, as A.8's "400-500 neurons" does.
+# q is left open by seed 000 (Dai et al. start their sharing threshold at 0.7 for a handful of
+# paraphrases of one fact). Our locate prompts are every scenario under each of the five
+# templates, so a neuron that only answers one template's wording passes in at most 1/5 of them:
+# q = 0.2 keeps the neurons that pass under at least two templates. On SmolLM2-135M (anger and
+# happiness, 50 prompts, layers 15 and 22) no neuron with share > 0.2 was single-template while
+# a third to a half of those at (0.1, 0.2] were, and q = 0.2 left 50-120 candidates for the cap
+# below to cut from, so the cap, not q, sets the size, as A.8's "400-500 neurons" does.
 DEFAULT_MIN_SHARE = 0.2
-# Amplify: Dai et al. 2022 (section 4.3) enhance a fact by doubling its neurons' activations.
+# Eq. 3's beta defaults to an amplification: Dai et al. 2022 ("knowledge neurons affect
+# knowledge expression") enhance a fact by doubling its neurons' activations.
 DEFAULT_STRENGTH = 2.0
 # A.8 keeps 400-500 neurons of Llama-3-8B's 14336 per layer (about 3.1%); other widths keep the
 # same fraction of their layer.
@@ -86,7 +89,7 @@ def neuron_attributions(
         >>> attr = neuron_attributions(model, tok, "I was insulted. You feel", " angry", 20)
         >>> attr.topk(10).indices
     """
-    _check_steps(steps)
+    _check_ready(model, steps)
     ids, answer, position = _encode(model, tokenizer, prompt, golden)
     alphas = torch.arange(1, steps + 1, dtype=torch.float32, device=ids.device) / steps
     path: dict[str, torch.Tensor] = {}
@@ -112,7 +115,7 @@ def neuron_attributions_reference(
 
     The specification `neuron_attributions` must match (tests) and beat (bench/ig_speed.py).
     """
-    _check_steps(steps)
+    _check_ready(model, steps)
     ids, answer, position = _encode(model, tokenizer, prompt, golden)
     site = Site("mlp_act", layer)
     seen: list[torch.Tensor] = []
@@ -204,15 +207,13 @@ def locate_knowledge_neurons(
     """
     if not prompts:
         raise ValueError("knowledge neurons need at least one prompt")
-    _check_steps(steps)
+    _check_ready(model, steps)
     if not 0 <= threshold < 1:
         raise ValueError(f"threshold is a fraction of the maximum in [0, 1), got {threshold}")
     if not 0 <= min_share < 1:
         raise ValueError(f"min_share is a fraction of the prompts in [0, 1), got {min_share}")
     if max_neurons is not None and max_neurons < 1:
         raise ValueError(f"max_neurons must be at least 1, got {max_neurons}")
-    if model.training:
-        raise ValueError("call model.eval() first: dropout would make the attributions random")
     site = Site("mlp_act", layer)
     module_path(model, site)  # an out-of-range layer fails here, before any work
     cap = default_max_neurons(site_width(model, site)) if max_neurons is None else max_neurons
@@ -273,9 +274,11 @@ def _encode(
     return ids, torch.tensor(answer, device=device), len(context) - 1
 
 
-def _check_steps(steps: int) -> None:
+def _check_ready(model: nn.Module, steps: int) -> None:
     if steps < 1:
         raise ValueError(f"steps (m of the Riemann sum) must be at least 1, got {steps}")
+    if model.training:
+        raise ValueError("call model.eval() first: dropout would make the attributions random")
 
 
 def _answer_probability(model: nn.Module, ids: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
