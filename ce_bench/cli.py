@@ -309,6 +309,36 @@ def analyze_overlap_cmd(
     _write_report(out, asdict(report), overlap_markdown(report))
 
 
+@app.command("train-sae")
+def train_sae_cmd(
+    layer: int = typer.Option(..., help="Layer L (0-based): the SAE reads resid_post of L."),
+    model: str = MODEL,
+    out: Path | None = typer.Option(None, help="SAE directory; default: the ce-bench cache."),
+    tokens: int | None = typer.Option(None, help="Training tokens; default 200000."),
+    d_sae: int | None = typer.Option(None, help="Dictionary size; default 4608."),
+    k: int | None = typer.Option(None, help="Active features per token (Top-k); default 32."),
+    seed: int | None = typer.Option(None, help="Seed of sampling, init and order; default 0."),
+    force: bool = typer.Option(False, "--force", help="Retrain even if the SAE exists."),
+) -> None:
+    """Train a Top-k SAE on one layer's residual stream, offline (cached per settings)."""
+    from ce_bench.sae_training import load_report, train_sae
+
+    given = {"tokens": tokens, "d_sae": d_sae, "k": k, "seed": seed}
+    settings = {name: value for name, value in given.items() if value is not None}
+    path = train_sae(layer, model, out, force=force, **settings)
+    report = load_report(path)
+    table = Table(title=f"SAE at {report['hook_name']} of {report['model']}", show_header=False)
+    table.add_row("explained variance (held out)", f"{report['explained_variance']:.3f}")
+    table.add_row("mean L0", f"{report['mean_l0']:.1f}")
+    table.add_row("dead features (held out)", f"{100 * report['dead_feature_share']:.1f}%")
+    table.add_row("evaluation tokens", str(report["eval_tokens"]))
+    table.add_row("tokens trained", str(report["tokens_trained"]))
+    table.add_row("train / total seconds", f"{report['train_seconds']} / {report['wall_seconds']}")
+    table.add_row("settings", json.dumps(report["settings"]))
+    console.print(table)
+    console.print(f"SAE: {path}")
+
+
 @app.command()
 def show(directory: Path) -> None:
     """Print an artifact's manifest and tensor shapes."""

@@ -175,7 +175,11 @@ def _own_sae(config: BenchmarkConfig) -> SAESource | None:
     """The project's trained SAE for the embedded model, when the SAE method is asked for."""
     if "sae-features" not in config.methods:
         return None
+    from ce_bench.models.embedded import EMBEDDED_NAME
     from ce_bench.sae_training import ensure_sae
+
+    if config.model != EMBEDDED_NAME:
+        raise ValueError(f"sae-features on {config.model} needs an SAE: set BenchmarkConfig.sae")
 
     return SAESource(sae_path=str(ensure_sae(config.layer, model=config.model)))
 

@@ -3,17 +3,27 @@
 SAE clamping (seed 000) needs an SAE at the edited layer, and the embedded SmolLM2-135M has no
 public one. This module trains one on text that exists offline: the project's own text (emotion
 scenarios, `examples/`, the shipped task data) plus continuations the model samples from short
-prompts, so the SAE sees the model's own output distribution too.
+prompts, so the SAE also sees the model's own output distribution.
 
-The SAE is written in sae-lens's format, with the activation-normalisation factor folded into
-its weights (`normalize_activations == "none"`): it reads and writes activations in the model's
-own scale, which `sae_clamp`'s delta mode relies on. Results are cached under
-`$CE_BENCH_HOME/saes/<model>/layer<L>-<hash of the settings and data>/`, written aside and
-renamed when complete, with `training_report.json` (held-out explained variance, mean L0, dead
-features, tokens, time, settings) next to the weights.
+How, and why:
+- The text is small (tens of thousands of tokens), so training repeats it. Its activations are
+  computed once, through `ce_bench.sites` hooks (exactly what `sae_clamp` will edit), and
+  sae-lens's `LanguageModelSAETrainingRunner` trains from that cache (`use_cached_activations`)
+  instead of re-running the model on every repeat.
+- Text is packed the way sae-lens packs it: contexts that start with BOS, documents separated by
+  BOS. BOS and other special tokens are left out, and so are attention-sink activations (a norm
+  about 100x the median, which SmolLM2 sometimes also puts on the token right after BOS): one
+  of them outweighs tens of thousands of ordinary tokens in the squared error.
+- Activations are scaled to mean norm sqrt(d_in) while training; sae-lens folds that factor back
+  into the weights, so the saved SAE has `normalize_activations == "none"` and reads and writes
+  activations in the model's own scale (which `sae_clamp`'s delta fast path relies on).
+
+Results are cached under `$CE_BENCH_HOME/saes/<model>/layer<L>-<hash>/` (hash of the settings
+and the project text), written aside and renamed when complete, with `training_report.json`
+(held-out explained variance, mean L0, dead-feature share, tokens, times, settings).
 
 Example:
-    >>> path = ensure_sae(20)                     # the cached SAE, or trained (minutes on CPU)
+    >>> path = ensure_sae(20)                     # the cached SAE, or trained now (minutes)
     >>> params = {"feature": 123, "strength": 8.0, "mode": "delta", "sae_path": str(path)}
     >>> load_report(path)["explained_variance"]
 """
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -30,7 +41,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -39,18 +50,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ce_bench.models.embedded import EMBEDDED_NAME, ce_bench_home, resolve_pretrained
-from ce_bench.sites import Site, attach_hook, module_path, model_dims
+from ce_bench.models.embedded import EMBEDDED_NAME, ce_bench_home, load_model, resolve_pretrained
+from ce_bench.sites import Site, attach_hook, module_path
 
-__all__ = ["SAESettings", "ensure_sae", "load_report", "sae_dir", "train_sae"]
+__all__ = ["SAESettings", "ensure_sae", "evaluate_sae", "load_report", "sae_dir", "train_sae"]
 
 REPORT_FILE = "training_report.json"
 FORMAT_VERSION = 1
-REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO_ROOT / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 HELD_OUT_ONE_IN = 10  # documents whose hash is 0 modulo this are evaluation-only
+SINK_NORM_RATIO = 10.0  # activations this many times the median norm are attention sinks
 TOP_P = 0.95
-GENERATION_BATCH = 32
+GENERATION_BATCH = 64
+LM_BATCH = 8  # contexts per forward pass when caching activations
 
 # Openers for the model's own text: plain continuations and chat requests, many genres.
 OPENERS = (
@@ -96,13 +108,13 @@ class SAESettings:
     The defaults give a usable SAE for SmolLM2-135M in a few minutes on two CPU cores.
     """
 
-    tokens: int = 200_000  # training tokens (activations seen, with repeats over the corpus)
+    tokens: int = 200_000  # training tokens (activations seen, repeating the text)
     d_sae: int = 4608  # dictionary size (8 x d_model for SmolLM2-135M)
     k: int = 32  # active features per token
     lr: float = 2e-3
+    batch_size: int = 1024  # SAE batch in tokens: small, so a short run still takes many steps
     context_size: int = 128
-    batch_size: int = 1024  # SAE batch, in tokens: small, so a short run still takes many steps
-    generated_texts: int = 192  # continuations sampled from the model
+    generated_texts: int = 192  # continuations sampled from the model (0: none)
     generated_tokens: int = 48  # new tokens per continuation
     temperature: float = 0.8
     seed: int = 0
@@ -131,16 +143,14 @@ class Corpus:
 def sae_dir(layer: int, model: str = EMBEDDED_NAME, settings: SAESettings | None = None) -> Path:
     """Where the SAE for these settings and the current project text is cached."""
     settings = settings or SAESettings()
-    key = _digest(
-        {
-            "format": FORMAT_VERSION,
-            "model": model,
-            "layer": layer,
-            "settings": asdict(settings),
-            "text": _digest(project_texts()),
-        }
-    )
-    return ce_bench_home() / "saes" / _safe_name(model) / f"layer{layer}-{key[:10]}"
+    spec = {
+        "format": FORMAT_VERSION,
+        "model": model,
+        "layer": layer,
+        "settings": asdict(settings),
+        "text": _digest(project_texts()),
+    }
+    return ce_bench_home() / "saes" / _safe_name(model) / f"layer{layer}-{_digest(spec)[:10]}"
 
 
 def ensure_sae(layer: int, model: str = EMBEDDED_NAME) -> Path:
@@ -157,17 +167,20 @@ def train_sae(
     k: int = SAESettings.k,
     seed: int = SAESettings.seed,
     lr: float = SAESettings.lr,
-    context_size: int = SAESettings.context_size,
     batch_size: int = SAESettings.batch_size,
+    context_size: int = SAESettings.context_size,
     generated_texts: int = SAESettings.generated_texts,
+    generated_tokens: int = SAESettings.generated_tokens,
+    temperature: float = SAESettings.temperature,
     force: bool = False,
     threads: int | None = None,
 ) -> Path:
     """Train a Top-k SAE on `resid_post` of `layer` and return its sae-lens directory.
 
-    An existing complete SAE at the target (`out`, or the cache dir) is returned as is unless
-    `force`. `threads` sets torch's CPU threads for the run (default: fewer when other
-    processes already load the machine, where extra threads only slow every forward down).
+    A complete SAE already at the target (`out`, else the cache dir) is returned as is unless
+    `force`. `threads` sets torch's CPU threads for the run; by default the cores other
+    processes leave free, because surplus OpenMP threads on a loaded machine wait on each other
+    and make every forward pass several times slower.
 
     Example:
         >>> path = train_sae(20, tokens=400_000, d_sae=9216)
@@ -179,9 +192,11 @@ def train_sae(
         d_sae=d_sae,
         k=k,
         lr=lr,
-        context_size=context_size,
         batch_size=batch_size,
+        context_size=context_size,
         generated_texts=generated_texts,
+        generated_tokens=generated_tokens,
+        temperature=temperature,
         seed=seed,
     )
     target = Path(out) if out is not None else sae_dir(layer, model, settings)
@@ -201,14 +216,7 @@ def load_report(path: Path | str) -> dict[str, Any]:
 
 def project_texts() -> list[str]:
     """The project's own text: emotion scenarios, example sentences, shipped task data."""
-    from ce_bench import emotions
-
-    texts: list[str] = []
-    try:
-        for items in emotions.load_scenarios().values():
-            texts.extend(items)
-    except FileNotFoundError as err:  # the shipped set is optional for training text
-        warnings.warn(f"training the SAE without emotion scenarios: {err}", stacklevel=2)
+    texts = list(_scenarios())
     for path in sorted(EXAMPLES.glob("*.txt")):
         texts.extend(line.strip() for line in path.read_text().splitlines() if line.strip())
     for path in sorted(_task_dir().glob("**/data/*.jsonl")):
@@ -221,18 +229,13 @@ def project_texts() -> list[str]:
 def generation_prompts(tokenizer: Any) -> list[str]:
     """Short prompts for the model's own text: emotion prompts as the benchmark writes them,
     the shipped open-ended prompts, generic openers and chat requests."""
-    from ce_bench import emotions
+    from ce_bench.emotions import TEMPLATES
 
     prompts = list(OPENERS)
-    try:
-        for items in emotions.load_scenarios().values():
-            templates = emotions.TEMPLATES
-            prompts.extend(templates[i % len(templates)].fill(s) for i, s in enumerate(items))
-    except FileNotFoundError:
-        pass  # project_texts() already warned
+    prompts.extend(TEMPLATES[i % len(TEMPLATES)].fill(s) for i, s in enumerate(_scenarios()))
     for path in sorted(_task_dir().glob("paired/data/*.jsonl")):
         prompts.extend(json.loads(line)["prompt"] for line in path.read_text().splitlines() if line)
-    for request in CHAT_REQUESTS:
+    for request in CHAT_REQUESTS if tokenizer.chat_template else ():  # base models have none
         messages = [{"role": "user", "content": request}]
         prompts.append(
             tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -243,12 +246,13 @@ def generation_prompts(tokenizer: Any) -> list[str]:
 def model_texts(
     model: nn.Module, tokenizer: Any, model_name: str, settings: SAESettings
 ) -> list[str]:
-    """Prompt + sampled continuation for `settings.generated_texts` prompts, cached per model."""
+    """Prompt + sampled continuation for `settings.generated_texts` prompts, cached per model
+    (every layer's SAE reuses them)."""
     if settings.generated_texts == 0:
         return []
     pool = generation_prompts(tokenizer)
     random.Random(settings.seed).shuffle(pool)
-    prompts = pool[: settings.generated_texts]
+    prompts = sorted(pool[: settings.generated_texts], key=len)  # similar lengths batch together
     spec = {
         "model": model_name,
         "prompts": prompts,
@@ -257,7 +261,7 @@ def model_texts(
         "top_p": TOP_P,
         "seed": settings.seed,
     }
-    cache = ce_bench_home() / "saes" / _safe_name(model_name) / f"generated-{_digest(spec)[:10]}.json"
+    cache = ce_bench_home() / "saes" / _safe_name(model_name) / f"text-{_digest(spec)[:10]}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     texts = _sample(model, tokenizer, prompts, settings)
@@ -275,17 +279,18 @@ def _sample(
     torch.manual_seed(settings.seed)
     tokenizer.padding_side = "left"
     texts = []
-    for start in tqdm(range(0, len(prompts), GENERATION_BATCH), desc="sampling SAE training text"):
+    for start in tqdm(range(0, len(prompts), GENERATION_BATCH), desc="sampling text"):
         batch = prompts[start : start + GENERATION_BATCH]
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(
-            **enc,
-            max_new_tokens=settings.generated_tokens,
-            do_sample=True,
-            temperature=settings.temperature,
-            top_p=TOP_P,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16()):
+            out = model.generate(
+                **enc,
+                max_new_tokens=settings.generated_tokens,
+                do_sample=True,
+                temperature=settings.temperature,
+                top_p=TOP_P,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         new = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         texts.extend(prompt + continuation for prompt, continuation in zip(batch, new, strict=True))
     return texts
@@ -299,42 +304,152 @@ def split_corpus(texts: Iterable[str]) -> Corpus:
     return Corpus(tuple(train), tuple(held_out))
 
 
+# --- activations ------------------------------------------------------------------------------
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook: layers after the site are not needed."""
+
+
+@torch.no_grad()
+def token_activations(
+    model: nn.Module,
+    tokenizer: Any,
+    layer: int,
+    texts: Iterable[str],
+    context_size: int,
+    bf16: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Float32 activations at `resid_post` of `layer` for ordinary tokens of `texts`.
+
+    Texts are packed as sae-lens packs them (contexts of `context_size` tokens starting with
+    BOS, documents separated by BOS; the last partial context is dropped). `bf16` runs the
+    model under bf16 autocast (for training data: per-token error ~0.7%). Returns the
+    activations, their token ids, and how many attention-sink activations were left out.
+    """
+    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+
+    bos = tokenizer.bos_token_id
+    docs = (
+        torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        for text in texts
+    )
+    contexts = list(
+        concat_and_batch_sequences(
+            docs, context_size, begin_batch_token_id=bos, sequence_separator_token_id=bos
+        )
+    )
+    if not contexts:
+        raise ValueError(f"not enough text for one context of {context_size} tokens")
+    ids = torch.stack(contexts)
+    captured: list[torch.Tensor] = []
+    handle = attach_hook(model, Site("resid_post", layer), _capture_and_stop(captured))
+    try:
+        for start in tqdm(range(0, len(ids), LM_BATCH), desc=f"activations at layer {layer}"):
+            with suppress(_StopForward), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                model(ids[start : start + LM_BATCH], use_cache=False)
+    finally:
+        handle.remove()
+    acts = torch.cat(captured).flatten(0, 1)
+    ids = ids.flatten()
+    ordinary = ~torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
+    norms = acts.norm(dim=-1)
+    sink = norms > SINK_NORM_RATIO * norms[ordinary].median()
+    keep = ordinary & ~sink
+    return acts[keep], ids[keep], int((ordinary & sink).sum())
+
+
+def _capture_and_stop(captured: list[torch.Tensor]):  # type: ignore[no-untyped-def]
+    def capture(h: torch.Tensor) -> None:
+        captured.append(h.detach().float().cpu())
+        raise _StopForward
+
+    return capture
+
+
+def _write_activation_cache(
+    acts: torch.Tensor, ids: torch.Tensor, hook_name: str, row: int, seed: int, path: Path
+) -> None:
+    """Shuffled token activations in rows of `row`, in the dataset layout sae-lens reads with
+    `use_cached_activations` (a column named by the hook, plus `token_ids`)."""
+    from datasets import Array2D, Dataset, Features, Sequence, Value
+
+    n_rows = len(acts) // row
+    order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(seed))
+    order = order[: n_rows * row]
+    features = Features(
+        {
+            hook_name: Array2D((row, acts.shape[1]), "float32"),
+            "token_ids": Sequence(Value("int32"), length=row),
+        }
+    )
+    columns = {
+        hook_name: acts[order].view(n_rows, row, -1).numpy(),
+        "token_ids": ids[order].view(n_rows, row).int().numpy(),
+    }
+    Dataset.from_dict(columns, features=features).save_to_disk(str(path))
+
+
 # --- training ---------------------------------------------------------------------------------
 
 
 def _train(layer: int, model_name: str, settings: SAESettings, target: Path) -> Path:
-    from ce_bench.models.embedded import load_model
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
 
-    started = time.perf_counter()
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] = round(now - clock, 1)
+        clock = now
+
     hf_model, tokenizer = load_model(model_name, "cpu")
     hook_name = module_path(hf_model, Site("resid_post", layer))  # checks the layer exists
-    corpus = split_corpus(
-        project_texts() + model_texts(hf_model, tokenizer, model_name, settings)
+    texts = model_texts(hf_model, tokenizer, model_name, settings)
+    corpus = split_corpus(project_texts() + texts)
+    lap("text")
+    acts, ids, sinks = token_activations(
+        hf_model, tokenizer, layer, corpus.train, settings.context_size, bf16=native_bf16()
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        train_started = time.perf_counter()
-        _run_sae_lens(model_name, hook_name, model_dims(hf_model).hidden_size, corpus, settings,
-                      tokenizer.all_special_ids, staging)
-        train_seconds = time.perf_counter() - train_started
-        stats = evaluate_sae(staging, hf_model, tokenizer, layer, corpus.held_out,
-                             settings.context_size)
+        cache = staging / "activations"
+        row = min(settings.context_size, len(acts) // LM_BATCH)
+        _write_activation_cache(acts, ids, hook_name, row, settings.seed, cache)
+        lap("activations")
+        sae_path = staging / "sae"
+        _run_sae_lens(model_name, hook_name, acts.shape[1], corpus, settings, row, cache, sae_path)
+        shutil.rmtree(cache)
+        lap("train")
+        held_acts, _, held_sinks = token_activations(
+            hf_model, tokenizer, layer, corpus.held_out, settings.context_size
+        )
+        stats = evaluate_sae(sae_path, held_acts)
+        lap("evaluate")
+        steps = -(-settings.tokens // settings.batch_size)
         report = {
             "model": model_name,
             "layer": layer,
             "hook_name": hook_name,
             **stats,
-            "tokens_trained": settings.tokens,
-            "train_seconds": round(train_seconds, 1),
-            "wall_seconds": round(time.perf_counter() - started, 1),
+            "tokens_trained": steps * settings.batch_size,
+            "train_seconds": seconds["train"],
+            "wall_seconds": round(sum(seconds.values()), 1),
+            "seconds": seconds,
             "threads": torch.get_num_threads(),
-            "corpus": {"train_documents": len(corpus.train),
-                       "held_out_documents": len(corpus.held_out)},
+            "bf16": native_bf16(),
+            "corpus": {
+                "train_documents": len(corpus.train),
+                "held_out_documents": len(corpus.held_out),
+                "generated_documents": len(texts),
+                "train_tokens": len(acts),
+                "sink_tokens_left_out": sinks + held_sinks,
+            },
             "settings": asdict(settings),
         }
-        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
-        _publish(staging, target)
+        (sae_path / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        _publish(sae_path, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -346,10 +461,11 @@ def _run_sae_lens(
     d_in: int,
     corpus: Corpus,
     settings: SAESettings,
-    special_ids: list[int],
+    row: int,
+    cache: Path,
     out: Path,
 ) -> None:
-    """sae-lens's runner on the corpus; writes the inference SAE (scale folded in) to `out`."""
+    """sae-lens's runner on the cached activations; writes the inference SAE to `out`."""
     from datasets import Dataset
     from sae_lens import (
         LanguageModelSAERunnerConfig,
@@ -358,36 +474,35 @@ def _run_sae_lens(
         TopKTrainingSAEConfig,
     )
 
-    steps = settings.tokens // settings.batch_size
-    train = list(corpus.train)
-    random.Random(settings.seed).shuffle(train)
+    steps = -(-settings.tokens // settings.batch_size)
     cfg = LanguageModelSAERunnerConfig(
         sae=TopKTrainingSAEConfig(
             d_in=d_in,
             d_sae=settings.d_sae,
             k=settings.k,
-            # scaled to mean norm sqrt(d_in) while training; sae-lens folds the factor back
-            normalize_activations="expected_average_only_in",
+            normalize_activations="expected_average_only_in",  # folded back in at the end
         ),
         model_name=str(resolve_pretrained(model_name)),
         model_class_name="AutoModelForCausalLM",
         hook_name=hook_name,
+        use_cached_activations=True,
+        cached_activations_path=str(cache),
         is_dataset_tokenized=False,
-        streaming=False,
-        context_size=settings.context_size,
-        prepend_bos=True,  # the BOS takes the attention-sink activation (norm ~100x the rest)
-        exclude_special_tokens=special_ids,
+        context_size=row,  # the cache's row length
+        prepend_bos=True,
+        exclude_special_tokens=True,  # already left out of the cache; recorded in the metadata
         training_tokens=settings.tokens,
         train_batch_size_tokens=settings.batch_size,
-        store_batch_size_prompts=8,
-        n_batches_in_buffer=4 * max(1, settings.batch_size // settings.context_size),
-        n_batches_for_norm_estimate=max(1, 4096 // settings.batch_size),
+        store_batch_size_prompts=LM_BATCH,
+        n_batches_in_buffer=max(1, 8 * settings.batch_size // row),
+        n_batches_for_norm_estimate=max(1, 8192 // settings.batch_size),
         lr=settings.lr,
         lr_warm_up_steps=max(1, steps // 20),
         lr_decay_steps=steps // 5,
         dead_feature_window=max(1, steps // 10),
         feature_sampling_window=max(1, steps // 2),
         device="cpu",
+        autocast=native_bf16(),
         seed=settings.seed,
         logger=LoggingConfig(log_to_wandb=False),
         checkpoint_path=None,
@@ -395,34 +510,23 @@ def _run_sae_lens(
         verbose=False,
     )
     torch.manual_seed(settings.seed)
-    dataset = Dataset.from_dict({"text": train})
+    # sae-lens wants a dataset even when it reads cached activations; it only peeks at it
+    dataset = Dataset.from_dict({"text": list(corpus.train)})
     with _sae_lens_quiet(), _restored_signal_handlers():
         LanguageModelSAETrainingRunner(cfg, override_dataset=dataset).run()
 
 
 @torch.no_grad()
-def evaluate_sae(
-    path: Path,
-    model: nn.Module,
-    tokenizer: Any,
-    layer: int,
-    texts: Iterable[str],
-    context_size: int = SAESettings.context_size,
-) -> dict[str, float | int]:
-    """Explained variance, mean L0 and dead-feature share of the SAE at `path` on `texts`.
-
-    Activations are read the way training read them (BOS first, special tokens left out) and
-    reconstructed by the SAE as saved, so this also checks the saved SAE works in model scale.
-    """
+def evaluate_sae(path: Path | str, acts: torch.Tensor) -> dict[str, float | int]:
+    """Explained variance, mean L0 and dead-feature share of the saved SAE at `path` on raw
+    activations `acts` (tokens x d_in): also checks that it works in the model's own scale."""
     from sae_lens import SAE
 
-    sae = SAE.load_from_disk(str(path), device="cpu")
-    acts = torch.cat(list(_token_activations(model, tokenizer, layer, texts, context_size)))
     if acts.shape[0] == 0:
-        raise ValueError("no held-out tokens to evaluate the SAE on")
+        raise ValueError("no tokens to evaluate the SAE on")
+    sae = SAE.load_from_disk(str(path), device="cpu")
     codes = sae.encode(acts)
-    recon = sae.decode(codes)
-    residual = (acts - recon).pow(2).sum()
+    residual = (acts - sae.decode(codes)).pow(2).sum()
     total = (acts - acts.mean(0)).pow(2).sum()
     active = codes != 0
     return {
@@ -431,24 +535,6 @@ def evaluate_sae(
         "dead_feature_share": round(float((~active.any(0)).float().mean()), 4),
         "eval_tokens": int(acts.shape[0]),
     }
-
-
-def _token_activations(
-    model: nn.Module, tokenizer: Any, layer: int, texts: Iterable[str], context_size: int
-) -> Iterator[torch.Tensor]:
-    """Float32 activations at `resid_post` of `layer`, one row per non-special token."""
-    special = torch.tensor(tokenizer.all_special_ids)
-    captured: list[torch.Tensor] = []
-    handle = attach_hook(model, Site("resid_post", layer), lambda h: captured.append(h.float()))
-    try:
-        for text in texts:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"][: context_size - 1]
-            ids = torch.tensor([[tokenizer.bos_token_id, *ids]])
-            captured.clear()
-            model(ids)
-            yield captured[0][0][~torch.isin(ids[0], special)]
-    finally:
-        handle.remove()
 
 
 def _publish(staging: Path, target: Path) -> None:
@@ -475,9 +561,16 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def native_bf16() -> bool:
+    """Whether the CPU multiplies bf16 natively (AVX512-BF16 or AMX). Then bf16 autocast makes
+    the model forward about 1.7x and the SAE step about 1.75x faster, with the same held-out
+    explained variance (measured on SmolLM2-135M); emulated bf16 would be slower than float32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu, private
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def _free_cores() -> int:
-    """Cores not busy with other processes (at least 1): on a loaded machine, OpenMP threads
-    beyond the free cores wait on each other and a forward pass gets several times slower."""
+    """Cores not already busy with other processes, at least 1."""
     busy = os.getloadavg()[0]
     return max(1, min(torch.get_num_threads(), round((os.cpu_count() or 1) - busy)))
 
@@ -495,16 +588,39 @@ def _restored_signal_handlers() -> Iterator[None]:
 
 @contextmanager
 def _sae_lens_quiet() -> Iterator[None]:
-    """Silence warnings that are expected here: untokenised in-memory text, several epochs."""
-    with warnings.catch_warnings():
-        for message in ("Dataset is not tokenized", "The training dataset contains fewer",
-                        "All samples in the training dataset"):
-            warnings.filterwarnings("ignore", message=message)
-        yield
+    """Silence what is expected here: the placeholder dataset (untokenised, overriding an empty
+    `dataset_path`) and the repeats over the cached activations."""
+    sae_lens_logger = logging.getLogger("sae_lens")
+    level = sae_lens_logger.level
+    sae_lens_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            for message in (
+                "Dataset is not tokenized",
+                "The training dataset contains fewer",
+                "All samples in the training dataset",
+            ):
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        sae_lens_logger.setLevel(level)
+
+
+def _scenarios() -> Iterator[str]:
+    """Every shipped emotion scenario; none (with a warning) while the set is not there."""
+    from ce_bench.emotions import load_scenarios
+
+    try:
+        scenarios = load_scenarios()
+    except FileNotFoundError as err:
+        warnings.warn(f"SAE training text without emotion scenarios: {err}", stacklevel=3)
+        return
+    for items in scenarios.values():
+        yield from items
 
 
 def _prose(record: Any) -> Iterator[str]:
-    """The sentences in a task record (questions, choices, contexts), not ids or labels."""
+    """The text in a task record (questions, choices, contexts), not its ids or labels."""
     if isinstance(record, str):
         if len(record.split()) >= 2 or (record.isalpha() and len(record) >= 3):
             yield record

@@ -131,7 +131,7 @@ def _steering(job: EmotionJob) -> Artifact:
 def _sae_features(job: EmotionJob) -> Artifact:
     if job.sae is None:
         raise ValueError("sae-features needs an SAE: a local directory or a sae-lens release/id")
-    return locate_sae_feature(
+    artifact = locate_sae_feature(
         job.model,
         job.tokenizer,
         job.data.prompts(job.emotion, job.limit),
@@ -140,6 +140,9 @@ def _sae_features(job: EmotionJob) -> Artifact:
         job.model_name,
         **job.options,
     )
+    if artifact.site.layer != job.layer:
+        raise ValueError(f"the SAE reads layer {artifact.site.layer}, not layer {job.layer}")
+    return artifact
 
 
 def _on_prompts(locate: Callable[..., Artifact]) -> Callable[[EmotionJob], Artifact]:

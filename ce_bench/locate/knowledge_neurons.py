@@ -45,13 +45,13 @@ __all__ = [
 
 DEFAULT_STEPS = 20  # m, A.8
 DEFAULT_THRESHOLD = 0.1  # t = 0.1 x the prompt's maximum attribution, A.8
-# q is left open by seed 000 (Dai et al. start their sharing threshold at 0.7 for a handful of
-# paraphrases of one fact). Our locate prompts are every scenario under each of the five
-# templates, so a neuron that only answers one template's wording passes in at most 1/5 of them:
-# q = 0.2 keeps the neurons that pass under at least two templates. On SmolLM2-135M (anger and
-# happiness, 50 prompts, layers 15 and 22) no neuron with share > 0.2 was single-template while
-# a third to a half of those at (0.1, 0.2] were, and q = 0.2 left 50-120 candidates for the cap
-# below to cut from, so the cap, not q, sets the size, as A.8's "400-500 neurons" does.
+# q is left open by seed 000. Dai et al. start their sharing threshold at 0.7, for a handful of
+# paraphrases of one fact; on our prompts 0.7 keeps 1-6 neurons. Our locate prompts are every
+# scenario under each of the five templates, so a neuron that answers only one template's
+# wording passes in at most 1/5 of them, and q = 0.2 keeps the neurons that pass under at least
+# two templates. On SmolLM2-135M (anger and happiness, 50 prompts each, layers 15 and 22) no
+# neuron with share > 0.2 was single-template while 40-65% of those in (0.1, 0.2] were, and
+# q = 0.2 left 50-120 candidates: the cap below, not q, sets the size, as A.8's "400-500" does.
 DEFAULT_MIN_SHARE = 0.2
 # Eq. 3's beta defaults to an amplification: Dai et al. 2022 ("knowledge neurons affect
 # knowledge expression") enhance a fact by doubling its neurons' activations.
