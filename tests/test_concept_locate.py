@@ -153,3 +153,25 @@ def test_split_is_one_one_two_deterministic_and_disjoint() -> None:
         assert len(split.test) >= 2 * len(split.locate)
         assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     assert EmotionData.load(seed=1).hash != a.hash
+
+
+def test_scenarios_load_from_a_repe_format_url(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import functools
+    import http.server
+    import json
+    import threading
+
+    for emotion in EMOTIONS:
+        (tmp_path / f"{emotion}.json").write_text(
+            json.dumps([f"A {emotion} scenario {i}." for i in range(8)])
+        )
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        data = EmotionData.load(url)
+    finally:
+        server.shutdown()
+    assert set(data.splits) == set(EMOTIONS)  # no neutral.json there: the six emotions only
+    assert len(data.splits["anger"].locate) == 2 and data.source == url

@@ -175,6 +175,7 @@ class ConceptEmotion(PairedGeneration):
             self._scored[prompt, base, edited] = Scored(verdict, repetitive, ppl, self.max_ppl)
         self.config.metadata["judge_usage"] = self.judge.usage()
         self.config.metadata["target_emotion"] = self.emotion
+        self.config.metadata["split_hash"] = self.instances[0].doc["split_hash"]
 
     def _pairs(self) -> list[tuple[str, str, str, str]]:
         """(doc prompt, context as the model saw it, original, edited) per document."""
