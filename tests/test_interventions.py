@@ -6,6 +6,7 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
+from ce_bench.interventions import build_intervention
 from ce_bench.sites import Site, module_path
 from tests.conftest import tiny_model
 from tests.helpers import attached, make_artifact, recording, tokens
@@ -188,3 +189,18 @@ def test_weight_delta_gives_the_edited_weights_on_and_the_exact_originals_off(ar
     torch.testing.assert_close(on, expected, rtol=0, atol=1e-6)
     assert torch.equal(on, again)
     assert torch.equal(off, plain)
+
+
+def test_sae_clamp_leaves_attention_sink_positions_alone(tmp_path) -> None:
+    """A first-token residual 100x larger than the rest is outside what an SAE reconstructs."""
+    model = tiny_model("llama")
+    site = Site("resid_post", LAYER)
+    _, path = _random_sae(tmp_path, f"blocks.{LAYER}.hook_resid_post")
+    params = {"feature": 2, "strength": 9.0, "mode": "replace", "sae_path": str(path)}
+    clamp = build_intervention(make_artifact(model, "sae_clamp", site, params), model)
+    clamp.prepare(torch.device("cpu"), torch.float32)
+    h = torch.randn(2, 5, 32)
+    h[:, 0] *= 100
+    edited = clamp.edit(h)
+    assert torch.equal(edited[:, 0], h[:, 0])
+    assert not torch.allclose(edited[:, 1:], h[:, 1:])

@@ -12,9 +12,9 @@ from sae_lens import SAE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from ce_bench import sae_training
 from ce_bench.cli import app
 from ce_bench.sae_training import SAESettings, load_report, train_sae
+from ce_bench.sae_training import train as training
 from ce_bench.sites import Site, site_from_hook_name
 from tests.helpers import attached, make_artifact, recording
 
@@ -103,7 +103,7 @@ def test_second_call_returns_the_cached_sae_without_training(
     trained: Path, tiny_llama_dir: Path, in_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[Path] = []
-    monkeypatch.setattr(sae_training, "_train", lambda *args: calls.append(args[-1]) or args[-1])
+    monkeypatch.setattr(training, "_train", lambda *args: calls.append(args[-1]) or args[-1])
     mtime = (trained / "sae_weights.safetensors").stat().st_mtime_ns
     assert train_sae(LAYER, str(tiny_llama_dir), **SMALL) == trained
     assert calls == []
@@ -116,8 +116,8 @@ def test_other_settings_get_their_own_cache_dir(
     trained: Path, tiny_llama_dir: Path, in_home: Path
 ) -> None:
     model = str(tiny_llama_dir)
-    assert sae_training.sae_dir(LAYER, model, SAESettings(**SMALL)) == trained
-    assert sae_training.sae_dir(LAYER, model, SAESettings(**SMALL, seed=1)) != trained
+    assert training.sae_dir(LAYER, model, SAESettings(**SMALL)) == trained
+    assert training.sae_dir(LAYER, model, SAESettings(**SMALL, seed=1)) != trained
 
 
 def test_a_failed_run_leaves_no_sae_and_no_staging_dir(
@@ -126,7 +126,7 @@ def test_a_failed_run_leaves_no_sae_and_no_staging_dir(
     def killed(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sae_training, "_run_sae_lens", killed)
+    monkeypatch.setattr(training, "_run_sae_lens", killed)
     out = in_home / "never"
     with pytest.raises(KeyboardInterrupt):
         train_sae(LAYER, str(tiny_llama_dir), out=out, **SMALL)

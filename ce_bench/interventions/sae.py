@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
 ClampMode = Literal["replace", "delta"]
+# Attention sinks (the first token, BOS) carry residual norms ~100x the others; SAEs are trained
+# without them and reconstruct them badly, so a clamp leaves positions this far above the
+# median norm of their sequence untouched.
+SINK_RATIO = 10.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class SAEClamp(ActivationIntervention):
     Modes:
         replace: h <- decode(c'), the paper's edit; it drops the SAE's reconstruction error, so
             even C = c_k changes h by that error.
+    Attention-sink positions (norm > SINK_RATIO x the sequence's median) are left as they are.
         delta: h <- h + decode(c') - decode(c) = h + W_dec[k] (C - c_k) for an SAE without
             activation normalisation; keeps the error term, so C = c_k is the identity.
     """
@@ -103,6 +108,11 @@ class SAEClamp(ActivationIntervention):
         self.linear_decode = self.sae.cfg.normalize_activations in (None, "none")
 
     def edit(self, h: torch.Tensor) -> torch.Tensor:
+        norms = h.norm(dim=-1, keepdim=True)
+        sinks = norms > SINK_RATIO * norms.median(dim=-2, keepdim=True).values
+        return torch.where(sinks, h, self._clamp(h))
+
+    def _clamp(self, h: torch.Tensor) -> torch.Tensor:
         k, value = self.params.feature, self.params.strength
         codes = self.sae.encode(h)
         if self.params.mode == "delta" and self.linear_decode:

@@ -1,42 +1,10 @@
-"""Train a residual-stream Top-k SAE offline with sae-lens's own trainer.
-
-SAE clamping (seed 000) needs an SAE at the edited layer, and the embedded SmolLM2-135M has no
-public one. This module trains one on text that exists offline: the project's own text (emotion
-scenarios, `examples/`, the shipped task data) plus continuations the model samples from short
-prompts, so the SAE also sees the model's own output distribution.
-
-How, and why:
-- The text is small (tens of thousands of tokens), so training repeats it. Its activations are
-  computed once, through `ce_bench.sites` hooks (exactly what `sae_clamp` will edit), and
-  sae-lens's `LanguageModelSAETrainingRunner` trains from that cache (`use_cached_activations`)
-  instead of re-running the model on every repeat.
-- Text is packed the way sae-lens packs it: contexts that start with BOS, documents separated by
-  BOS. BOS and other special tokens are left out, and so are attention-sink activations (a norm
-  about 100x the median, which SmolLM2 sometimes also puts on the token right after BOS): one
-  of them outweighs tens of thousands of ordinary tokens in the squared error.
-- Activations are scaled to mean norm sqrt(d_in) while training; sae-lens folds that factor back
-  into the weights, so the saved SAE has `normalize_activations == "none"` and reads and writes
-  activations in the model's own scale (which `sae_clamp`'s delta fast path relies on).
-- On CPUs that multiply bf16 natively, sampling, caching and SAE steps run under bf16 autocast
-  (about 1.7x faster, same held-out explained variance); the evaluation runs in float32.
-
-Results are cached under `$CE_BENCH_HOME/saes/<model>/layer<L>-<hash>/` (hash of the settings
-and the project text), written aside and renamed when complete, with `training_report.json`
-(held-out explained variance, mean L0, dead-feature share, tokens, times, settings).
-
-Example:
-    >>> path = ensure_sae(20)                     # the cached SAE, or trained now (minutes)
-    >>> params = {"feature": 123, "strength": 8.0, "mode": "delta", "sae_path": str(path)}
-    >>> load_report(path)["explained_variance"]
-"""
+"""Training and evaluation: cached activations, sae-lens's runner, the report (see the package)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import signal
 import tempfile
@@ -52,55 +20,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ce_bench.models.embedded import EMBEDDED_NAME, ce_bench_home, load_model, resolve_pretrained
+from ce_bench.models.embedded import EMBEDDED_NAME, load_model, resolve_pretrained
+from ce_bench.sae_training.text import (
+    Corpus,
+    digest,
+    model_cache_dir,
+    model_texts,
+    project_texts,
+    split_corpus,
+)
 from ce_bench.sites import Site, attach_hook, module_path
-
-__all__ = ["SAESettings", "ensure_sae", "evaluate_sae", "load_report", "sae_dir", "train_sae"]
 
 REPORT_FILE = "training_report.json"
 FORMAT_VERSION = 1
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-HELD_OUT_ONE_IN = 10  # documents whose hash is 0 modulo this are evaluation-only
 SINK_NORM_RATIO = 10.0  # activations this many times the median norm are attention sinks
-TOP_P = 0.95
-GENERATION_BATCH = 64
 LM_BATCH = 8  # contexts per forward pass when caching activations
-
-# Openers for the model's own text: plain continuations and chat requests, many genres.
-OPENERS = (
-    "Once upon a time, in a small village by the sea,",
-    "The best way to learn a new language is",
-    "Yesterday I went to the market and",
-    "In today's news, officials announced that",
-    "Dear diary, today was",
-    "The history of the Roman Empire begins",
-    "To make a good cup of coffee, you",
-    "Scientists have recently discovered that",
-    "My favourite memory from childhood is",
-    "The instructions for assembling the shelf say",
-    "When I opened the door, I saw",
-    "The main causes of the First World War were",
-    "Here are three tips for staying productive:",
-    "The football match ended with",
-    "She looked at the letter and",
-    "Photosynthesis is the process by which",
-    "The review of the new restaurant said",
-    "He had never been so",
-    "In mathematics, a prime number is",
-    "The customer called the support line because",
-)
-CHAT_REQUESTS = (
-    "Write a short poem about the ocean.",
-    "How do I boil an egg?",
-    "Tell me a joke about computers.",
-    "What should I pack for a weekend trip?",
-    "Explain why the sky is blue.",
-    "Give me advice for a job interview.",
-    "Describe your ideal weekend.",
-    "Summarise the plot of a fairy tale you know.",
-    "I failed my exam today. What should I do?",
-    "Write a thank-you note to a neighbour.",
-)
 
 
 @dataclass(frozen=True)
@@ -135,14 +69,6 @@ class SAESettings:
             raise ValueError(f"tokens={self.tokens} is less than one batch ({self.batch_size})")
 
 
-@dataclass(frozen=True)
-class Corpus:
-    """Documents to train on and held-out documents to evaluate on."""
-
-    train: tuple[str, ...]
-    held_out: tuple[str, ...]
-
-
 def sae_dir(layer: int, model: str = EMBEDDED_NAME, settings: SAESettings | None = None) -> Path:
     """Where the SAE for these settings and the current project text is cached."""
     settings = settings or SAESettings()
@@ -151,9 +77,9 @@ def sae_dir(layer: int, model: str = EMBEDDED_NAME, settings: SAESettings | None
         "model": model,
         "layer": layer,
         "settings": asdict(settings),
-        "text": _digest(project_texts()),
+        "text": digest(project_texts()),
     }
-    return ce_bench_home() / "saes" / _safe_name(model) / f"layer{layer}-{_digest(spec)[:10]}"
+    return model_cache_dir(model) / f"layer{layer}-{digest(spec)[:10]}"
 
 
 def ensure_sae(layer: int, model: str = EMBEDDED_NAME) -> Path:
@@ -212,99 +138,6 @@ def train_sae(
 def load_report(path: Path | str) -> dict[str, Any]:
     """The training report stored next to a trained SAE."""
     return json.loads((Path(path) / REPORT_FILE).read_text())
-
-
-# --- text -----------------------------------------------------------------------------------
-
-
-def project_texts() -> list[str]:
-    """The project's own text: emotion scenarios, example sentences, shipped task data."""
-    texts = list(_scenarios())
-    for path in sorted(EXAMPLES.glob("*.txt")):
-        texts.extend(line.strip() for line in path.read_text().splitlines() if line.strip())
-    for path in sorted(_task_dir().glob("**/data/*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                texts.append("\n".join(dict.fromkeys(_prose(json.loads(line)))))
-    return [text for text in dict.fromkeys(texts) if text]
-
-
-def generation_prompts(tokenizer: Any) -> list[str]:
-    """Short prompts for the model's own text: emotion prompts as the benchmark writes them,
-    the shipped open-ended prompts, generic openers and chat requests."""
-    from ce_bench.emotions import TEMPLATES
-
-    prompts = list(OPENERS)
-    prompts.extend(TEMPLATES[i % len(TEMPLATES)].fill(s) for i, s in enumerate(_scenarios()))
-    for path in sorted(_task_dir().glob("paired/data/*.jsonl")):
-        prompts.extend(json.loads(line)["prompt"] for line in path.read_text().splitlines() if line)
-    for request in CHAT_REQUESTS if tokenizer.chat_template else ():  # base models have none
-        messages = [{"role": "user", "content": request}]
-        prompts.append(
-            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        )
-    return list(dict.fromkeys(prompts))
-
-
-def model_texts(
-    model: nn.Module, tokenizer: Any, model_name: str, settings: SAESettings
-) -> list[str]:
-    """Prompt + sampled continuation for `settings.generated_texts` prompts, cached per model
-    (every layer's SAE reuses them)."""
-    if settings.generated_texts == 0:
-        return []
-    pool = generation_prompts(tokenizer)
-    random.Random(settings.seed).shuffle(pool)
-    prompts = sorted(pool[: settings.generated_texts], key=len)  # similar lengths batch together
-    spec = {
-        "model": model_name,
-        "prompts": prompts,
-        "new_tokens": settings.generated_tokens,
-        "temperature": settings.temperature,
-        "top_p": TOP_P,
-        "seed": settings.seed,
-    }
-    cache = ce_bench_home() / "saes" / _safe_name(model_name) / f"text-{_digest(spec)[:10]}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    texts = _sample(model, tokenizer, prompts, settings)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    staging = cache.with_name(f".{cache.name}.{os.getpid()}")
-    staging.write_text(json.dumps(texts))
-    staging.replace(cache)
-    return texts
-
-
-@torch.no_grad()
-def _sample(
-    model: nn.Module, tokenizer: Any, prompts: list[str], settings: SAESettings
-) -> list[str]:
-    torch.manual_seed(settings.seed)
-    tokenizer.padding_side = "left"
-    texts = []
-    for start in tqdm(range(0, len(prompts), GENERATION_BATCH), desc="sampling text"):
-        batch = prompts[start : start + GENERATION_BATCH]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16()):
-            out = model.generate(
-                **enc,
-                max_new_tokens=settings.generated_tokens,
-                do_sample=True,
-                temperature=settings.temperature,
-                top_p=TOP_P,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        texts.extend(prompt + continuation for prompt, continuation in zip(batch, new, strict=True))
-    return texts
-
-
-def split_corpus(texts: Iterable[str]) -> Corpus:
-    """A deterministic train / held-out split by document hash (about 1 in 10 held out)."""
-    train, held_out = [], []
-    for text in dict.fromkeys(texts):
-        (held_out if int(_digest(text), 16) % HELD_OUT_ONE_IN == 0 else train).append(text)
-    return Corpus(tuple(train), tuple(held_out))
 
 
 # --- activations ------------------------------------------------------------------------------
@@ -408,7 +241,16 @@ def _train(layer: int, model_name: str, settings: SAESettings, target: Path) -> 
 
     hf_model, tokenizer = load_model(model_name, "cpu")
     hook_name = module_path(hf_model, Site("resid_post", layer))  # checks the layer exists
-    texts = model_texts(hf_model, tokenizer, model_name, settings)
+    texts = model_texts(
+        hf_model,
+        tokenizer,
+        model_name,
+        settings.generated_texts,
+        settings.generated_tokens,
+        settings.temperature,
+        settings.seed,
+        bf16=native_bf16(),
+    )
     corpus = split_corpus(project_texts() + texts)
     lap("text")
     acts, ids, sinks = token_activations(
@@ -607,43 +449,3 @@ def _sae_lens_quiet() -> Iterator[None]:
             yield
     finally:
         sae_lens_logger.setLevel(level)
-
-
-def _scenarios() -> Iterator[str]:
-    """Every shipped emotion scenario; none (with a warning) while the set is not there."""
-    from ce_bench.emotions import load_scenarios
-
-    try:
-        scenarios = load_scenarios()
-    except FileNotFoundError as err:
-        warnings.warn(f"SAE training text without emotion scenarios: {err}", stacklevel=3)
-        return
-    for items in scenarios.values():
-        yield from items
-
-
-def _prose(record: Any) -> Iterator[str]:
-    """The text in a task record (questions, choices, contexts), not its ids or labels."""
-    if isinstance(record, str):
-        if len(record.split()) >= 2 or (record.isalpha() and len(record) >= 3):
-            yield record
-    elif isinstance(record, dict):
-        for value in record.values():
-            yield from _prose(value)
-    elif isinstance(record, list):
-        for value in record:
-            yield from _prose(value)
-
-
-def _task_dir() -> Path:
-    import ce_bench.tasks
-
-    return Path(ce_bench.tasks.__file__).parent
-
-
-def _safe_name(model: str) -> str:
-    return model.strip("/").replace("/", "__")
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
