@@ -193,7 +193,7 @@ def _own_sae(config: BenchmarkConfig) -> SAESource | None:
 
 def table2(cells: list[Cell], config: BenchmarkConfig) -> Table:
     """Seed 000 Table 2: % of test prompts successfully edited, emotion x method."""
-    methods = [m for m in config.methods]
+    methods = config.methods
     table = Table(title=f"Editing success (%) at layer {config.layer}, {config.model}")
     table.add_column("emotion")
     for method in methods:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ce_bench.artifacts import data_hash
 from ce_bench.emotions import Prompt
 
 IGNORE = -100
@@ -50,6 +51,11 @@ def golden_batch(tokenizer, prompts: Sequence[Prompt], device: torch.device) -> 
         labels=padded(labels, IGNORE),
         last_prompt=torch.tensor(last, device=device),
     )
+
+
+def prompts_hash(prompts: Sequence[Prompt]) -> str:
+    """The provenance hash of the prompt + golden answer pairs a method located from."""
+    return data_hash(*(p.text + "\t" + p.golden for p in prompts))
 
 
 def answer_nll(model: nn.Module, batch: GoldenBatch) -> torch.Tensor:

@@ -31,8 +31,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash
+from ce_bench.artifacts import Artifact, ModelIdentity, Provenance
 from ce_bench.emotions import Prompt
+from ce_bench.locate.golden import prompts_hash
 from ce_bench.sites import Site, attach_hook, module_path, site_width
 
 __all__ = [
@@ -232,7 +233,7 @@ def locate_knowledge_neurons(
         model=ModelIdentity.of(model, model_name),
         provenance=Provenance(
             method="knowledge_neurons/ig",
-            data_hash=data_hash(*(p.text + "\t" + p.golden for p in prompts)),
+            data_hash=prompts_hash(prompts),
             report={
                 "prompts": len(prompts),
                 "steps": steps,

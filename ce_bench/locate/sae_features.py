@@ -18,17 +18,17 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash
+from ce_bench.artifacts import Artifact, ModelIdentity, Provenance
 from ce_bench.emotions import Prompt, emotion_words
 from ce_bench.interventions import Switch, build_intervention
 from ce_bench.locate.activations import collect_activations
-from ce_bench.locate.golden import answer_nll, frozen_parameters, golden_batch
+from ce_bench.locate.golden import answer_nll, frozen_parameters, golden_batch, prompts_hash
 from ce_bench.sites import Site, attach_hook, site_from_hook_name
 
 if TYPE_CHECKING:
@@ -167,12 +167,11 @@ def locate_sae_feature(
     model_name: str,
     top: int = TOP,
     reinforce_scale: float = REINFORCE_SCALE,
-    report: dict[str, Any] | None = None,
 ) -> Artifact:
     """A `sae_clamp` artifact for the emotion of `prompts` (one emotion), or FeatureNotFound.
 
     `probes` are neutral prompts the Reinforcer continues. The artifact's default strength C is
-    the residual-norm unit (C * |W_dec[k]| = mean |h| at the site); `report` records the
+    the residual-norm unit (C * |W_dec[k]| = mean |h| at the site); its provenance report has the
     candidate table, the per-prompt top-10 hit rate (seed 000 4.2 reports 79.8%), and the unit.
 
     Example:
@@ -212,9 +211,8 @@ def locate_sae_feature(
     artifact = _clamp_artifact(site, chosen.feature, strength, source, identity)
     artifact.provenance = Provenance(
         method="sae_features/attribution+reinforcer",
-        data_hash=data_hash(*(p.text + "\t" + p.golden for p in prompts)),
+        data_hash=prompts_hash(prompts),
         report={
-            **(report or {}),
             "emotion": emotion,
             "candidates": [asdict(c) for c in candidates],
             "chosen_rank": chosen.rank,

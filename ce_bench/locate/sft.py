@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash
+from ce_bench.artifacts import Artifact, ModelIdentity, Provenance
 from ce_bench.emotions import Prompt
-from ce_bench.locate.golden import answer_nll, frozen_parameters, golden_batch
+from ce_bench.locate.golden import answer_nll, frozen_parameters, golden_batch, prompts_hash
 from ce_bench.sites import Site, module_path
 
 # The paper gives no SFT hyperparameters; these train W_down of the embedded model to put
@@ -78,7 +78,7 @@ def locate_sft(
         model=ModelIdentity.of(model, model_name),
         provenance=Provenance(
             method="sft/w_down",
-            data_hash=data_hash(*(p.text + "\t" + p.golden for p in prompts)),
+            data_hash=prompts_hash(prompts),
             report={
                 "lr": lr,
                 "epochs": epochs,
