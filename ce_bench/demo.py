@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -52,8 +53,11 @@ def main(argv: list[str] | None = None) -> None:
         max_gen_toks=args.max_gen_toks,
         out=args.out,
     )
-    cells = run_benchmark(config, console)
-    write_analyses(cells, config, console)
+    from ce_bench.models.embedded import load_model
+
+    loaded = load_model(config.model, "cpu")
+    cells = run_benchmark(config, console, loaded)
+    write_analyses(cells, config, console, loaded)
     hits = sae_hit_rate(cells)
     console.print(hits)
     minutes = (time.monotonic() - started) / 60
@@ -67,8 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"done in {minutes:.1f} min; tables in {args.out}/")
 
 
-def write_analyses(cells: list[Cell], config: BenchmarkConfig, console: Console) -> None:
-    """Table 4 (generalisation, anger when it ran) and Table 5 (overlap per emotion)."""
+def write_analyses(
+    cells: list[Cell], config: BenchmarkConfig, console: Console, loaded: tuple[Any, Any]
+) -> None:
+    """Table 4 (generalisation, anger when it ran) and Table 5 (overlap per emotion), on the
+    unedited (model, tokenizer) `loaded`."""
     from ce_bench.analysis import (
         generalization_markdown,
         generalization_table,
@@ -76,9 +83,8 @@ def write_analyses(cells: list[Cell], config: BenchmarkConfig, console: Console)
         output_generalization,
     )
     from ce_bench.locate.emotion import EmotionData
-    from ce_bench.models.embedded import load_model
 
-    model, tokenizer = load_model(config.model, "cpu")
+    model, tokenizer = loaded
     emotion = "anger" if "anger" in config.emotions else config.emotions[0]
     chosen = {c.method: _tuned(c) for c in cells if c.emotion == emotion and c.artifact}
     report = output_generalization(

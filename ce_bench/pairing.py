@@ -80,6 +80,11 @@ def pop_switch(gen_kwargs: dict[str, Any]) -> bool:
     return _enabled(gen_kwargs.pop(SWITCH_KEY, "on"))
 
 
+def is_enabled_generation(gen_kwargs: dict[str, Any]) -> bool:
+    """True unless generation kwargs carry the OFF tag (leaves them unchanged)."""
+    return _enabled(gen_kwargs.get(SWITCH_KEY, "on"))
+
+
 def is_enabled(args: tuple[Any, ...]) -> bool:
     """True unless loglikelihood arguments carry the OFF tag."""
     return len(args) < 3 or _enabled(args[2].get(SWITCH_KEY, "on"))

@@ -104,3 +104,32 @@ def test_two_interventions_joined_by_plus_both_apply(
     two_halves = [ll for ll, _ in both.loglikelihood(_ll(PAIRS))]
     one_whole = [ll for ll, _ in edited.loglikelihood(_ll(PAIRS))]  # 4 + 4 = 8, the artifact's k
     assert two_halves == pytest.approx(one_whole, abs=1e-3)
+
+
+def test_shared_unedited_answers_are_generated_once(tiny_llama_dir, steer_dir, plain) -> None:
+    memo: dict[str, str] = {}
+    paired = _gen(baseline_generation(GREEDY)) + _gen(GREEDY)
+    first = EditedHFLM(
+        pretrained=str(tiny_llama_dir), intervention=str(steer_dir), unedited_answers=memo
+    )
+    assert first.generate_until(paired)[: len(PROMPTS)] == plain.generate_until(_gen(GREEDY))
+    assert len(memo) == len(PROMPTS)
+    second = EditedHFLM(
+        pretrained=first.model,
+        tokenizer=first.tokenizer,
+        intervention=str(steer_dir),
+        strength=2.0,
+        unedited_answers=memo,
+    )
+    generated: list[int] = []
+    original = second._model_generate
+
+    def counting(context, *args, **kwargs):  # type: ignore[no-untyped-def]
+        generated.append(context.shape[0])
+        return original(context, *args, **kwargs)
+
+    second._model_generate = counting  # type: ignore[method-assign]
+    texts = second.generate_until(paired)
+    assert sum(generated) == len(PROMPTS)  # only the ON half ran
+    assert texts[: len(PROMPTS)] == plain.generate_until(_gen(GREEDY))
+    assert texts[len(PROMPTS) :] != texts[: len(PROMPTS)]

@@ -104,22 +104,40 @@ class SAEClamp(ActivationIntervention):
 
     def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
         self.sae = self.sae.to(device=device, dtype=dtype)
-        # Without run-time normalisation decode is affine, so the delta is one row of W_dec.
-        self.linear_decode = self.sae.cfg.normalize_activations in (None, "none")
+        k, value = self.params.feature, self.params.strength
+        self.feature = torch.tensor(k, device=device)
+        self.value = torch.tensor(value, device=device, dtype=dtype)
 
     def edit(self, h: torch.Tensor) -> torch.Tensor:
-        norms = h.norm(dim=-1, keepdim=True)
-        sinks = norms > SINK_RATIO * norms.median(dim=-2, keepdim=True).values
-        return torch.where(sinks, h, self._clamp(h))
+        return clamp_features(self.sae, h, self.feature, self.value, self.params.mode)
 
-    def _clamp(self, h: torch.Tensor) -> torch.Tensor:
-        k, value = self.params.feature, self.params.strength
-        codes = self.sae.encode(h)
-        if self.params.mode == "delta" and self.linear_decode:
-            return h + (value - codes[..., k, None]) * self.sae.W_dec[k]
-        clamped = codes.clone()
-        clamped[..., k] = value
-        if self.params.mode == "replace":
-            return self.sae.decode(clamped)
-        both = self.sae.decode(torch.stack([clamped, codes]))  # one decode, shared normalisation
-        return h + (both[0] - both[1])
+
+def clamp_features(
+    sae: SAE, h: torch.Tensor, feature: torch.Tensor, value: torch.Tensor, mode: ClampMode
+) -> torch.Tensor:
+    """h (batch, ..., d) with SAE feature `feature` set to `value` at every position.
+
+    `feature` and `value` are 0-d (the same for every row) or (batch,) (one per row, as the
+    Reinforcer's batch of candidates needs). Attention-sink positions are left as they are.
+    """
+    norms = h.norm(dim=-1, keepdim=True)
+    sinks = norms > SINK_RATIO * norms.median(dim=-2, keepdim=True).values
+    return torch.where(sinks, h, _clamp(sae, h, feature, value, mode))
+
+
+def _clamp(
+    sae: SAE, h: torch.Tensor, feature: torch.Tensor, value: torch.Tensor, mode: ClampMode
+) -> torch.Tensor:
+    per_row = (-1,) + (1,) * (h.dim() - 1)  # broadcasts over every position of a row
+    index = feature.reshape(per_row).expand(*h.shape[:-1], 1)
+    value = value.to(h.dtype).reshape(per_row)
+    codes = sae.encode(h)
+    # Without run-time normalisation decode is affine, so the delta is one row of W_dec.
+    if mode == "delta" and sae.cfg.normalize_activations in (None, "none"):
+        rows = sae.W_dec[feature].reshape(*per_row[:-1], h.shape[-1])
+        return h + (value - codes.gather(-1, index)) * rows
+    clamped = codes.scatter(-1, index, value.expand_as(index))
+    if mode == "replace":
+        return sae.decode(clamped)
+    both = sae.decode(torch.stack([clamped, codes]))  # one decode, shared normalisation
+    return h + (both[0] - both[1])

@@ -12,7 +12,8 @@ no hook changes anything, so results equal `--model hf` bit for bit.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, MutableMapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ class EditedHFLM(HFLM):
         strength: overrides each artifact's strength (k / C / beta); one value, or one per
             artifact joined by `+`.
         positions: overrides where activation edits apply: all | prompt | generated | last.
+        unedited_answers: (Python API only) a dict shared by several `EditedHFLM`s built on the
+            same loaded model, whose weights do not change between them: a switched-OFF
+            generation found there is reused instead of generated again. A sweep over
+            strengths and methods then generates each unedited answer once.
     """
 
     def __init__(
@@ -46,6 +51,7 @@ class EditedHFLM(HFLM):
         strength: float | str | None = None,
         positions: str | None = None,
         device: str | None = None,
+        unedited_answers: MutableMapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         artifacts = [load_artifact(p) for p in _split(intervention)]
@@ -65,6 +71,7 @@ class EditedHFLM(HFLM):
         self.fingerprint = fingerprint(artifacts, {"overrides": overrides})
         self._artifacts = artifacts
         self._overrides = overrides
+        self.unedited_answers = unedited_answers
         try:
             for item in built:
                 for handle in item.attach(self.model, self.switch):
@@ -81,6 +88,21 @@ class EditedHFLM(HFLM):
         self._hooks.close()
 
     # ------------------------------------------------------------------ forward passes
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        """Generate; switched-OFF requests already in `unedited_answers` are not generated."""
+        memo = self.unedited_answers
+        if memo is None:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        keys = [_unedited_key(r.args) for r in requests]
+        todo = [i for i, key in enumerate(keys) if key is None or key not in memo]
+        fresh = super().generate_until([requests[i] for i in todo], disable_tqdm) if todo else []
+        answers = {i: memo[key] for i, key in enumerate(keys) if key is not None and key in memo}
+        for i, text in zip(todo, fresh, strict=True):
+            answers[i] = text
+            if keys[i] is not None:
+                memo[keys[i]] = text
+        return [answers[i] for i in range(len(requests))]
+
     def _model_generate(self, context, max_length, stop, **generation_kwargs):  # type: ignore[no-untyped-def]
         enabled = self.switch.enabled and pairing.pop_switch(generation_kwargs)
         with self.switch.set(enabled), self.switch.generating(context.shape[1]):
@@ -162,6 +184,14 @@ def _overrides(strength: Any, positions: str | None, count: int) -> list[dict[st
         {k: v for k, v in (("strength", s), ("positions", positions)) if v not in (None, "")}
         for s in strengths
     ]
+
+
+def _unedited_key(args: tuple[str, dict[str, Any]]) -> str | None:
+    """The memo key of a switched-OFF generation request; None for a switched-ON one."""
+    context, gen_kwargs = args
+    if pairing.is_enabled_generation(gen_kwargs):
+        return None
+    return json.dumps([context, gen_kwargs], sort_keys=True, default=str)
 
 
 def _untagged(request: Instance) -> Instance:
