@@ -250,6 +250,52 @@ def locate_sft_cmd(
     )
 
 
+@locate_app.command("ranges")
+def locate_ranges_cmd(
+    dataset: str = typer.Option(..., help="agnews, emotion, dbpedia14, imdb or sst2."),
+    target: str = typer.Option(..., help="Class to erase, by name or label word (Sports)."),
+    out: Path = OUT,
+    layer: int | None = typer.Option(None, help="Layer L (0-based); default the penultimate."),
+    model: str = MODEL,
+    device: str | None = DEVICE,
+    ranking: str = typer.Option("max", help="Saliency: max (the paper's), probeless or probe."),
+    top: float | None = typer.Option(None, help="Kept fraction; default 0.3 (0.2 with an SAE)."),
+    tau: float = typer.Option(2.5, help="Range [mu - tau sigma, mu + tau sigma] (5.1)."),
+    phi: str = typer.Option("zero", help="zero, dampen, mean, adaptive or steer (App. G, M.2)."),
+    gate: str = typer.Option("range", help="range (NeuronLens) or always (neuron masking)."),
+    data: str = typer.Option("shipped", help="shipped (offline set) or hub."),
+    per_class: int | None = typer.Option(None, help="Training examples per class; default all."),
+    sae_path: str = typer.Option("", help="Mask ranges of this SAE's latents (App. N)."),
+    sae_release: str = typer.Option("", help="sae-lens release (hub), with --sae-id."),
+    sae_id: str = typer.Option("", help="SAE id within the release."),
+) -> None:
+    """Activation ranges of one class for erasure (seed 001 5.1, Algorithm 1)."""
+    from ce_bench.artifacts import save_artifact
+    from ce_bench.classification import dataset as dataset_named
+    from ce_bench.locate.ranges import locate_ranges, penultimate_layer
+    from ce_bench.locate.sae_features import SAESource
+    from ce_bench.models.embedded import load_model
+
+    try:
+        spec = dataset_named(dataset)
+        spec.class_index(target)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    lm, tokenizer = load_model(model, device)
+    layer = penultimate_layer(lm) if layer is None else layer
+    sae = SAESource(sae_path, sae_release, sae_id) if (sae_path or sae_release) else None
+    artifact = locate_ranges(
+        lm, tokenizer, spec, target, layer, model, ranking, top, tau, phi, gate, data, per_class,
+        sae=sae,
+    )  # fmt: skip
+    save_artifact(artifact, out)
+    report = artifact.provenance.report
+    console.print(
+        f"wrote {out}: {report['kept']} {'latents' if sae else 'neurons'} of {report['target']}"
+        f" ({report['ranking']} ranking) at {artifact.site}; tau {tau}, phi {phi}, gate {gate}"
+    )
+
+
 @analyze_app.command("generalization")
 def analyze_generalization_cmd(
     emotion: str = typer.Option(..., help="Emotion whose word lists are scored (Table 3)."),

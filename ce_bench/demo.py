@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ce_bench.concept_benchmark import SHORT, BenchmarkConfig, Cell, run_benchmark
+from ce_bench.concept_benchmark import DEEP_LAYER, SHORT, BenchmarkConfig, Cell, run_benchmark
 from ce_bench.emotions import EMOTIONS
 
 PAIRS = ("NE-SAE", "NE-SV", "NE-SFT", "SAE-SV", "SAE-SFT", "SV-SFT")
@@ -33,12 +33,12 @@ PAIRS = ("NE-SAE", "NE-SV", "NE-SFT", "SAE-SV", "SAE-SFT", "SV-SFT")
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layer", type=int, default=20)
+    parser.add_argument("--layer", type=int, default=DEEP_LAYER)
     parser.add_argument("--emotions", nargs="+", default=list(EMOTIONS), choices=EMOTIONS)
     parser.add_argument("--locate-limit", type=int, default=3, help="locate scenarios/emotion")
     parser.add_argument("--validation-limit", type=int, default=3, help="prompts per strength")
     parser.add_argument("--test-limit", type=int, default=8, help="test prompts per emotion")
-    parser.add_argument("--max-gen-toks", type=int, default=24)
+    parser.add_argument("--max-gen-toks", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("results/concept_editing"))
     args = parser.parse_args(argv)
 

@@ -7,11 +7,11 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from ce_bench.artifacts import ArtifactError, save_artifact
+from ce_bench.artifacts import ArtifactError, load_artifact, save_artifact
 from ce_bench.models.edited_hf import EditedHFLM
 from ce_bench.models.embedded import load_model
 from ce_bench.pairing import baseline_generation, baseline_loglikelihood
-from ce_bench.sites import Site
+from ce_bench.sites import Site, attach_hook
 from tests.helpers import make_artifact
 
 PAIRS = [
@@ -133,3 +133,51 @@ def test_shared_unedited_answers_are_generated_once(tiny_llama_dir, steer_dir, p
     assert sum(generated) == len(PROMPTS)  # only the ON half ran
     assert texts[: len(PROMPTS)] == plain.generate_until(_gen(GREEDY))
     assert texts[len(PROMPTS) :] != texts[: len(PROMPTS)]
+
+
+def test_positions_last_edits_only_the_token_that_predicts_a_continuation(
+    tiny_llama_dir, steer_dir
+) -> None:
+    last = EditedHFLM(
+        pretrained=str(tiny_llama_dir), intervention=str(steer_dir), positions="last", batch_size=3
+    )
+    scores = [ll for ll, _ in last.loglikelihood(_ll(PAIRS))]
+    vector = 8.0 * load_artifact(steer_dir).tensors["vector"]
+    expected = []
+    for context, continuation in PAIRS:
+        context_enc, continuation_enc = last._encode_pair(context, continuation)
+        row = torch.tensor([(context_enc + continuation_enc)[:-1]])
+        at = len(context_enc) - 1
+
+        def add_at_last_context_token(h: torch.Tensor, at: int = at) -> torch.Tensor:
+            out = h.clone()
+            out[:, at] += vector
+            return out
+
+        handle = attach_hook(last.model, Site("resid_post", 1), add_at_last_context_token)
+        try:
+            with last.switch.set(False), torch.no_grad():
+                logp = torch.log_softmax(last.model(row).logits[0, at:], dim=-1)
+        finally:
+            handle.remove()
+        expected.append(float(logp.gather(-1, torch.tensor(continuation_enc)[:, None]).sum()))
+    assert scores == pytest.approx(expected, abs=1e-4)
+    last.close()
+    everywhere = [
+        ll
+        for ll, _ in EditedHFLM(
+            pretrained=last.model, tokenizer=last.tokenizer, intervention=str(steer_dir)
+        ).loglikelihood(_ll(PAIRS))
+    ]
+    assert scores != pytest.approx(everywhere, abs=1e-4)
+
+
+def test_positions_last_edits_every_token_of_a_rolling_text(tiny_llama_dir, steer_dir) -> None:
+    texts = [Instance("loglikelihood_rolling", {}, ("The old house on the hill was quiet.",), 0)]
+    last = EditedHFLM(pretrained=str(tiny_llama_dir), intervention=str(steer_dir), positions="last")
+    scores = last.loglikelihood_rolling(texts)
+    last.close()
+    everywhere = EditedHFLM(
+        pretrained=last.model, tokenizer=last.tokenizer, intervention=str(steer_dir)
+    )
+    assert scores == everywhere.loglikelihood_rolling(texts)

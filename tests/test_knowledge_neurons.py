@@ -81,10 +81,11 @@ def _down_rows(model: nn.Module) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_batched_attributions_equal_the_per_step_loop(arch: str) -> None:
+@pytest.mark.parametrize("layer", [0, LAYER])  # layer 0 has no shared prefix to run once
+def test_batched_attributions_equal_the_per_step_loop(arch: str, layer: int) -> None:
     model = tiny_model(arch)
-    batched = neuron_attributions(model, TOK, PROMPT, GOLDEN, LAYER, steps=8)
-    loop = neuron_attributions_reference(model, TOK, PROMPT, GOLDEN, LAYER, steps=8)
+    batched = neuron_attributions(model, TOK, PROMPT, GOLDEN, layer, steps=8)
+    loop = neuron_attributions_reference(model, TOK, PROMPT, GOLDEN, layer, steps=8)
     assert batched.shape == (_w_bar(model, PROMPT).numel(),) and batched.dtype == torch.float32
     torch.testing.assert_close(batched, loop, rtol=1e-4, atol=1e-5 * float(loop.abs().max()))
 

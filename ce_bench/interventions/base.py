@@ -32,13 +32,18 @@ class Switch:
 
     `prompt_length` is set while generating (the left-padded prompt width); `past_length` is the
     number of tokens already in the KV cache for the forward pass under way, so one-token
-    generation steps know their absolute position.
+    generation steps know their absolute position. `last_prompt` is set while scoring
+    (context, continuation) rows: per row, the index of the last context token, which predicts
+    the continuation. `rolling` is set while scoring whole texts (perplexity), which have no
+    prompt: there `last` means every position.
     """
 
     def __init__(self) -> None:
         self.enabled = True
         self.prompt_length: int | None = None
         self.past_length = 0
+        self.last_prompt: torch.Tensor | None = None
+        self.rolling = False
 
     @contextmanager
     def set(self, enabled: bool) -> Iterator[None]:
@@ -56,25 +61,50 @@ class Switch:
         finally:
             self.prompt_length = None
 
+    @contextmanager
+    def scoring(self, last_prompt: torch.Tensor) -> Iterator[None]:
+        """Rows of (context, continuation) whose last context tokens sit at `last_prompt`."""
+        self.last_prompt = last_prompt
+        try:
+            yield
+        finally:
+            self.last_prompt = None
+
+    @contextmanager
+    def scoring_rolling(self) -> Iterator[None]:
+        self.rolling = True
+        try:
+            yield
+        finally:
+            self.rolling = False
+
     def position_mask(self, positions: Positions, seq_len: int, device: torch.device):  # type: ignore[no-untyped-def]
-        """Boolean mask (seq_len, 1) of the positions to edit; None means all of them."""
-        if positions == "all" or (positions == "prompt" and self.prompt_length is None):
+        """Boolean mask of the positions to edit, (seq_len, 1) or per row (batch, seq_len, 1);
+        None means all of them."""
+        if positions == "all":
             return None
-        if self.prompt_length is None:  # a scoring call: there are no generated tokens
-            if positions == "last":
-                raise ValueError(
-                    "positions=last is defined for generation (the last prompt token); "
-                    "loglikelihood requests have no prompt/answer boundary here: use all or prompt"
-                )
-            return torch.zeros(seq_len, 1, dtype=torch.bool, device=device)
-        absolute = torch.arange(seq_len, device=device) + self.past_length
-        if positions == "prompt":
-            mask = absolute < self.prompt_length
-        elif positions == "generated":
-            mask = absolute >= self.prompt_length
+        if self.prompt_length is not None:
+            absolute = torch.arange(seq_len, device=device) + self.past_length
+            boundary = torch.tensor(self.prompt_length - 1, device=device)
+        elif self.last_prompt is not None:
+            absolute = torch.arange(seq_len, device=device)[None, :]
+            boundary = self.last_prompt.to(device)[:, None]
+        elif positions == "prompt" or (positions == "last" and self.rolling):
+            return None  # a whole text without a continuation: every token is prompt
+        elif positions == "last":
+            raise ValueError(
+                "positions=last needs to know where the prompt ends: edited_hf knows it for"
+                " generation and loglikelihood requests, not for a bare forward pass"
+            )
         else:
-            mask = absolute == self.prompt_length - 1
-        return mask[:, None]
+            return torch.zeros(seq_len, 1, dtype=torch.bool, device=device)
+        if positions == "prompt":
+            mask = absolute <= boundary
+        elif positions == "generated":
+            mask = absolute > boundary
+        else:
+            mask = absolute == boundary
+        return mask[..., None]
 
 
 def track_cache_offset(model: nn.Module, switch: Switch) -> RemovableHandle:

@@ -31,6 +31,21 @@ def locate_diffmean(
     site = Site("resid_post", layer)
     pos = collect_activations(model, tokenizer, positive, site, aggregate, desc="positive")
     neg = collect_activations(model, tokenizer, negative, site, aggregate, desc="negative")
+    hash_ = data_hash("\n".join(positive), "\n".join(negative))
+    return diffmean_artifact(model, model_name, site, pos, neg, hash_, aggregate, strength)
+
+
+def diffmean_artifact(
+    model: nn.Module,
+    model_name: str,
+    site: Site,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    hash_: str,
+    aggregate: Aggregate = "last",
+    strength: float = 1.0,
+) -> Artifact:
+    """The `steer` artifact of already collected activations (rows of `pos` and `neg`)."""
     vector = pos.mean(0) - neg.mean(0)
     if not float(vector.norm()) > 0:
         raise ValueError("positive and negative texts have the same mean activation: no direction")
@@ -44,7 +59,7 @@ def locate_diffmean(
         model=ModelIdentity.of(model, model_name),
         provenance=Provenance(
             method=f"diffmean/{aggregate}",
-            data_hash=data_hash("\n".join(positive), "\n".join(negative)),
+            data_hash=hash_,
             report={"mean_norm": mean_norm, "strength_unit": mean_norm / float(vector.norm())},
         ),
     )

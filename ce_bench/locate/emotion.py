@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
 from torch import nn
 
-from ce_bench.artifacts import Artifact
+from ce_bench.artifacts import Artifact, data_hash
 from ce_bench.emotions import (
     EMOTIONS,
     NEUTRAL,
@@ -30,10 +31,12 @@ from ce_bench.emotions import (
     split_hash,
     split_scenarios,
 )
-from ce_bench.locate.diffmean import locate_diffmean
+from ce_bench.locate.activations import Aggregate, collect_activations
+from ce_bench.locate.diffmean import diffmean_artifact
 from ce_bench.locate.knowledge_neurons import locate_knowledge_neurons
 from ce_bench.locate.sae_features import SAESource, locate_sae_feature
 from ce_bench.locate.sft import locate_sft
+from ce_bench.sites import Site
 
 PROBES = 3  # neutral prompts the Reinforcer continues
 
@@ -77,6 +80,19 @@ class EmotionJob:
     limit: int | None = None  # locate scenarios per emotion (all if None)
     sae: SAESource | None = None  # for sae-features
     options: dict[str, Any] = field(default_factory=dict)  # method-specific keyword arguments
+    # Residuals per (layer, limit, aggregate, emotion): jobs on one model and data may share it,
+    # so that steering for six emotions reads each emotion's prompts once, not five times.
+    residuals: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
+
+    def residuals_of(self, emotion: str, aggregate: Aggregate) -> torch.Tensor:
+        key = (self.layer, self.limit, aggregate, emotion)
+        if key not in self.residuals:
+            texts = [p.text for p in self.data.prompts(emotion, self.limit)]
+            site = Site("resid_post", self.layer)
+            self.residuals[key] = collect_activations(
+                self.model, self.tokenizer, texts, site, aggregate, desc=emotion
+            )
+        return self.residuals[key]
 
 
 LOCATORS: dict[str, Callable[[EmotionJob], Artifact]] = {}
@@ -115,15 +131,18 @@ def locate_emotion(method: str, job: EmotionJob) -> Artifact:
 @register_locator("steering")
 def _steering(job: EmotionJob) -> Artifact:
     """Mean residual of the emotion's prompts minus that of the other emotions' (Eq. 6)."""
-    positive = [p.text for p in job.data.prompts(job.emotion, job.limit)]
-    negative = [
-        p.text
-        for other in EMOTIONS
-        if other != job.emotion
-        for p in job.data.prompts(other, job.limit)
-    ]
-    return locate_diffmean(
-        job.model, job.tokenizer, positive, negative, job.layer, job.model_name, **job.options
+    aggregate = job.options.get("aggregate", "last")
+    others = [e for e in EMOTIONS if e != job.emotion]
+    texts = {e: [p.text for p in job.data.prompts(e, job.limit)] for e in EMOTIONS}
+    return diffmean_artifact(
+        job.model,
+        job.model_name,
+        Site("resid_post", job.layer),
+        job.residuals_of(job.emotion, aggregate),
+        torch.cat([job.residuals_of(e, aggregate) for e in others]),
+        data_hash("\n".join(texts[job.emotion]), "\n".join(t for e in others for t in texts[e])),
+        aggregate,
+        job.options.get("strength", 1.0),
     )
 
 

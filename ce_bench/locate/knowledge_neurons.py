@@ -84,7 +84,8 @@ def neuron_attributions(
 
     One forward and one backward over a batch of `steps` copies of the prompt: row k sets the
     last prompt token's activations to (k/steps) * w_bar, and since each row's P depends only on
-    its own row, the gradient of the rows' summed P gives every row's gradient at once.
+    its own row, the gradient of the rows' summed P gives every row's gradient at once. The rows
+    are identical below layer L, so that prefix runs once and is copied at layer L's input.
 
     Example:
         >>> attr = neuron_attributions(model, tok, "I was insulted. You feel", " angry", 20)
@@ -94,13 +95,21 @@ def neuron_attributions(
     ids, answer, position = _encode(model, tokenizer, prompt, golden)
     alphas = torch.arange(1, steps + 1, dtype=torch.float32, device=ids.device) / steps
     path: dict[str, torch.Tensor] = {}
-    handle = attach_hook(model, Site("mlp_act", layer), _riemann_rows(alphas, position, path))
+    if layer == 0:
+        ids = ids.expand(steps, -1)
+        handles = []
+    else:
+        handles = [attach_hook(model, Site("resid_post", layer - 1), _copies(steps))]
+    handles.append(
+        attach_hook(model, Site("mlp_act", layer), _riemann_rows(alphas, position, path))
+    )
     try:
         with torch.enable_grad():
-            prob = _answer_probability(model, ids.expand(steps, -1), answer)
+            prob = _answer_probability(model, ids, answer)
             (grads,) = torch.autograd.grad(prob.sum(), path["scaled"])
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return (path["w_bar"] * grads.sum(0) / steps).cpu()
 
 
@@ -283,11 +292,11 @@ def _check_ready(model: nn.Module, steps: int) -> None:
 
 
 def _answer_probability(model: nn.Module, ids: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
-    """P(answer | prompt) per row under teacher forcing (Eq. 1): the answer tokens are the last
-    len(answer) predictions of `ids`."""
+    """P(answer | prompt) per row of the output under teacher forcing (Eq. 1): the answer tokens
+    are the last len(answer) predictions of `ids`."""
     logits = model(input_ids=ids, use_cache=False, logits_to_keep=len(answer)).logits
     logp = torch.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, answer.to(logp.device).expand(ids.shape[0], -1)[..., None])
+    picked = logp.gather(-1, answer.to(logp.device).expand(logp.shape[0], -1)[..., None])
     return picked.squeeze(-1).sum(-1).exp()
 
 
@@ -307,6 +316,11 @@ def _riemann_rows(
         return out
 
     return edit
+
+
+def _copies(rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Hook turning a one-row hidden state into `rows` identical rows."""
+    return lambda h: h.expand(rows, *h.shape[1:])
 
 
 def _set_position(position: int, value: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -37,7 +37,9 @@ class EditedHFLM(HFLM):
         intervention: an artifact directory, or several joined by `+`.
         strength: overrides each artifact's strength (k / C / beta); one value, or one per
             artifact joined by `+`.
-        positions: overrides where activation edits apply: all | prompt | generated | last.
+        positions: overrides where activation edits apply: all | prompt | generated | last (the
+            last prompt token: the one predicting a loglikelihood continuation or the first
+            generated token; every token of a rolling-loglikelihood text).
         unedited_answers: (Python API only) a dict shared by several `EditedHFLM`s built on the
             same loaded model, whose weights do not change between them: a switched-OFF
             generation found there is reused instead of generated again. A sweep over
@@ -57,6 +59,7 @@ class EditedHFLM(HFLM):
         artifacts = [load_artifact(p) for p in _split(intervention)]
         overrides = _overrides(strength, positions, len(artifacts))
         self.model_name = _name_of(pretrained)
+        self._context_ends: ContextEnds | None = None
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         super().__init__(pretrained=resolve_pretrained(pretrained), device=device, **kwargs)
@@ -108,6 +111,29 @@ class EditedHFLM(HFLM):
         with self.switch.set(enabled), self.switch.generating(context.shape[1]):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
+    # ------------------------------------------------------------------ where the prompt ends
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False):  # type: ignore[no-untyped-def]
+        """Whole-text scores (perplexity): no prompt, so `positions=last` edits every token."""
+        with self.switch.scoring_rolling():
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):  # type: ignore[no-untyped-def]
+        """Remember, per model input row, where its context ends (see `_model_call`)."""
+        if self.switch.rolling or self.backend != "causal":
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        self._context_ends = ContextEnds(requests, self.max_length)
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        finally:
+            self._context_ends = None
+
+    def _model_call(self, inps, attn_mask=None, labels=None):  # type: ignore[no-untyped-def]
+        ends = self._context_ends
+        if ends is None:
+            return super()._model_call(inps, attn_mask, labels)
+        with self.switch.scoring(ends.of(inps)):
+            return super()._model_call(inps, attn_mask, labels)
+
     # ------------------------------------------------------------------ paired loglikelihood
     def loglikelihood(
         self, requests: list[Instance], disable_tqdm: bool = False
@@ -155,6 +181,42 @@ class EditedHFLM(HFLM):
             ],
         }
         return info
+
+
+class ContextEnds:
+    """The index of the last context token of each row HFLM builds for loglikelihood requests.
+
+    HFLM scores (context, continuation) as one row, (context + continuation)[:-1] cut to the
+    model's length and right-padded with zeros into a batch; the row itself does not say where
+    the context ends. This table, built from the requests before batching, finds it again from
+    the row's tokens, so that `positions=last` edits the token that predicts the continuation.
+    """
+
+    def __init__(self, requests: list[tuple[Any, list[int], list[int]]], max_length: int) -> None:
+        self.table: dict[tuple[int, ...], int] = {}
+        for _, context, continuation in requests:
+            row = tuple((context + continuation)[-(max_length + 1) :][:-1])
+            self.table[row] = len(row) - len(continuation)
+
+    def of(self, inps: torch.Tensor) -> torch.Tensor:
+        """(batch,) last-context indices of the rows of a padded batch."""
+        ends = []
+        for row in inps.tolist():
+            used = len(row)
+            while used and row[used - 1] == 0:  # right padding, or context tokens that are 0
+                used -= 1
+            end = next(
+                (
+                    self.table[key]
+                    for n in range(used, len(row) + 1)
+                    if (key := tuple(row[:n])) in self.table
+                ),
+                None,
+            )
+            if end is None:
+                raise RuntimeError("edited_hf: a scored row matches no loglikelihood request")
+            ends.append(end)
+        return torch.tensor(ends, device=inps.device)
 
 
 def _name_of(pretrained: Any) -> str:

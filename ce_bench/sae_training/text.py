@@ -25,6 +25,9 @@ from tqdm.auto import tqdm
 from ce_bench.models.embedded import ce_bench_home
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# Task data in the corpus, named so that data added for later tasks does not silently change
+# what a fresh machine trains (cached SAEs are keyed by settings, not by text).
+CORPUS_TASK_DATA = ("general/data", "paired/data")
 HELD_OUT_ONE_IN = 10  # documents whose hash is 0 modulo this are evaluation-only
 TOP_P = 0.95
 GENERATION_BATCH = 64  # prompts sampled together (larger batches waste less time per token)
@@ -78,7 +81,7 @@ def project_texts() -> list[str]:
     texts = list(_scenarios())
     for path in sorted(EXAMPLES.glob("*.txt")):
         texts.extend(line.strip() for line in path.read_text().splitlines() if line.strip())
-    for path in sorted(_task_dir().glob("**/data/*.jsonl")):
+    for path in sorted(p for d in CORPUS_TASK_DATA for p in (_task_dir() / d).glob("*.jsonl")):
         for line in path.read_text().splitlines():
             if line.strip():
                 texts.append("\n".join(dict.fromkeys(_prose(json.loads(line)))))

@@ -37,7 +37,7 @@ class PairedGeneration(ConfigurableTask):
 
     def __init__(self, config: dict[str, Any]) -> None:
         ours = {k: v for k, v in config.items() if k != "class"}
-        super().__init__(config=_own_metrics(ours))
+        super().__init__(config=own_metrics(ours))
 
     def construct_requests(self, doc: dict, ctx: str, **kwargs: Any) -> list[Instance]:
         require_edited_hf(self.config.task)
@@ -50,11 +50,8 @@ class PairedGeneration(ConfigurableTask):
         return {"changed": float(base != edited)}
 
 
-class PairedMultipleChoice(BuiltinTaskOnShippedData):
-    """A built-in multiple-choice task scored OFF (idx 0..n-1) and ON (idx n..2n-1) per item."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__(_own_metrics(config))
+class PairedChoices(ConfigurableTask):
+    """A multiple-choice task whose choices are all scored OFF (idx 0..n-1) and ON (n..2n-1)."""
 
     def construct_requests(self, doc: dict, ctx: str, **kwargs: Any) -> list[Instance]:
         require_edited_hf(self.config.task)
@@ -62,6 +59,13 @@ class PairedMultipleChoice(BuiltinTaskOnShippedData):
         n = len(edited)
         base = [_copy(r, arguments=baseline_loglikelihood(r.args)) for r in edited]
         return base + [_copy(r, idx=r.idx + n) for r in edited]
+
+
+class PairedMultipleChoice(PairedChoices, BuiltinTaskOnShippedData):
+    """A built-in multiple-choice task scored OFF and ON per item."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(own_metrics(config))
 
     def process_results(self, doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
         n = len(results) // 2
@@ -75,7 +79,7 @@ class PairedMultipleChoice(BuiltinTaskOnShippedData):
         }
 
 
-def _own_metrics(config: dict[str, Any]) -> dict[str, Any]:
+def own_metrics(config: dict[str, Any]) -> dict[str, Any]:
     """Mark the config as computing its own metrics.
 
     A non-callable `process_results` tells lm-eval that our metric names (changed, acc_base,

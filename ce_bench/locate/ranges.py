@@ -1,0 +1,201 @@
+"""Locate a class's activation ranges for erasure (seed 001 2.3, 5.1, Appendix C, L, N).
+
+1. Record the residual stream after layer L at the token that predicts the label (the last token
+   of the few-shot prompt) for every training example (2.3).
+2. Rank the units by a saliency metric for the target class (Appendix C) and keep the top
+   fraction p (default 0.3):
+     max        mean |h_j| over the class's examples (the paper's default)
+     probeless  sum over the other classes c' of |q_j(c) - q_j(c')|, q = class means
+     probe      |W[j, c]| of an elastic-net-regularised linear probe over all classes
+3. Per kept unit, mu and sigma of the class's activations give the range
+   [mu - tau sigma, mu + tau sigma] (5.1, tau = 2.5) that `range_mask` acts inside.
+
+With an SAE the units are its latents (Appendix N): latents active on at least 10% of the
+class's examples, of which the top 20% by mean activation are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+
+from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash
+from ce_bench.classification import (
+    DEFAULT_SHOTS,
+    ClassDataset,
+    Example,
+    choose_shots,
+    few_shot_prompt,
+    load_examples,
+)
+from ce_bench.interventions.ranges import DEFAULT_TAU, Gate, Phi, RangeMaskParams
+from ce_bench.interventions.sae import load_sae
+from ce_bench.locate.activations import collect_activations
+from ce_bench.locate.sae_features import SAESource
+from ce_bench.sites import Site, module_path
+
+Ranking = Literal["max", "probeless", "probe"]
+RANKINGS: tuple[str, ...] = get_args(Ranking)
+DEFAULT_TOP = 0.3  # seed 001 Table 3: 30% of Llama-3.2-3B's neurons
+SAE_MIN_ACTIVE = 0.1  # Appendix N: a latent must fire on 10% of the class's examples
+SAE_TOP = 0.2  # Appendix N: then the top 20% by activation
+PROBE_STEPS = 300
+PROBE_L1, PROBE_L2 = 1e-3, 1e-3  # elastic-net weights (Dalvi et al. 2019, Appendix C)
+
+
+def penultimate_layer(model: nn.Module) -> int:
+    """Seed 001 5.3 intervenes at the penultimate layer."""
+    return int(model.config.num_hidden_layers) - 2
+
+
+def class_activations(
+    model: nn.Module,
+    tokenizer,  # type: ignore[no-untyped-def]
+    data: ClassDataset,
+    examples: list[Example],
+    shots: list[Example],
+    layer: int,
+) -> torch.Tensor:
+    """(examples, width) residual after `layer` at each prompt's label-predicting token."""
+    prompts = [few_shot_prompt(data, e.text, shots) for e in examples]
+    return collect_activations(model, tokenizer, prompts, Site("resid_post", layer), "last")
+
+
+def saliency(h: torch.Tensor, labels: torch.Tensor, target: int, ranking: Ranking) -> torch.Tensor:
+    """One score per unit (higher = more salient for `target`), Appendix C."""
+    if ranking == "max":
+        return h[labels == target].abs().mean(0)
+    means = torch.stack([h[labels == c].mean(0) for c in labels.unique(sorted=True)])
+    if ranking == "probeless":
+        classes = labels.unique(sorted=True).tolist()
+        return (means[classes.index(target)] - means).abs().sum(0)
+    if ranking == "probe":
+        return linear_probe(h, labels).abs()[:, target]
+    raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+
+
+def linear_probe(h: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Weights (width, classes) of a softmax probe on standardised activations, trained with
+    an elastic-net penalty so that redundant units do not share the weight (Appendix C)."""
+    torch.manual_seed(seed)
+    x = (h - h.mean(0)) / h.std(0).clamp(min=1e-6)
+    classes = int(labels.max()) + 1
+    weight = torch.zeros(h.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=0.01)
+    with torch.enable_grad():
+        for _ in range(PROBE_STEPS):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(x @ weight + bias, labels)
+            loss = loss + PROBE_L1 * weight.abs().sum() + PROBE_L2 * weight.pow(2).sum()
+            loss.backward()
+            optimizer.step()
+    return weight.detach()
+
+
+def top_fraction(scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Indices of the top `fraction` of units by score, best first."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the kept fraction must be in (0, 1], got {fraction}")
+    return scores.argsort(descending=True)[: max(1, math.ceil(fraction * scores.numel()))]
+
+
+def locate_ranges(
+    model: nn.Module,
+    tokenizer,  # type: ignore[no-untyped-def]
+    data: ClassDataset,
+    target: str,
+    layer: int,
+    model_name: str,
+    ranking: Ranking = "max",
+    top: float | None = None,
+    tau: float = DEFAULT_TAU,
+    phi: Phi = "zero",
+    gate: Gate = "range",
+    source: str = "shipped",
+    per_class: int | None = None,
+    shots: int = DEFAULT_SHOTS,
+    sae: SAESource | None = None,
+) -> Artifact:
+    """A `range_mask` artifact erasing class `target` of `data` at `resid_post` of `layer`.
+
+    `top` is the kept fraction (0.3 for neurons, 0.2 of the frequent latents with an SAE);
+    `per_class` caps the training examples per class.
+
+    Example:
+        >>> art = locate_ranges(model, tok, DATASETS["agnews"], "Sports", 28, "smollm2-135m")
+        >>> art.tensors["neurons"].shape, art.params["tau"]
+    """
+    module_path(model, Site("resid_post", layer))  # bad input fails before any work
+    index = data.class_index(target)
+    RangeMaskParams(phi=phi, gate=gate, tau=tau)
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+    train = load_examples(data, "train", source)
+    chosen_shots = choose_shots(data, train, shots)
+    pool = [e for e in train if e not in chosen_shots]  # a shot is not its own test
+    examples = [e for c in range(len(data.classes)) for e in _of_class(pool, c)[:per_class]]
+    labels = torch.tensor([e.label for e in examples])
+    if not bool((labels == index).any()):
+        raise ValueError(f"no training examples of class {target!r} in {data.name}")
+    h = class_activations(model, tokenizer, data, examples, chosen_shots, layer)
+    params: dict[str, object] = {"phi": phi, "gate": gate, "tau": tau, "positions": "last"}
+    if sae is None:
+        units = top_fraction(
+            saliency(h, labels, index, ranking), DEFAULT_TOP if top is None else top
+        )
+        values = h
+    else:
+        units, values = _sae_units(h, labels, index, sae, SAE_TOP if top is None else top)
+        params.update({k: v for k, v in vars(sae).items() if v})
+    of_target = values[labels == index][:, units]
+    others = values[labels != index][:, units]
+    tensors = {
+        "neurons": units.long(),
+        "mu": of_target.mean(0),
+        "sigma": of_target.std(0, correction=0),  # 5.1: population standard deviation
+        "direction": of_target.mean(0) - others.mean(0),  # M.2: for phi=steer
+    }
+    return Artifact(
+        kind="range_mask",
+        site=Site("resid_post", layer),
+        params=params,
+        tensors=tensors,
+        model=ModelIdentity.of(model, model_name),
+        provenance=Provenance(
+            method=f"neuronlens/{'sae' if sae else ranking}",
+            data_hash=data_hash(*(few_shot_prompt(data, e.text, chosen_shots) for e in examples)),
+            report={
+                "dataset": data.name,
+                "data_source": source,
+                "target": data.classes[index],
+                "target_index": index,
+                "ranking": "sae" if sae else ranking,
+                "kept": int(units.numel()),
+                "examples_per_class": [int((labels == c).sum()) for c in range(len(data.classes))],
+                "shots": shots,
+            },
+        ),
+    )
+
+
+def _of_class(examples: list[Example], label: int) -> list[Example]:
+    return [e for e in examples if e.label == label]
+
+
+def _sae_units(
+    h: torch.Tensor, labels: torch.Tensor, target: int, source: SAESource, top: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Appendix N: the class's frequent latents, top `top` of them by mean activation."""
+    sae = load_sae(source.sae_path, source.sae_release, source.sae_id)
+    with torch.no_grad():
+        codes = sae.encode(h.to(sae.W_dec.dtype)).float()
+    of_target = codes[labels == target]
+    frequent = ((of_target > 0).float().mean(0) >= SAE_MIN_ACTIVE).nonzero().squeeze(1)
+    if frequent.numel() == 0:
+        raise ValueError(f"no SAE latent fires on {SAE_MIN_ACTIVE:.0%} of the class's examples")
+    best = top_fraction(of_target[:, frequent].mean(0), top)
+    return frequent[best], codes

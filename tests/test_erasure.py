@@ -1,0 +1,184 @@
+"""Class erasure (seed 001): range arithmetic, locating ranges, and the erasure task's metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from ce_bench.tasks.erasure.task import class_mean, load_docs
+
+from ce_bench.artifacts import ArtifactError, save_artifact
+from ce_bench.classification import DATASETS, choose_shots, few_shot_prompt, load_examples
+from ce_bench.interventions import build_intervention
+from ce_bench.interventions.ranges import RangeMaskParams, mask_units
+from ce_bench.locate.ranges import linear_probe, locate_ranges, saliency, top_fraction
+from ce_bench.models.embedded import load_model
+from ce_bench.sites import Site
+from tests.conftest import tiny_model
+from tests.helpers import attached, lm_eval, make_artifact, recording, results_of
+
+AGNEWS = DATASETS["agnews"]
+UNITS = {
+    "neurons": torch.tensor([0, 2]),
+    "mu": torch.tensor([1.0, -2.0]),
+    "sigma": torch.tensor([0.4, 0.2]),
+    "direction": torch.tensor([0.5, 1.0]),
+}
+# unit 0: range [0, 2] at tau 2.5; unit 2: range [-2.5, -1.5]
+INSIDE = torch.tensor([[1.5, 7.0, -2.0, 3.0]])  # both selected units in range
+OUTSIDE = torch.tensor([[2.5, 7.0, -1.0, 3.0]])  # both out of range
+
+
+def _mask(h: torch.Tensor, **params) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    return mask_units(h, UNITS, RangeMaskParams(**params))
+
+
+@pytest.mark.parametrize(
+    ("phi", "inside"),
+    [
+        ("zero", [0.0, 7.0, 0.0, 3.0]),
+        ("dampen", [0.125 * 1.5, 7.0, 0.125 * -2.0, 3.0]),
+        ("mean", [1.0, 7.0, -2.0, 3.0]),
+        ("steer", [1.5 - 2 * 0.5, 7.0, -2.0 - 2 * 1.0, 3.0]),
+    ],
+)
+def test_each_phi_applies_inside_the_range_and_nowhere_else(phi: str, inside: list) -> None:
+    assert _mask(INSIDE, phi=phi).squeeze(0).tolist() == pytest.approx(inside)
+    assert torch.equal(_mask(OUTSIDE, phi=phi), OUTSIDE)
+
+
+def test_neuron_masking_applies_phi_regardless_of_range() -> None:
+    assert _mask(OUTSIDE, phi="zero", gate="always").squeeze(0).tolist() == [0.0, 7.0, 0.0, 3.0]
+
+
+def test_adaptive_dampening_removes_the_mean_and_keeps_beta_at_the_boundary() -> None:
+    at_mean = torch.tensor([[1.0, 0.0, -2.0, 0.0]])
+    assert _mask(at_mean, phi="adaptive").squeeze(0).tolist() == [0.0, 0.0, 0.0, 0.0]
+    edge = torch.tensor([[2.0, 0.0, -1.5, 0.0]])  # mu + 2.5 sigma for both units
+    assert _mask(edge, phi="adaptive").squeeze(0).tolist() == pytest.approx([1.0, 0, -0.75, 0])
+    halfway = torch.tensor([[1.5, 0.0, -2.0, 0.0]])  # |x - mu| = tau sigma / 2: a = beta / 2
+    assert _mask(halfway, phi="adaptive")[0, 0].item() == pytest.approx(0.25 * 1.5)
+
+
+def test_range_mask_on_a_model_edits_only_in_range_values() -> None:
+    model = tiny_model("llama")
+    site = Site("resid_post", 1)
+    ids = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(0))
+    with recording(model, site) as seen, torch.no_grad():
+        model(ids)
+    h = seen[0]
+    units = torch.tensor([3, 7])
+    mu, sigma = h[0, 0, units], torch.full((2,), 1e-7)  # a range around one exact value
+    art = make_artifact(
+        model, "range_mask", site, {"phi": "zero", "positions": "all"},
+        neurons=units, mu=mu, sigma=sigma, direction=torch.zeros(2),
+    )  # fmt: skip
+    with attached(model, art), recording(model, site) as edited, torch.no_grad():
+        model(ids)
+    after = edited[0]
+    assert after[0, 0, units].tolist() == [0.0, 0.0]  # the matching position is erased
+    assert torch.equal(after[0, 1:, units], h[0, 1:, units])  # the others are not
+    assert torch.equal(after[..., :3], h[..., :3])
+
+
+def test_bad_range_artifacts_fail_when_built() -> None:
+    model = tiny_model("llama")
+    site = Site("resid_post", 1)
+    good = {"neurons": torch.tensor([1]), "mu": torch.zeros(1), "sigma": torch.ones(1)}
+    cases = [
+        ({**good, "mu": torch.zeros(2), "direction": torch.zeros(1)}, "mu"),
+        ({**good, "sigma": -torch.ones(1), "direction": torch.zeros(1)}, "sigma"),
+        ({**good, "neurons": torch.tensor([99]), "direction": torch.zeros(1)}, "neurons"),
+        (good, "direction"),
+    ]
+    for tensors, field in cases:
+        with pytest.raises(ArtifactError, match=field):
+            build_intervention(make_artifact(model, "range_mask", site, {}, **tensors), model)
+
+
+def test_max_probeless_and_probe_rankings_find_the_unit_that_marks_the_class() -> None:
+    torch.manual_seed(0)
+    labels = torch.arange(3).repeat(40)
+    h = torch.randn(120, 8)
+    h[labels == 1, 5] += 4.0  # unit 5 is large exactly for class 1
+    for ranking in ("max", "probeless", "probe"):
+        assert int(saliency(h, labels, 1, ranking).argmax()) == 5, ranking
+    assert linear_probe(h, labels).shape == (8, 3)
+    assert top_fraction(torch.arange(10.0), 0.3).tolist() == [9, 8, 7]
+
+
+def test_unknown_class_is_an_error_listing_the_valid_ones(tiny_llama_dir) -> None:
+    model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
+    with pytest.raises(ValueError, match="unknown class 'Weather'.*World, Sports, Business"):
+        locate_ranges(model, tokenizer, AGNEWS, "Weather", 1, "tiny")
+    assert AGNEWS.class_index("technology") == AGNEWS.class_index("Sci/Tech") == 3
+
+
+def test_located_ranges_are_the_target_class_statistics_of_the_top_units(tiny_llama_dir) -> None:
+    model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
+    art = locate_ranges(model, tokenizer, AGNEWS, "Sports", 1, "tiny", per_class=6)
+    train = load_examples(AGNEWS, "train")
+    shots = choose_shots(AGNEWS, train)
+    sports = [e for e in train if e.label == 1 and e not in shots][:6]
+    from ce_bench.locate.activations import collect_activations
+
+    h = collect_activations(
+        model, tokenizer, [few_shot_prompt(AGNEWS, e.text, shots) for e in sports],
+        Site("resid_post", 1), "last",
+    )  # fmt: skip
+    units = art.tensors["neurons"]
+    assert units.numel() == math.ceil(0.3 * 32)
+    assert torch.equal(units, h.abs().mean(0).argsort(descending=True)[: units.numel()])
+    torch.testing.assert_close(art.tensors["mu"], h[:, units].mean(0))
+    torch.testing.assert_close(art.tensors["sigma"], h[:, units].std(0, correction=0))
+    assert art.params["positions"] == "last" and art.provenance.report["target"] == "Sports"
+
+
+@pytest.fixture(scope="module")
+def sports_ranges(tmp_path_factory, embedded_dir):  # type: ignore[no-untyped-def]
+    model, tokenizer = load_model("smollm2-135m", "cpu")
+    art = locate_ranges(model, tokenizer, AGNEWS, "Sports", 28, "smollm2-135m", per_class=8)
+    return save_artifact(art, tmp_path_factory.mktemp("ranges") / "sports")
+
+
+@pytest.mark.slow
+def test_lm_eval_run_reports_base_and_edited_class_metrics_from_one_run(
+    tmp_path, sports_ranges
+) -> None:
+    proc = lm_eval(
+        "--model", "edited_hf",
+        "--model_args", f"intervention={sports_ranges}",
+        "--tasks", "erasure_agnews",
+        "--limit", "8",
+        "--output_path", str(tmp_path),
+        "--log_samples",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = results_of(tmp_path)["results"]["erasure_agnews"]
+    for name in ("acc", "conf", "cacc", "cconf"):
+        base, edited = metrics[f"{name}_base,none"], metrics[f"{name},none"]
+        assert 0 <= base <= 1 and 0 <= edited <= 1
+        assert metrics[f"{name}_delta,none"] == pytest.approx(edited - base, abs=1e-9)
+    (samples,) = tmp_path.rglob("samples_erasure_agnews_*.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert {r["doc"]["class"] for r in rows} == {"World", "Sports", "Business", "Sci/Tech"}
+    assert all(r["doc"]["target"] == "Sports" for r in rows)  # read from the artifact
+    assert all(len(r["resps"]) == 8 for r in rows)  # 4 labels, OFF and ON
+
+
+def test_the_task_rejects_an_unknown_target_and_needs_one() -> None:
+    with pytest.raises(ValueError, match="unknown class 'Weather'.*Sci/Tech"):
+        load_docs(dataset="agnews", target="Weather")
+    with pytest.raises(ValueError, match="set the class to erase"):
+        load_docs(dataset="agnews")
+    docs = load_docs(dataset="agnews", target="technology")["test"]
+    assert set(docs["target"]) == {"Sci/Tech"} and len(docs) == 64
+    assert docs[0]["prompt"].endswith("\nTopic:") and docs[0]["choices"][3] == "Technology"
+
+
+def test_class_metrics_average_per_class_and_skip_the_target() -> None:
+    assert class_mean([(0, 1.0), (0, 0.0), (2, 1.0), (1, math.nan)]) == 0.75
+    assert math.isnan(class_mean([(1, math.nan)]))
