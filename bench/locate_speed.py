@@ -32,7 +32,7 @@ METHODS = {"steering": "sv", "knowledge-neurons": "ne", "sae-features": "sae", "
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--emotion", default="anger")
-    parser.add_argument("--layer", type=int, default=20)
+    parser.add_argument("--layer", type=int, default=27)
     parser.add_argument("--limit", type=int, default=6, help="locate scenarios")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()

@@ -6,9 +6,14 @@ both reach its `process_results` together:
 - generation: two `generate_until` requests; the baseline's gen_kwargs carry
   `{"ce_bench_intervention": "off"}` (`baseline_generation`), which `edited_hf` pops before
   calling `generate()`. `generate_until` batches by gen_kwargs, so OFF and ON never share a batch.
-- loglikelihood: the baseline request's arguments get a third element
-  `{"ce_bench_intervention": "off"}` (`baseline_loglikelihood`); `edited_hf.loglikelihood` scores
+- loglikelihood and loglikelihood_rolling: the baseline request's arguments get one more,
+  last element `{"ce_bench_intervention": "off"}` (`baseline_loglikelihood`); `edited_hf` scores
   those with the switch off.
+
+A scoring request may also name the class whose intervention it measures
+(`for_target(args, "Sports")`): with several artifacts loaded (`intervention=a+b+...`), only
+those located for that target (and those located for none) are on for it. The erasure tasks use
+this to measure every class's erasure in one run.
 
 Only the baseline is tagged; the ON request is an ordinary request. Tags are part of the request
 arguments, so lm-eval's `--use_cache` keys OFF and ON answers apart. Tasks call
@@ -26,6 +31,7 @@ import weakref
 from typing import Any
 
 SWITCH_KEY = "ce_bench_intervention"
+TARGET_KEY = "ce_bench_target"
 OFF = "off"
 _live_models: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -70,9 +76,19 @@ def baseline_generation(gen_kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**gen_kwargs, SWITCH_KEY: OFF}
 
 
-def baseline_loglikelihood(args: tuple[str, str]) -> tuple[str, str, dict[str, str]]:
-    """Arguments of the switched-OFF copy of a loglikelihood request."""
+def baseline_loglikelihood(args: tuple[str, ...]) -> tuple[Any, ...]:
+    """Arguments of the switched-OFF copy of a loglikelihood or loglikelihood_rolling request."""
     return (*args, {SWITCH_KEY: OFF})
+
+
+def for_target(args: tuple[Any, ...], target: str) -> tuple[Any, ...]:
+    """Arguments of a switched-ON scoring request that measures the intervention for `target`."""
+    return (*strip_tag(args), {TARGET_KEY: target})
+
+
+def target_of(args: tuple[Any, ...]) -> str | None:
+    """The target a scoring request names, if any."""
+    return args[-1].get(TARGET_KEY) if args and isinstance(args[-1], dict) else None
 
 
 def pop_switch(gen_kwargs: dict[str, Any]) -> bool:
@@ -86,13 +102,13 @@ def is_enabled_generation(gen_kwargs: dict[str, Any]) -> bool:
 
 
 def is_enabled(args: tuple[Any, ...]) -> bool:
-    """True unless loglikelihood arguments carry the OFF tag."""
-    return len(args) < 3 or _enabled(args[2].get(SWITCH_KEY, "on"))
+    """True unless scoring arguments end with the OFF tag."""
+    return not (args and isinstance(args[-1], dict)) or _enabled(args[-1].get(SWITCH_KEY, "on"))
 
 
 def strip_tag(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Loglikelihood arguments as HFLM expects them: (context, continuation)."""
-    return tuple(args[:2])
+    """Scoring arguments as HFLM expects them: without the tag."""
+    return tuple(args[:-1]) if args and isinstance(args[-1], dict) else tuple(args)
 
 
 def _enabled(value: str) -> bool:

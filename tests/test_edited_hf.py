@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from lm_eval.api.instance import Instance
@@ -10,7 +12,7 @@ from lm_eval.models.huggingface import HFLM
 from ce_bench.artifacts import ArtifactError, load_artifact, save_artifact
 from ce_bench.models.edited_hf import EditedHFLM
 from ce_bench.models.embedded import load_model
-from ce_bench.pairing import baseline_generation, baseline_loglikelihood
+from ce_bench.pairing import baseline_generation, baseline_loglikelihood, for_target
 from ce_bench.sites import Site, attach_hook
 from tests.helpers import make_artifact
 
@@ -181,3 +183,27 @@ def test_positions_last_edits_every_token_of_a_rolling_text(tiny_llama_dir, stee
         pretrained=last.model, tokenizer=last.tokenizer, intervention=str(steer_dir)
     )
     assert scores == everywhere.loglikelihood_rolling(texts)
+
+
+def test_a_request_for_a_target_turns_on_only_that_targets_artifact(
+    tiny_llama_dir, tmp_path
+) -> None:
+    model, _ = load_model(str(tiny_llama_dir), "cpu")
+    torch.manual_seed(3)
+    paths = {}
+    for target in ("A", "B"):
+        art = make_artifact(
+            model, "steer", Site("resid_post", 1), {"strength": 8.0}, vector=torch.randn(32)
+        )
+        art.provenance = dataclasses.replace(art.provenance, report={"target": target})
+        paths[target] = save_artifact(art, tmp_path / target)
+    both = EditedHFLM(pretrained=model, intervention=f"{paths['A']}+{paths['B']}")
+    for_a = both.loglikelihood(_ll([for_target(p, "A") for p in PAIRS]))
+    together = both.loglikelihood(_ll(PAIRS))
+    both.close()
+    only_a = EditedHFLM(pretrained=model, intervention=str(paths["A"]))
+    assert for_a == only_a.loglikelihood(_ll(PAIRS))
+    assert for_a != together  # untagged requests get both edits
+    with pytest.raises(ValueError, match="no intervention was located for target 'C'"):
+        only_a.loglikelihood(_ll([for_target(PAIRS[0], "C")]))
+    only_a.close()

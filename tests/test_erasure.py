@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from ce_bench.tasks.erasure.task import class_mean, load_docs
+from ce_bench.tasks.erasure.task import load_docs, other_classes_mean, target_mean, trimmed_mean
 
 from ce_bench.artifacts import ArtifactError, save_artifact
 from ce_bench.classification import DATASETS, choose_shots, few_shot_prompt, load_examples
@@ -165,7 +165,7 @@ def test_lm_eval_run_reports_base_and_edited_class_metrics_from_one_run(
     (samples,) = tmp_path.rglob("samples_erasure_agnews_*.jsonl")
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     assert {r["doc"]["class"] for r in rows} == {"World", "Sports", "Business", "Sci/Tech"}
-    assert all(r["doc"]["target"] == "Sports" for r in rows)  # read from the artifact
+    assert all(r["doc"]["targets"] == ["Sports"] for r in rows)  # read from the artifact
     assert all(len(r["resps"]) == 8 for r in rows)  # 4 labels, OFF and ON
 
 
@@ -175,10 +175,57 @@ def test_the_task_rejects_an_unknown_target_and_needs_one() -> None:
     with pytest.raises(ValueError, match="set the class to erase"):
         load_docs(dataset="agnews")
     docs = load_docs(dataset="agnews", target="technology")["test"]
-    assert set(docs["target"]) == {"Sci/Tech"} and len(docs) == 64
+    assert docs[0]["targets"] == ["Sci/Tech"] and len(docs) == 64
     assert docs[0]["prompt"].endswith("\nTopic:") and docs[0]["choices"][3] == "Technology"
+    assert load_docs(dataset="agnews", target="all")["test"][0]["targets"] == list(AGNEWS.classes)
 
 
-def test_class_metrics_average_per_class_and_skip_the_target() -> None:
-    assert class_mean([(0, 1.0), (0, 0.0), (2, 1.0), (1, math.nan)]) == 0.75
-    assert math.isnan(class_mean([(1, math.nan)]))
+def test_class_metrics_average_per_class_then_trim_over_targets() -> None:
+    targets = ("A", "B")
+    items = [  # (class, targets, value per target)
+        ("A", targets, (0.0, 1.0)),
+        ("A", targets, (1.0, 1.0)),
+        ("B", targets, (1.0, 0.0)),
+        ("C", targets, (1.0, math.nan)),  # NaN: left out (only_correct)
+    ]
+    # target A: own 0.5, others B 1.0 and C 1.0; target B: own 0.0, others A 1.0
+    assert target_mean(items) == pytest.approx((0.5 + 0.0) / 2)
+    assert other_classes_mean(items) == pytest.approx((1.0 + 1.0) / 2)
+    assert trimmed_mean(list(range(10))) == pytest.approx(4.5)
+    assert trimmed_mean([0.0] + [1.0] * 8 + [100.0]) == 1.0  # one value cut at each end
+    assert math.isnan(trimmed_mean([]))
+
+
+@pytest.mark.slow
+def test_target_all_measures_each_class_with_its_own_artifact_in_one_run(
+    tmp_path, tiny_llama_dir
+) -> None:
+    model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
+    paths = [
+        save_artifact(
+            locate_ranges(model, tokenizer, AGNEWS, name, 1, str(tiny_llama_dir), per_class=4),
+            tmp_path / "artifacts" / str(i),
+        )
+        for i, name in enumerate(AGNEWS.classes)
+    ]
+    proc = lm_eval(
+        "--model", "edited_hf",
+        "--model_args", f"pretrained={tiny_llama_dir},intervention={'+'.join(map(str, paths))}",
+        "--tasks", "erasure_agnews",
+        "--metadata", json.dumps({"target": "all"}),
+        "--limit", "8",
+        "--output_path", str(tmp_path / "out"),
+        "--log_samples",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = results_of(tmp_path / "out")["results"]["erasure_agnews"]
+    assert 0 <= metrics["acc_base,none"] <= 1 and 0 <= metrics["cacc,none"] <= 1
+    (samples,) = (tmp_path / "out").rglob("samples_erasure_agnews_*.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert all(len(r["resps"]) == 4 * (1 + 4) for r in rows)  # OFF, then ON for each class
+    for row in rows:
+        arguments = json.dumps(row["arguments"])
+        assert arguments.count('"ce_bench_intervention": "off"') == 4
+        for name in AGNEWS.classes:
+            assert arguments.count(f'"ce_bench_target": "{name}"') == 4

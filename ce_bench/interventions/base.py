@@ -44,6 +44,20 @@ class Switch:
         self.past_length = 0
         self.last_prompt: torch.Tensor | None = None
         self.rolling = False
+        self.target: str | None = None  # only interventions for this target (or none) are on
+
+    def on_for(self, intervention: Intervention) -> bool:
+        """Whether `intervention` edits the forward pass under way."""
+        mine = intervention.target
+        return self.enabled and (self.target is None or mine is None or mine == self.target)
+
+    @contextmanager
+    def select(self, target: str | None) -> Iterator[None]:
+        previous, self.target = self.target, target
+        try:
+            yield
+        finally:
+            self.target = previous
 
     @contextmanager
     def set(self, enabled: bool) -> Iterator[None]:
@@ -183,6 +197,7 @@ class Intervention(ABC):
     def __init__(self, site: Site, params: Any, tensors: dict[str, torch.Tensor]) -> None:
         self.site, self.params = site, params
         self.tensors = {name: tensors[name] for name in self.tensor_names}
+        self.target: str | None = None  # the class it erases, when several are loaded at once
 
     def check(self, model: nn.Module, source: str) -> None:  # noqa: B027 (optional override)
         """Raise ArtifactError if this intervention does not fit `model` (shapes, indices)."""
@@ -232,7 +247,7 @@ def _gated(intervention: ActivationIntervention, switch: Switch):  # type: ignor
     positions = intervention.params.positions
 
     def edit(h: torch.Tensor) -> torch.Tensor | None:
-        if not switch.enabled:
+        if not switch.on_for(intervention):
             return None
         mask = switch.position_mask(positions, h.shape[1], h.device)
         if mask is None:

@@ -65,10 +65,11 @@ class WeightDelta(Intervention):
         state = {"edited": False}
 
         def sync(module: nn.Module, args: tuple) -> None:
-            if state["edited"] != switch.enabled:
+            on = switch.on_for(self)
+            if state["edited"] != on:
                 with torch.no_grad():
-                    weight.copy_(edited if switch.enabled else original)
-                state["edited"] = switch.enabled
+                    weight.copy_(edited if on else original)
+                state["edited"] = on
 
         hook = module.register_forward_pre_hook(sync)
         return [hook, _Restore(weight, original)]

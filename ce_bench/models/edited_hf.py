@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator, MutableMapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,9 @@ class EditedHFLM(HFLM):
         built = []
         for artifact, override in zip(artifacts, overrides, strict=True):
             check_model(artifact, self.model)
-            built.append(build_intervention(artifact, self.model, override))
+            intervention = build_intervention(artifact, self.model, override)
+            intervention.target = artifact.provenance.report.get("target")
+            built.append(intervention)
         self.switch = Switch()
         self._hooks = ExitStack()
         self.interventions = built
@@ -113,9 +115,10 @@ class EditedHFLM(HFLM):
 
     # ------------------------------------------------------------------ where the prompt ends
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False):  # type: ignore[no-untyped-def]
-        """Whole-text scores (perplexity): no prompt, so `positions=last` edits every token."""
+        """Whole-text scores (perplexity): no prompt, so `positions=last` edits every token.
+        Requests tagged by `pairing.baseline_loglikelihood` run switched OFF."""
         with self.switch.scoring_rolling():
-            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+            return self._paired(requests, super().loglikelihood_rolling, disable_tqdm)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):  # type: ignore[no-untyped-def]
         """Remember, per model input row, where its context ends (see `_model_call`)."""
@@ -139,17 +142,38 @@ class EditedHFLM(HFLM):
         self, requests: list[Instance], disable_tqdm: bool = False
     ) -> list[tuple[float, bool]]:
         """Score requests; those tagged by `pairing.baseline_loglikelihood` run switched OFF."""
-        baseline = [i for i, r in enumerate(requests) if not pairing.is_enabled(r.args)]
-        if not baseline:
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        rest = sorted(set(range(len(requests))) - set(baseline))
-        results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-        with self.switch.set(False), self._no_partial_cache():
-            scores = super().loglikelihood([_untagged(requests[i]) for i in baseline], disable_tqdm)
-        scores += super().loglikelihood([requests[i] for i in rest], disable_tqdm) if rest else []
-        for i, score in zip(baseline + rest, scores, strict=True):
-            results[i] = score
+        return self._paired(requests, super().loglikelihood, disable_tqdm)
+
+    def _paired(self, requests: list[Instance], score: Any, disable_tqdm: bool) -> list[Any]:
+        """`score` requests in groups by their tags: OFF ones with the switch off, ones naming
+        a target with only that target's interventions on, the others as they are."""
+        groups: dict[tuple[bool, str | None], list[int]] = {}
+        for i, request in enumerate(requests):
+            state = (pairing.is_enabled(request.args), pairing.target_of(request.args))
+            groups.setdefault(state, []).append(i)
+        if list(groups) == [(True, None)]:
+            return score(requests, disable_tqdm=disable_tqdm)
+        results: list[Any] = [None] * len(requests)
+        for (enabled, target), indices in groups.items():
+            self._check_target(target)
+            tagged = not enabled or target is not None
+            with (
+                self.switch.set(enabled and self.switch.enabled),
+                self.switch.select(target),
+                self._no_partial_cache() if tagged else nullcontext(),
+            ):
+                scores = score([_untagged(requests[i]) for i in indices], disable_tqdm=disable_tqdm)
+            for i, value in zip(indices, scores, strict=True):
+                results[i] = value
         return results
+
+    def _check_target(self, target: str | None) -> None:
+        if target is not None and not any(i.target == target for i in self.interventions):
+            known = sorted({i.target for i in self.interventions if i.target})
+            raise ValueError(
+                f"no intervention was located for target {target!r} (loaded: {known or 'none'});"
+                " give one artifact per target, joined by '+'"
+            )
 
     @contextmanager
     def _no_partial_cache(self) -> Iterator[None]:

@@ -10,8 +10,10 @@ Metrics, for the edited model, the unedited one (`*_base`) and their difference 
     cacc, cconf  the same per other class, averaged over the other classes
 
 Options (`--metadata` JSON; lm-eval merges model_args in too):
-    target: the class to erase, by name or label word ("Sports"); by default the class the
-        intervention artifacts were located for.
+    target: the class to erase, by name or label word ("Sports"), or "all": every class in
+        turn, each with its own artifact (`intervention=a+b+...`, one located per class), the
+        metrics aggregated over classes with seed 001's 10% trimmed mean. By default the class
+        the intervention artifacts were located for.
     data: shipped (default: the project's offline set) or hub (the dataset's hub id).
     shots: labelled examples in each prompt (default 4).
     only_correct: keep only examples the unedited model classifies correctly (Appendix H).
@@ -24,7 +26,8 @@ from typing import Any
 
 import datasets
 import numpy as np
-from ce_bench.tasks.paired.tasks import PairedChoices, own_metrics
+from ce_bench.tasks.paired.tasks import PairedScoring, copy_request, own_metrics
+from lm_eval.api.instance import Instance
 
 from ce_bench.artifacts import load_artifact
 from ce_bench.classification import (
@@ -35,19 +38,26 @@ from ce_bench.classification import (
     few_shot_prompt,
     load_examples,
 )
+from ce_bench.pairing import for_target
 
 NAN = float("nan")
 
 
-def target_class(data: ClassDataset, metadata: dict[str, Any]) -> int:
-    """The erased class: `target` from the metadata, else the one the artifacts name."""
+ALL = "all"
+TRIM = 0.1  # seed 001 Table 3: class-level 10% trimmed means
+
+
+def target_classes(data: ClassDataset, metadata: dict[str, Any]) -> list[int]:
+    """The erased classes: `target` from the metadata (or every class), else the artifacts'."""
     target = metadata.get("target") or _located_target(data, metadata.get("intervention"))
     if not target:
         raise ValueError(
             f"set the class to erase: --metadata '{{\"target\": ...}}' with one of"
-            f" {', '.join(data.classes)}"
+            f' {", ".join(data.classes)}, or "all"'
         )
-    return data.class_index(str(target))
+    if str(target).lower() == ALL:
+        return list(range(len(data.classes)))
+    return [data.class_index(str(target))]
 
 
 def _located_target(data: ClassDataset, intervention: str | None) -> str | None:
@@ -59,7 +69,7 @@ def _located_target(data: ClassDataset, intervention: str | None) -> str | None:
 def load_docs(**metadata: Any) -> datasets.DatasetDict:
     """The test examples as few-shot prompts (`custom_dataset` loader; gets the metadata)."""
     data = dataset(metadata["dataset"])
-    target = target_class(data, metadata)
+    targets = [data.classes[t] for t in target_classes(data, metadata)]
     source = metadata.get("data", "shipped")
     shots = choose_shots(
         data, load_examples(data, "train", source), int(metadata.get("shots", DEFAULT_SHOTS))
@@ -70,15 +80,19 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
             "choices": list(data.words),
             "label": e.label,
             "class": data.classes[e.label],
-            "target": data.classes[target],
+            "targets": targets,
         }
         for e in load_examples(data, "test", source)
     ]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
-class Erasure(PairedChoices):
-    """Acc / Conf / CAcc / CConf of the unedited and edited model from one run."""
+class Erasure(PairedScoring):
+    """Acc / Conf / CAcc / CConf of the unedited and edited model from one run.
+
+    Requests per example: every label OFF, then every label ON once per target class, tagged
+    with that class (`pairing.for_target`), so that only its own artifact is on.
+    """
 
     def __init__(self, config: dict[str, Any]) -> None:
         ours = {k: v for k, v in config.items() if k != "class"}
@@ -86,24 +100,34 @@ class Erasure(PairedChoices):
         metadata = dict(self.config.metadata or {})
         self.only_correct = bool(metadata.get("only_correct", False))
 
+    def construct_requests(self, doc: dict, ctx: str, **kwargs: Any) -> list[Instance]:
+        paired = super().construct_requests(doc, ctx, **kwargs)
+        n = len(paired) // 2
+        per_target = [
+            copy_request(r, arguments=for_target(r.args, target), idx=(k + 1) * n + r.idx - n)
+            for k, target in enumerate(doc["targets"])
+            for r in paired[n:]
+        ]
+        return paired[:n] + per_target
+
     def process_results(self, doc: dict, results: list[tuple[float, bool]]) -> dict[str, Any]:
-        n = len(results) // 2
+        n = len(doc["choices"])
         base = _scores(results[:n], doc["label"])
-        edited = _scores(results[n:], doc["label"])
+        edited = [
+            _scores(results[(k + 1) * n : (k + 2) * n], doc["label"])
+            for k in range(len(doc["targets"]))
+        ]
         if self.only_correct and not base[0]:
-            base = edited = (NAN, NAN)
-        is_target = doc["class"] == doc["target"]
+            base, edited = (NAN, NAN), [(NAN, NAN)] * len(edited)
+        key = (doc["class"], tuple(doc["targets"]))
         metrics: dict[str, Any] = {}
-        for suffix, (correct, confidence) in (
-            ("", edited),
-            ("_base", base),
-            ("_delta", (edited[0] - base[0], edited[1] - base[1])),
-        ):
-            own = (correct, confidence) if is_target else (NAN, NAN)
-            other = (NAN, NAN) if is_target else (correct, confidence)
-            metrics[f"acc{suffix}"], metrics[f"conf{suffix}"] = own
-            metrics[f"cacc{suffix}"] = (doc["label"], other[0])
-            metrics[f"cconf{suffix}"] = (doc["label"], other[1])
+        for i, name in enumerate(("acc", "conf")):
+            for suffix, values in (
+                ("", [e[i] for e in edited]),
+                ("_base", [base[i]] * len(edited)),
+                ("_delta", [e[i] - base[i] for e in edited]),
+            ):
+                metrics[f"{name}{suffix}"] = metrics[f"c{name}{suffix}"] = (*key, tuple(values))
         return metrics
 
 
@@ -115,12 +139,43 @@ def _scores(results: list[tuple[float, bool]], label: int) -> tuple[float, float
     return float(np.argmax(logliks) == label), float(probs[label])
 
 
-def class_mean(items: list[tuple[int, float]]) -> float:
-    """Aggregation for cacc/cconf: the mean per other class, then over those classes."""
-    per_class: dict[int, list[float]] = {}
-    for label, value in items:
-        if not math.isnan(value):
-            per_class.setdefault(label, []).append(value)
-    if not per_class:
+Item = tuple[str, tuple[str, ...], tuple[float, ...]]  # (class, targets, value per target)
+
+
+def target_mean(items: list[Item]) -> float:
+    """Aggregation for acc/conf: per target, the mean over its own examples; then the trimmed
+    mean over targets."""
+    return _over_targets(items, lambda target, per_class: per_class.get(target, NAN))
+
+
+def other_classes_mean(items: list[Item]) -> float:
+    """Aggregation for cacc/cconf: per target, the mean per other class, then over those
+    classes; then the trimmed mean over targets."""
+
+    def others(target: str, per_class: dict[str, float]) -> float:
+        values = [v for c, v in per_class.items() if c != target and not math.isnan(v)]
+        return float(np.mean(values)) if values else NAN
+
+    return _over_targets(items, others)
+
+
+def _over_targets(items: list[Item], of_target: Any) -> float:
+    targets = items[0][1] if items else ()
+    results = []
+    for k, target in enumerate(targets):
+        by_class: dict[str, list[float]] = {}
+        for cls, _, values in items:
+            if not math.isnan(values[k]):
+                by_class.setdefault(cls, []).append(values[k])
+        per_class = {c: float(np.mean(v)) for c, v in by_class.items()}
+        results.append(of_target(target, per_class))
+    return trimmed_mean([r for r in results if not math.isnan(r)])
+
+
+def trimmed_mean(values: list[float], cut: float = TRIM) -> float:
+    """Mean after dropping int(cut * n) values at each end (as scipy.stats.trim_mean)."""
+    if not values:
         return NAN
-    return float(np.mean([np.mean(values) for values in per_class.values()]))
+    k = int(cut * len(values))
+    kept = sorted(values)[k : len(values) - k]
+    return float(np.mean(kept))

@@ -42,26 +42,28 @@ class PairedGeneration(ConfigurableTask):
     def construct_requests(self, doc: dict, ctx: str, **kwargs: Any) -> list[Instance]:
         require_edited_hf(self.config.task)
         edited = super().construct_requests(doc, ctx, **kwargs)
-        base = _copy(edited, arguments=(ctx, baseline_generation(edited.args[1])), idx=0)
-        return [base, _copy(edited, idx=1)]
+        base = copy_request(edited, arguments=(ctx, baseline_generation(edited.args[1])), idx=0)
+        return [base, copy_request(edited, idx=1)]
 
     def process_results(self, doc: dict, results: list[str]) -> dict[str, float]:
         base, edited = results
         return {"changed": float(base != edited)}
 
 
-class PairedChoices(ConfigurableTask):
-    """A multiple-choice task whose choices are all scored OFF (idx 0..n-1) and ON (n..2n-1)."""
+class PairedScoring(ConfigurableTask):
+    """A loglikelihood task (multiple choice or rolling) whose every request is scored OFF
+    (idx 0..n-1) and ON (idx n..2n-1)."""
 
     def construct_requests(self, doc: dict, ctx: str, **kwargs: Any) -> list[Instance]:
         require_edited_hf(self.config.task)
         edited = super().construct_requests(doc, ctx, **kwargs)
+        edited = edited if isinstance(edited, list) else [edited]
         n = len(edited)
-        base = [_copy(r, arguments=baseline_loglikelihood(r.args)) for r in edited]
-        return base + [_copy(r, idx=r.idx + n) for r in edited]
+        base = [copy_request(r, arguments=baseline_loglikelihood(r.args)) for r in edited]
+        return base + [copy_request(r, idx=r.idx + n) for r in edited]
 
 
-class PairedMultipleChoice(PairedChoices, BuiltinTaskOnShippedData):
+class PairedMultipleChoice(PairedScoring, BuiltinTaskOnShippedData):
     """A built-in multiple-choice task scored OFF and ON per item."""
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -89,6 +91,6 @@ def own_metrics(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "process_results": "computed by the task class"}
 
 
-def _copy(request: Instance, **changes: Any) -> Instance:
+def copy_request(request: Instance, **changes: Any) -> Instance:
     """A copy of a request with its own (empty) response lists."""
     return dataclasses.replace(request, resps=[], filtered_resps={}, **changes)
