@@ -296,6 +296,40 @@ def locate_ranges_cmd(
     )
 
 
+@app.command("erasure-report")
+def erasure_report_cmd(
+    dataset: str = typer.Option("agnews", help="agnews, emotion, dbpedia14, imdb or sst2."),
+    target: list[str] | None = typer.Option(None, help="Class to erase (repeatable); default all."),
+    layer: int | None = typer.Option(None, help="Layer L (0-based); default the penultimate."),
+    model: str = MODEL,
+    phi: str = typer.Option("zero", help="zero, dampen, mean, adaptive or steer."),
+    ranking: str = typer.Option("max", help="Saliency: max, probeless or probe."),
+    per_class: int | None = typer.Option(None, help="Training examples per class; default all."),
+    limit: int | None = typer.Option(None, help="Erasure examples per run; default all."),
+    side_limit: int | None = typer.Option(None, help="PPL documents / MMLU items; default all."),
+    data: str = typer.Option("shipped", help="shipped (offline sets) or hub."),
+    out: Path = typer.Option(Path("results/erasure"), help="Where table.md and results.json go."),
+) -> None:
+    """Seed 001 Table 3/4: neuron masking vs activation range masking for each class, with
+    Acc/Conf/CAcc/CConf and the PPL and MMLU side effects, base and edited from one run each."""
+    from ce_bench.classification import dataset as dataset_named
+    from ce_bench.erasure_report import ErasureConfig, run_erasure_report
+
+    try:
+        spec = dataset_named(dataset)
+        for name in target or ():
+            spec.class_index(name)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    config = ErasureConfig(
+        model=model, dataset=dataset, layer=layer, targets=tuple(target or ()), phi=phi,
+        ranking=ranking, per_class=per_class, limit=limit, side_limit=side_limit, data=data,
+        out=out,
+    )  # fmt: skip
+    run_erasure_report(config, console)
+    console.print(f"tables in {out}/")
+
+
 @analyze_app.command("generalization")
 def analyze_generalization_cmd(
     emotion: str = typer.Option(..., help="Emotion whose word lists are scored (Table 3)."),

@@ -17,6 +17,7 @@ class's examples, of which the top 20% by mean activation are kept.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -103,6 +104,48 @@ def top_fraction(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     return scores.argsort(descending=True)[: max(1, math.ceil(fraction * scores.numel()))]
 
 
+@dataclass(frozen=True)
+class TrainingActivations:
+    """The residuals of every training example of a dataset at one layer, with their labels;
+    one set serves the ranges of every class."""
+
+    data: ClassDataset
+    layer: int
+    source: str
+    shots: int
+    h: torch.Tensor  # (examples, width)
+    labels: torch.Tensor  # (examples,)
+    prompts_hash: str
+
+
+def training_activations(
+    model: nn.Module,
+    tokenizer,  # type: ignore[no-untyped-def]
+    data: ClassDataset,
+    layer: int,
+    source: str = "shipped",
+    per_class: int | None = None,
+    shots: int = DEFAULT_SHOTS,
+) -> TrainingActivations:
+    """Residuals after `layer` at the label-predicting token of each training example (2.3);
+    the prompts' own shots are left out, at most `per_class` examples per class."""
+    module_path(model, Site("resid_post", layer))  # an unknown layer fails before any work
+    train = load_examples(data, "train", source)
+    chosen_shots = choose_shots(data, train, shots)
+    pool = [e for e in train if e not in chosen_shots]  # a shot is not its own test
+    examples = [e for c in range(len(data.classes)) for e in _of_class(pool, c)[:per_class]]
+    prompts = [few_shot_prompt(data, e.text, chosen_shots) for e in examples]
+    return TrainingActivations(
+        data=data,
+        layer=layer,
+        source=source,
+        shots=shots,
+        h=class_activations(model, tokenizer, data, examples, chosen_shots, layer),
+        labels=torch.tensor([e.label for e in examples]),
+        prompts_hash=data_hash(*prompts),
+    )
+
+
 def locate_ranges(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]
@@ -119,29 +162,34 @@ def locate_ranges(
     per_class: int | None = None,
     shots: int = DEFAULT_SHOTS,
     sae: SAESource | None = None,
+    activations: TrainingActivations | None = None,
 ) -> Artifact:
     """A `range_mask` artifact erasing class `target` of `data` at `resid_post` of `layer`.
 
     `top` is the kept fraction (0.3 for neurons, 0.2 of the frequent latents with an SAE);
-    `per_class` caps the training examples per class.
+    `per_class` caps the training examples per class. `activations` (from
+    `training_activations` with the same data, layer, source and shots) saves reading them.
 
     Example:
         >>> art = locate_ranges(model, tok, DATASETS["agnews"], "Sports", 28, "smollm2-135m")
         >>> art.tensors["neurons"].shape, art.params["tau"]
     """
-    module_path(model, Site("resid_post", layer))  # bad input fails before any work
     index = data.class_index(target)
     RangeMaskParams(phi=phi, gate=gate, tau=tau)
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
-    train = load_examples(data, "train", source)
-    chosen_shots = choose_shots(data, train, shots)
-    pool = [e for e in train if e not in chosen_shots]  # a shot is not its own test
-    examples = [e for c in range(len(data.classes)) for e in _of_class(pool, c)[:per_class]]
-    labels = torch.tensor([e.label for e in examples])
+    if activations is None:
+        activations = training_activations(model, tokenizer, data, layer, source, per_class, shots)
+    elif (activations.data, activations.layer, activations.source, activations.shots) != (
+        data,
+        layer,
+        source,
+        shots,
+    ):
+        raise ValueError("the given activations were read for other data, layer or shots")
+    h, labels = activations.h, activations.labels
     if not bool((labels == index).any()):
         raise ValueError(f"no training examples of class {target!r} in {data.name}")
-    h = class_activations(model, tokenizer, data, examples, chosen_shots, layer)
     params: dict[str, object] = {"phi": phi, "gate": gate, "tau": tau, "positions": "last"}
     if sae is None:
         units = top_fraction(
@@ -167,7 +215,7 @@ def locate_ranges(
         model=ModelIdentity.of(model, model_name),
         provenance=Provenance(
             method=f"neuronlens/{'sae' if sae else ranking}",
-            data_hash=data_hash(*(few_shot_prompt(data, e.text, chosen_shots) for e in examples)),
+            data_hash=activations.prompts_hash,
             report={
                 "dataset": data.name,
                 "data_source": source,

@@ -41,9 +41,10 @@ class EditedHFLM(HFLM):
             last prompt token: the one predicting a loglikelihood continuation or the first
             generated token; every token of a rolling-loglikelihood text).
         unedited_answers: (Python API only) a dict shared by several `EditedHFLM`s built on the
-            same loaded model, whose weights do not change between them: a switched-OFF
-            generation found there is reused instead of generated again. A sweep over
-            strengths and methods then generates each unedited answer once.
+            same loaded model, whose weights do not change between them: the answer to a
+            switched-OFF request (generation or score) found there is reused instead of
+            computed again. A sweep over strengths and methods then computes each unedited
+            answer once.
     """
 
     def __init__(
@@ -53,7 +54,7 @@ class EditedHFLM(HFLM):
         strength: float | str | None = None,
         positions: str | None = None,
         device: str | None = None,
-        unedited_answers: MutableMapping[str, str] | None = None,
+        unedited_answers: MutableMapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         artifacts = [load_artifact(p) for p in _split(intervention)]
@@ -95,17 +96,27 @@ class EditedHFLM(HFLM):
     # ------------------------------------------------------------------ forward passes
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Generate; switched-OFF requests already in `unedited_answers` are not generated."""
+        return self._reusing_unedited(
+            requests,
+            [_unedited_key(r) for r in requests],
+            lambda todo: super(EditedHFLM, self).generate_until(todo, disable_tqdm=disable_tqdm),
+        )
+
+    def _reusing_unedited(
+        self, requests: list[Instance], keys: list[str | None], compute: Any
+    ) -> list[Any]:
+        """`compute` the answers of `requests`, except those whose key (None: never reused) is
+        already in `unedited_answers`; new ones are stored there."""
         memo = self.unedited_answers
         if memo is None:
-            return super().generate_until(requests, disable_tqdm=disable_tqdm)
-        keys = [_unedited_key(r.args) for r in requests]
+            return compute(requests)
         todo = [i for i, key in enumerate(keys) if key is None or key not in memo]
-        fresh = super().generate_until([requests[i] for i in todo], disable_tqdm) if todo else []
+        fresh = compute([requests[i] for i in todo]) if todo else []
         answers = {i: memo[key] for i, key in enumerate(keys) if key is not None and key in memo}
-        for i, text in zip(todo, fresh, strict=True):
-            answers[i] = text
+        for i, value in zip(todo, fresh, strict=True):
+            answers[i] = value
             if keys[i] is not None:
-                memo[keys[i]] = text
+                memo[keys[i]] = value
         return [answers[i] for i in range(len(requests))]
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):  # type: ignore[no-untyped-def]
@@ -157,12 +168,17 @@ class EditedHFLM(HFLM):
         for (enabled, target), indices in groups.items():
             self._check_target(target)
             tagged = not enabled or target is not None
+            group = [requests[i] for i in indices]
             with (
                 self.switch.set(enabled and self.switch.enabled),
                 self.switch.select(target),
                 self._no_partial_cache() if tagged else nullcontext(),
             ):
-                scores = score([_untagged(requests[i]) for i in indices], disable_tqdm=disable_tqdm)
+                scores = self._reusing_unedited(
+                    group,
+                    [_unedited_key(r) for r in group],
+                    lambda todo: score([_untagged(r) for r in todo], disable_tqdm=disable_tqdm),
+                )
             for i, value in zip(indices, scores, strict=True):
                 results[i] = value
         return results
@@ -272,12 +288,14 @@ def _overrides(strength: Any, positions: str | None, count: int) -> list[dict[st
     ]
 
 
-def _unedited_key(args: tuple[str, dict[str, Any]]) -> str | None:
-    """The memo key of a switched-OFF generation request; None for a switched-ON one."""
-    context, gen_kwargs = args
-    if pairing.is_enabled_generation(gen_kwargs):
-        return None
-    return json.dumps([context, gen_kwargs], sort_keys=True, default=str)
+def _unedited_key(request: Instance) -> str | None:
+    """The `unedited_answers` key of a switched-OFF request; None for any other."""
+    args = request.args
+    if request.request_type == "generate_until":
+        off = not pairing.is_enabled_generation(args[1])
+    else:
+        off = not pairing.is_enabled(args)
+    return json.dumps([request.request_type, args], sort_keys=True, default=str) if off else None
 
 
 def _untagged(request: Instance) -> Instance:

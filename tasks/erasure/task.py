@@ -14,7 +14,7 @@ Options (`--metadata` JSON; lm-eval merges model_args in too):
         turn, each with its own artifact (`intervention=a+b+...`, one located per class), the
         metrics aggregated over classes with seed 001's 10% trimmed mean. By default the class
         the intervention artifacts were located for.
-    data: shipped (default: the project's offline set) or hub (the dataset's hub id).
+    data_source: shipped (default: the project's offline set) or hub (the dataset's hub id).
     shots: labelled examples in each prompt (default 4).
     only_correct: keep only examples the unedited model classifies correctly (Appendix H).
 """
@@ -70,7 +70,7 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
     """The test examples as few-shot prompts (`custom_dataset` loader; gets the metadata)."""
     data = dataset(metadata["dataset"])
     targets = [data.classes[t] for t in target_classes(data, metadata)]
-    source = metadata.get("data", "shipped")
+    source = metadata.get("data_source", "shipped")
     shots = choose_shots(
         data, load_examples(data, "train", source), int(metadata.get("shots", DEFAULT_SHOTS))
     )

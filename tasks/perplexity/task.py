@@ -3,7 +3,7 @@
 The side effect seed 001 reports next to erasure (Table 4: delta PPL). Each document is scored
 twice by rolling loglikelihood, intervention OFF and ON (`ce_bench.pairing`). Offline, the
 documents are the sections of `data/heldout.txt` (encyclopedic prose the project wrote, in
-wikitext-2's raw format); `--metadata '{"data": "hub"}'` uses wikitext-2-raw-v1's test split.
+wikitext-2's raw format); `--metadata '{"data_source": "hub"}'` uses wikitext-2-raw-v1's test split.
 
 Metrics: word_perplexity and bits_per_byte of the edited model, `*_base` of the unedited one,
 and `word_perplexity_delta` = edited - unedited word perplexity.
@@ -24,7 +24,7 @@ HELD_OUT = Path(__file__).parent / "data" / "heldout.txt"
 
 def load_docs(**metadata: Any) -> datasets.DatasetDict:
     """Held-out documents (`custom_dataset` loader): shipped sections or wikitext-2 (hub)."""
-    source = metadata.get("data", "shipped")
+    source = metadata.get("data_source", "shipped")
     if source == "hub":
         wiki = datasets.load_dataset("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1")
         texts = [doc["page"] for doc in wiki["test"]]

@@ -1,0 +1,224 @@
+"""Seed 001 Table 3/4 in one call: erase each class by neuron masking and by range masking.
+
+For every target class of one dataset, at one layer (the penultimate by default, 5.3):
+
+1. locate the class's activation ranges (`ce_bench.locate.ranges`) from the training split;
+2. evaluate two artifacts through lm-eval, each in one run that scores the unedited and edited
+   model: neuron masking (`gate=always`: phi on the selected neurons whatever their value) and
+   activation range masking (`gate=range`), on `erasure_<dataset>` (Acc, Conf, CAcc, CConf),
+   `ce_perplexity` (delta PPL) and `ce_paired_mini_mmlu` (delta MMLU);
+3. print and write the table: base values, then each method's deltas, one row per class and
+   the 10% trimmed mean over classes.
+
+Example:
+    >>> rows = run_erasure_report(ErasureConfig(dataset="agnews", limit=16))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from ce_bench.artifacts import save_artifact
+from ce_bench.classification import dataset as dataset_named
+from ce_bench.locate.ranges import locate_ranges, penultimate_layer, training_activations
+from ce_bench.models.embedded import EMBEDDED_NAME
+
+GATES = {"neuron masking": "always", "range masking": "range"}  # seed 001 Table 3's columns
+CLASS_METRICS = ("acc", "conf", "cacc", "cconf")
+SIDE_TASKS = ("ce_perplexity", "ce_paired_mini_mmlu")
+
+
+@dataclass
+class ErasureConfig:
+    """What to run; the defaults are seed 001's protocol on the embedded model."""
+
+    model: str = EMBEDDED_NAME
+    dataset: str = "agnews"
+    layer: int | None = None  # None: the penultimate layer (5.3)
+    targets: tuple[str, ...] = ()  # () means every class
+    phi: str = "zero"
+    ranking: str = "max"
+    per_class: int | None = None  # training examples per class for the ranges
+    limit: int | None = None  # erasure examples per run (None: all)
+    side_limit: int | None = None  # held-out documents and MMLU items per run (None: all)
+    data: str = "shipped"
+    batch_size: int = 16
+    out: Path = Path("results/erasure")
+
+
+@dataclass
+class Row:
+    """One class: the unedited values and each method's deltas."""
+
+    target: str
+    base: dict[str, float] = field(default_factory=dict)
+    deltas: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> metric -> delta
+
+
+def run_erasure_report(
+    config: ErasureConfig,
+    console: Console | None = None,
+    loaded: tuple[nn.Module, Any] | None = None,
+) -> list[Row]:
+    """Locate and evaluate every target; writes table.md and results.json under `config.out`."""
+    from ce_bench.models.embedded import load_model
+
+    console = console or Console()
+    model, tokenizer = loaded or load_model(config.model, "cpu")
+    data = dataset_named(config.dataset)
+    layer = penultimate_layer(model) if config.layer is None else config.layer
+    targets = config.targets or data.classes
+    activations = training_activations(
+        model, tokenizer, data, layer, config.data, config.per_class
+    )  # read once, ranked per class
+    unedited: dict[str, Any] = {}  # the unedited model's scores, the same in every run
+    rows = []
+    for target in targets:
+        console.rule(f"{data.name}: erase {target}")
+        located = locate_ranges(
+            model, tokenizer, data, target, layer, config.model, config.ranking,
+            phi=config.phi, source=config.data, activations=activations,
+        )  # fmt: skip
+        row = Row(data.classes[data.class_index(target)])
+        for method, gate in GATES.items():
+            artifact = dataclasses.replace(located, params={**located.params, "gate": gate})
+            path = save_artifact(artifact, config.out / "artifacts" / _slug(row.target) / gate)
+            erasure, ppl, mmlu = _evaluate(model, tokenizer, path, row.target, config, unedited)
+            row.base = {
+                **{m: erasure[f"{m}_base"] for m in CLASS_METRICS},
+                "ppl": ppl["word_perplexity_base"],
+                "mmlu": mmlu["acc_base"],
+            }
+            row.deltas[method] = {
+                **{m: erasure[f"{m}_delta"] for m in CLASS_METRICS},
+                "ppl": ppl["word_perplexity_delta"],
+                "mmlu": mmlu["acc"] - mmlu["acc_base"],
+            }
+        rows.append(row)
+    write_report(rows, config, layer)
+    console.print(report_table(rows, config, layer))
+    return rows
+
+
+def _evaluate(  # type: ignore[no-untyped-def]
+    model, tokenizer, path: Path, target: str, config: ErasureConfig, unedited: dict[str, Any]
+) -> list[dict[str, float]]:
+    """The erasure task and the side-effect tasks, each scoring the unedited and the edited
+    model in its run: each task's metrics."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from ce_bench import register
+    from ce_bench.models.edited_hf import EditedHFLM
+
+    register()
+    lm = EditedHFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        intervention=str(path),
+        batch_size=config.batch_size,
+        unedited_answers=unedited,
+    )
+    manager = TaskManager(
+        include_defaults=False, metadata={"data_source": config.data, "target": target}
+    )
+    metrics = []
+    try:
+        for tasks, limit in (
+            ([f"erasure_{config.dataset}"], config.limit),
+            (list(SIDE_TASKS), config.side_limit),
+        ):
+            out = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=tasks,
+                limit=limit,
+                task_manager=manager,
+                bootstrap_iters=0,
+                verbosity="WARNING",
+            )
+            metrics += [
+                {k.split(",")[0]: v for k, v in out["results"][t].items() if "_stderr" not in k}
+                for t in tasks
+            ]
+    finally:
+        lm.close()
+    return metrics
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def trimmed_row(rows: list[Row]) -> Row:
+    """Seed 001's 10% trimmed mean over classes, per value."""
+    from ce_bench.tasks.erasure.task import trimmed_mean
+
+    mean = Row("trimmed mean")
+    mean.base = {k: trimmed_mean([r.base[k] for r in rows]) for k in rows[0].base}
+    mean.deltas = {
+        method: {k: trimmed_mean([r.deltas[method][k] for r in rows]) for k in values}
+        for method, values in rows[0].deltas.items()
+    }
+    return mean
+
+
+COLUMNS = (*CLASS_METRICS, "ppl", "mmlu")
+HEADS = {
+    "acc": "Acc",
+    "conf": "Conf",
+    "cacc": "CAcc",
+    "cconf": "CConf",
+    "ppl": "PPL",
+    "mmlu": "MMLU",
+}
+
+
+def _cells(row: Row) -> list[str]:
+    base = [f"{row.base[k]:.3f}" for k in CLASS_METRICS]
+    deltas = [f"{row.deltas[m][k]:+.3f}" for m in GATES for k in COLUMNS]
+    return [row.target, *base, *deltas]
+
+
+def report_table(rows: list[Row], config: ErasureConfig, layer: int) -> Table:
+    """Seed 001 Table 3 with Table 4's side effects: base values, then deltas per method."""
+    table = Table(title=f"Class erasure, {config.dataset}, {config.model}, layer {layer}")
+    table.add_column("class")
+    for k in CLASS_METRICS:
+        table.add_column(HEADS[k], justify="right")
+    for method in GATES:
+        short = "NM" if method == "neuron masking" else "ARM"
+        for k in COLUMNS:
+            table.add_column(f"{short} Δ{HEADS[k]}", justify="right")
+    for row in [*rows, trimmed_row(rows)]:
+        table.add_row(*_cells(row), style="bold" if row.target == "trimmed mean" else None)
+    return table
+
+
+def write_report(rows: list[Row], config: ErasureConfig, layer: int) -> None:
+    """table.md and results.json under `config.out`."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "config": {**asdict(config), "out": str(config.out), "layer": layer},
+        "rows": [asdict(r) for r in [*rows, trimmed_row(rows)]],
+    }
+    (config.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    heads = [HEADS[k] for k in CLASS_METRICS] + [
+        f"{'NM' if m == 'neuron masking' else 'ARM'} Δ{HEADS[k]}" for m in GATES for k in COLUMNS
+    ]
+    lines = [f"| class | {' | '.join(heads)} |", "|---|" + "---:|" * len(heads)]
+    lines += [f"| {' | '.join(_cells(r))} |" for r in [*rows, trimmed_row(rows)]]
+    note = (
+        f"Base values of the unedited model, then deltas (edited - unedited) for neuron masking"
+        f" (NM) and activation range masking (ARM); layer {layer}, phi={config.phi},"
+        f" ranking={config.ranking}, limit={config.limit}, side_limit={config.side_limit}."
+        " PPL: word perplexity of the held-out text; MMLU: ce_paired_mini_mmlu accuracy.\n"
+    )
+    (config.out / "table.md").write_text(note + "\n" + "\n".join(lines) + "\n")
