@@ -6,6 +6,9 @@
    split through lm-eval, judged by the offline lexicon judge (a proxy for the paper's GPT-4).
 4. Print and write Table 2 (editing success), Table 4 (output generalisation, anger) and Table 5
    (neuron overlap) under `--out` (default `results/concept_editing/`), with the command.
+5. Seed 001's class erasure on one small offline dataset (SST-2 by default): neuron masking vs
+   activation range masking per class with the PPL and MMLU side effects, under
+   `results/erasure/<dataset>/`.
 
 The limits keep it to about ten minutes on two CPU cores; raise them for tighter numbers.
 Run with `python -m ce_bench.demo [--layer L] [--test-limit N] ...`.
@@ -40,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-limit", type=int, default=8, help="test prompts per emotion")
     parser.add_argument("--max-gen-toks", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("results/concept_editing"))
+    parser.add_argument("--erasure-dataset", default="sst2", help="seed 001 part; none: skip")
+    parser.add_argument("--erasure-limit", type=int, default=16, help="test examples per run")
+    parser.add_argument("--erasure-out", type=Path, default=Path("results/erasure"))
     args = parser.parse_args(argv)
 
     console = Console()
@@ -68,7 +74,28 @@ def main(argv: list[str] | None = None) -> None:
         f" {args.locate_limit} scenarios, validation {args.validation_limit} and test"
         f" {args.test_limit} prompts per emotion, {args.max_gen_toks} new tokens.\n\n{hits}\n"
     )
-    console.print(f"done in {minutes:.1f} min; tables in {args.out}/")
+    console.print(f"concept editing done in {minutes:.1f} min; tables in {args.out}/")
+    if args.erasure_dataset != "none":
+        run_erasure_part(args, command, console, loaded)
+
+
+def run_erasure_part(args: argparse.Namespace, command: str, console: Console, loaded) -> None:  # type: ignore[no-untyped-def]
+    """Seed 001 Table 3/4 on one dataset, every class (`ce-bench erasure-report`)."""
+    from ce_bench.erasure_report import ErasureConfig, run_erasure_report
+
+    started = time.monotonic()
+    out = args.erasure_out / args.erasure_dataset
+    config = ErasureConfig(
+        dataset=args.erasure_dataset, limit=args.erasure_limit, side_limit=4, out=out
+    )
+    run_erasure_report(config, console, loaded)
+    minutes = (time.monotonic() - started) / 60
+    (out / "COMMAND.md").write_text(
+        f"Made by `{command}` (from `make demo`) in {minutes:.1f} min, the same as"
+        f" `ce-bench erasure-report --dataset {args.erasure_dataset} --limit"
+        f" {args.erasure_limit} --side-limit 4 --out {out}`.\n"
+    )
+    console.print(f"class erasure done in {minutes:.1f} min; tables in {out}/")
 
 
 def write_analyses(

@@ -11,6 +11,7 @@ from ce_bench.tasks.erasure.task import load_docs, other_classes_mean, target_me
 
 from ce_bench.artifacts import ArtifactError, save_artifact
 from ce_bench.classification import DATASETS, choose_shots, few_shot_prompt, load_examples
+from ce_bench.erasure_report import GATES, ErasureConfig, run_erasure_report
 from ce_bench.interventions import build_intervention
 from ce_bench.interventions.ranges import RangeMaskParams, mask_units
 from ce_bench.locate.ranges import linear_probe, locate_ranges, saliency, top_fraction
@@ -229,3 +230,28 @@ def test_target_all_measures_each_class_with_its_own_artifact_in_one_run(
         assert arguments.count('"ce_bench_intervention": "off"') == 4
         for name in AGNEWS.classes:
             assert arguments.count(f'"ce_bench_target": "{name}"') == 4
+
+
+@pytest.mark.slow
+def test_erasure_report_compares_neuron_and_range_masking_for_every_class(
+    tmp_path, tiny_llama_dir
+) -> None:
+    config = ErasureConfig(
+        model=str(tiny_llama_dir), dataset="sst2", layer=1, limit=4, side_limit=2, per_class=4,
+        out=tmp_path,
+    )  # fmt: skip
+    rows = run_erasure_report(config)
+    assert [r.target for r in rows] == ["negative", "positive"]
+    for row in rows:
+        assert set(row.deltas) == set(GATES)
+        assert set(row.deltas["range masking"]) == {"acc", "conf", "cacc", "cconf", "ppl", "mmlu"}
+        assert 0 <= row.base["acc"] <= 1 and row.base["ppl"] > 0
+    # the unedited model is the same in both classes' runs; each class is the other's "other"
+    assert rows[0].base["cacc"] == rows[1].base["acc"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["target"] for r in saved["rows"]] == ["negative", "positive", "trimmed mean"]
+    assert "| trimmed mean |" in (tmp_path / "table.md").read_text()
+    saved_artifacts = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("artifacts/*/*"))
+    assert saved_artifacts == [
+        f"artifacts/{c}/{g}" for c in ("negative", "positive") for g in ("always", "range")
+    ]
