@@ -296,6 +296,39 @@ def locate_ranges_cmd(
     )
 
 
+@locate_app.command("class-steering")
+def locate_class_steering_cmd(
+    dataset: str = typer.Option(..., help="agnews, emotion, dbpedia14, imdb or sst2."),
+    target: str = typer.Option(..., help="Class to remove, by name or label word."),
+    out: Path = OUT,
+    layer: int | None = typer.Option(None, help="Layer L (0-based); default the middle one (M)."),
+    kind: str = typer.Option("steer", help="steer (h + a r) or directional_ablation."),
+    strength: float = typer.Option(-2.0, help="a of h + a r (seed 001 M: -2)."),
+    model: str = MODEL,
+    device: str | None = DEVICE,
+    data: str = typer.Option("shipped", help="shipped (offline set) or hub."),
+    per_class: int | None = typer.Option(None, help="Training examples per class; default all."),
+) -> None:
+    """Seed 001 Appendix M baselines: r = class mean - other classes' mean at the label token."""
+    from ce_bench.artifacts import save_artifact
+    from ce_bench.classification import dataset as dataset_named
+    from ce_bench.locate.ranges import locate_class_direction
+    from ce_bench.models.embedded import load_model
+
+    try:
+        spec = dataset_named(dataset)
+        spec.class_index(target)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    lm, tokenizer = load_model(model, device)
+    layer = int(lm.config.num_hidden_layers) // 2 if layer is None else layer
+    artifact = locate_class_direction(
+        lm, tokenizer, spec, target, layer, model, kind, strength, data, per_class
+    )
+    save_artifact(artifact, out)
+    console.print(f"wrote {out}: {artifact.kind} of {target} at {artifact.site}")
+
+
 @app.command("erasure-report")
 def erasure_report_cmd(
     dataset: str = typer.Option("agnews", help="agnews, emotion, dbpedia14, imdb or sst2."),

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
-from ce_bench.tasks.erasure.task import load_docs, other_classes_mean, target_mean, trimmed_mean
+from ce_bench.tasks.erasure.task import (
+    doc_metrics,
+    load_docs,
+    other_classes_mean,
+    target_mean,
+    trimmed_mean,
+)
 
 from ce_bench.artifacts import ArtifactError, save_artifact
 from ce_bench.classification import DATASETS, choose_shots, few_shot_prompt, load_examples
 from ce_bench.erasure_report import GATES, ErasureConfig, run_erasure_report
 from ce_bench.interventions import build_intervention
 from ce_bench.interventions.ranges import RangeMaskParams, mask_units
-from ce_bench.locate.ranges import linear_probe, locate_ranges, saliency, top_fraction
+from ce_bench.locate.ranges import (
+    linear_probe,
+    locate_class_direction,
+    locate_ranges,
+    saliency,
+    top_fraction,
+    training_activations,
+)
 from ce_bench.models.embedded import load_model
 from ce_bench.sites import Site
 from tests.conftest import tiny_model
@@ -255,3 +269,71 @@ def test_erasure_report_compares_neuron_and_range_masking_for_every_class(
     assert saved_artifacts == [
         f"artifacts/{c}/{g}" for c in ("negative", "positive") for g in ("always", "range")
     ]
+
+
+def _loglikelihoods(*predicted: int, labels: int = 4) -> list[tuple[float, bool]]:
+    """Label loglikelihoods that make each block predict the given label."""
+    return [(0.0 if i == p else -5.0, False) for p in predicted for i in range(labels)]
+
+
+def test_an_example_gives_base_and_per_target_values_and_only_correct_drops_misses() -> None:
+    doc = {"choices": ["a", "b", "c", "d"], "label": 1, "class": "B", "targets": ["A", "B"]}
+    metrics = doc_metrics(doc, _loglikelihoods(1, 1, 0))  # OFF right; ON for A right, for B wrong
+    assert metrics["acc"] == ("B", ("A", "B"), (1.0, 0.0))
+    assert metrics["acc_base"] == ("B", ("A", "B"), (1.0, 1.0))
+    assert metrics["acc_delta"] == ("B", ("A", "B"), (0.0, -1.0))
+    assert metrics["conf"][2][0] == pytest.approx(1 / (1 + 3 * math.exp(-5)))
+    missed = doc_metrics(doc, _loglikelihoods(0, 1, 1), only_correct=True)  # OFF wrong
+    assert all(math.isnan(v) for item in missed.values() for v in item[2])
+    assert not math.isnan(doc_metrics(doc, _loglikelihoods(0, 1, 1))["acc"][2][0])
+
+
+def test_sae_range_masking_edits_latents_and_keeps_the_reconstruction_error(
+    tmp_path, tiny_llama_dir
+) -> None:
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from ce_bench.locate.sae_features import SAESource
+
+    model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=16))
+    sae.cfg.metadata.hook_name = "model.layers.1"
+    sae.save_model(tmp_path / "sae")
+    located = locate_ranges(
+        model, tokenizer, AGNEWS, "Sports", 1, "tiny", gate="always", per_class=4,
+        sae=SAESource(sae_path=str(tmp_path / "sae")),
+    )  # fmt: skip
+    units = located.tensors["neurons"]
+    assert located.params["sae_path"] == str(tmp_path / "sae") and int(units.max()) < 16
+    assert located.provenance.report["ranking"] == "sae"
+    art = dataclasses.replace(located, params={**located.params, "positions": "all"})
+    ids = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(1))
+    site = Site("resid_post", 1)
+    with recording(model, site) as seen, torch.no_grad():
+        model(ids)
+    with attached(model, art), recording(model, site) as edited, torch.no_grad():
+        model(ids)
+    h = seen[0]
+    with torch.no_grad():
+        codes = sae.encode(h)
+        masked = codes.clone()
+        masked[..., units] = 0.0  # phi = zero on every selected latent (gate = always)
+        expected = h + sae.decode(masked) - sae.decode(codes)
+    torch.testing.assert_close(edited[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_class_steering_baselines_use_the_class_difference_of_means(tiny_llama_dir) -> None:
+    model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
+    acts = training_activations(model, tokenizer, AGNEWS, 1, per_class=4)
+    steer = locate_class_direction(model, tokenizer, AGNEWS, "Sports", 1, "tiny", activations=acts)
+    sports = acts.labels == 1
+    expected = acts.h[sports].mean(0) - acts.h[~sports].mean(0)
+    torch.testing.assert_close(steer.tensors["vector"], expected)
+    assert steer.kind == "steer" and steer.params["strength"] == -2.0
+    ablation = locate_class_direction(
+        model, tokenizer, AGNEWS, "Sports", 1, "tiny", kind="directional_ablation", activations=acts
+    )
+    assert ablation.kind == "directional_ablation"
+    assert ablation.provenance.report["target"] == "Sports"
+    build_intervention(ablation, model)  # a valid artifact of the existing kind

@@ -16,6 +16,7 @@ class's examples, of which the top 20% by mean activation are kept.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -32,9 +33,10 @@ from ce_bench.classification import (
     few_shot_prompt,
     load_examples,
 )
-from ce_bench.interventions.ranges import DEFAULT_TAU, Gate, Phi, RangeMaskParams
+from ce_bench.interventions.ranges import DEFAULT_STEER, DEFAULT_TAU, Gate, Phi, RangeMaskParams
 from ce_bench.interventions.sae import load_sae
 from ce_bench.locate.activations import collect_activations
+from ce_bench.locate.diffmean import diffmean_artifact
 from ce_bench.locate.sae_features import SAESource
 from ce_bench.sites import Site, module_path
 
@@ -247,3 +249,44 @@ def _sae_units(
         raise ValueError(f"no SAE latent fires on {SAE_MIN_ACTIVE:.0%} of the class's examples")
     best = top_fraction(of_target[:, frequent].mean(0), top)
     return frequent[best], codes
+
+
+def locate_class_direction(
+    model: nn.Module,
+    tokenizer,  # type: ignore[no-untyped-def]
+    data: ClassDataset,
+    target: str,
+    layer: int,
+    model_name: str,
+    kind: str = "steer",
+    strength: float = DEFAULT_STEER,
+    source: str = "shipped",
+    per_class: int | None = None,
+    activations: TrainingActivations | None = None,
+) -> Artifact:
+    """Seed 001 Appendix M's baselines from r = mean(class) - mean(other classes) at the
+    label-predicting token: `steer` (h + a r, a = -2) or `directional_ablation` (h - r r^T h).
+    """
+    index = data.class_index(target)
+    if kind not in ("steer", "directional_ablation"):
+        raise ValueError(f"kind must be steer or directional_ablation, got {kind!r}")
+    if activations is None:
+        activations = training_activations(model, tokenizer, data, layer, source, per_class)
+    h, labels = activations.h, activations.labels
+    site = Site("resid_post", activations.layer)
+    steer = diffmean_artifact(
+        model, model_name, site, h[labels == index], h[labels != index],
+        activations.prompts_hash, "last", strength,
+    )  # fmt: skip
+    report = {"dataset": data.name, "data_source": source, "target": data.classes[index]}
+    provenance = dataclasses.replace(
+        steer.provenance,
+        method=f"class_diffmean/{kind}",
+        report={**steer.provenance.report, **report},
+    )
+    if kind == "steer":
+        return dataclasses.replace(steer, provenance=provenance)
+    return Artifact(
+        "directional_ablation", site, {"positions": "all"},
+        {"direction": steer.tensors["vector"]}, steer.model, provenance,
+    )  # fmt: skip

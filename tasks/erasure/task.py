@@ -44,6 +44,7 @@ NAN = float("nan")
 
 
 ALL = "all"
+Item = tuple[str, tuple[str, ...], tuple[float, ...]]  # (class, targets, value per target)
 TRIM = 0.1  # seed 001 Table 3: class-level 10% trimmed means
 
 
@@ -111,24 +112,35 @@ class Erasure(PairedScoring):
         return paired[:n] + per_target
 
     def process_results(self, doc: dict, results: list[tuple[float, bool]]) -> dict[str, Any]:
-        n = len(doc["choices"])
-        base = _scores(results[:n], doc["label"])
-        edited = [
-            _scores(results[(k + 1) * n : (k + 2) * n], doc["label"])
-            for k in range(len(doc["targets"]))
-        ]
-        if self.only_correct and not base[0]:
-            base, edited = (NAN, NAN), [(NAN, NAN)] * len(edited)
-        key = (doc["class"], tuple(doc["targets"]))
-        metrics: dict[str, Any] = {}
-        for i, name in enumerate(("acc", "conf")):
-            for suffix, values in (
-                ("", [e[i] for e in edited]),
-                ("_base", [base[i]] * len(edited)),
-                ("_delta", [e[i] - base[i] for e in edited]),
-            ):
-                metrics[f"{name}{suffix}"] = metrics[f"c{name}{suffix}"] = (*key, tuple(values))
-        return metrics
+        return doc_metrics(doc, results, self.only_correct)
+
+
+def doc_metrics(
+    doc: dict[str, Any], results: list[tuple[float, bool]], only_correct: bool = False
+) -> dict[str, Item]:
+    """One example's items for every metric: (class, targets, value per target).
+
+    `results` are the label loglikelihoods OFF, then ON for each target in turn. With
+    `only_correct`, an example the unedited model gets wrong has NaN everywhere (left out).
+    """
+    n = len(doc["choices"])
+    base = _scores(results[:n], doc["label"])
+    edited = [
+        _scores(results[(k + 1) * n : (k + 2) * n], doc["label"])
+        for k in range(len(doc["targets"]))
+    ]
+    if only_correct and not base[0]:
+        base, edited = (NAN, NAN), [(NAN, NAN)] * len(edited)
+    key = (doc["class"], tuple(doc["targets"]))
+    metrics: dict[str, Item] = {}
+    for i, name in enumerate(("acc", "conf")):
+        for suffix, values in (
+            ("", [e[i] for e in edited]),
+            ("_base", [base[i]] * len(edited)),
+            ("_delta", [e[i] - base[i] for e in edited]),
+        ):
+            metrics[f"{name}{suffix}"] = metrics[f"c{name}{suffix}"] = (*key, tuple(values))
+    return metrics
 
 
 def _scores(results: list[tuple[float, bool]], label: int) -> tuple[float, float]:
@@ -137,9 +149,6 @@ def _scores(results: list[tuple[float, bool]], label: int) -> tuple[float, float
     probs = np.exp(logliks - logliks.max())
     probs /= probs.sum()
     return float(np.argmax(logliks) == label), float(probs[label])
-
-
-Item = tuple[str, tuple[str, ...], tuple[float, ...]]  # (class, targets, value per target)
 
 
 def target_mean(items: list[Item]) -> float:
