@@ -222,7 +222,8 @@ class ActivationIntervention(Intervention):
 
     @abstractmethod
     def edit(self, h: torch.Tensor) -> torch.Tensor:
-        """The edited activation, same shape and dtype as `h` (batch, seq, width)."""
+        """The edited activation, same shape and dtype as `h` (batch, seq, width); with
+        `positions=last`, `h` holds only the edited tokens, one per row: (rows, 1, width)."""
 
     def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
         """Move tensors next to the site's weights once, before any forward pass."""
@@ -254,6 +255,11 @@ def _gated(intervention: ActivationIntervention, switch: Switch):  # type: ignor
             return intervention.edit(h)
         if not bool(mask.any()):
             return None
+        if positions == "last":  # one token per row: edit just those, not the whole sequence
+            rows, cols = mask[..., 0].expand(h.shape[0], -1).nonzero(as_tuple=True)
+            out = h.clone()
+            out[rows, cols] = intervention.edit(h[rows, cols][:, None])[:, 0]
+            return out
         return torch.where(mask, intervention.edit(h), h)
 
     return edit
