@@ -340,6 +340,7 @@ def erasure_report_cmd(
     per_class: int | None = typer.Option(None, help="Training examples per class; default all."),
     limit: int | None = typer.Option(None, help="Erasure examples per run; default all."),
     side_limit: int | None = typer.Option(None, help="PPL documents / MMLU items; default all."),
+    baselines: bool = typer.Option(False, help="Also App. M steering and directional ablation."),
     data: str = typer.Option("shipped", help="shipped (offline sets) or hub."),
     out: Path = typer.Option(Path("results/erasure"), help="Where table.md and results.json go."),
 ) -> None:
@@ -357,7 +358,7 @@ def erasure_report_cmd(
     config = ErasureConfig(
         model=model, dataset=dataset, layer=layer, targets=tuple(target or ()), phi=phi,
         ranking=ranking, per_class=per_class, limit=limit, side_limit=side_limit, data=data,
-        out=out,
+        out=out, baselines=baselines,
     )  # fmt: skip
     run_erasure_report(config, console)
     console.print(f"tables in {out}/")

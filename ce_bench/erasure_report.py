@@ -26,12 +26,25 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from ce_bench.artifacts import save_artifact
+from ce_bench.artifacts import Artifact, save_artifact
 from ce_bench.classification import dataset as dataset_named
-from ce_bench.locate.ranges import locate_ranges, penultimate_layer, training_activations
+from ce_bench.locate.ranges import (
+    TrainingActivations,
+    locate_class_direction,
+    locate_ranges,
+    penultimate_layer,
+    training_activations,
+)
 from ce_bench.models.embedded import EMBEDDED_NAME
 
 GATES = {"neuron masking": "always", "range masking": "range"}  # seed 001 Table 3's columns
+BASELINES = {"steering": "steer", "directional ablation": "directional_ablation"}  # Appendix M
+SHORT = {
+    "neuron masking": "NM",
+    "range masking": "ARM",
+    "steering": "SV",
+    "directional ablation": "DA",
+}
 CLASS_METRICS = ("acc", "conf", "cacc", "cconf")
 SIDE_TASKS = ("ce_perplexity", "ce_paired_mini_mmlu")
 
@@ -48,6 +61,7 @@ class ErasureConfig:
     ranking: str = "max"
     per_class: int | None = None  # training examples per class for the ranges
     limit: int | None = None  # erasure examples per run (None: all)
+    baselines: bool = False  # also Appendix M's steering and directional ablation
     side_limit: int | None = None  # held-out documents and MMLU items per run (None: all)
     data: str = "shipped"
     batch_size: int = 16
@@ -79,18 +93,22 @@ def run_erasure_report(
     activations = training_activations(
         model, tokenizer, data, layer, config.data, config.per_class
     )  # read once, ranked per class
+    middle = None
+    if config.baselines:  # Appendix M steers at the middle layer
+        middle_layer = int(model.config.num_hidden_layers) // 2
+        middle = training_activations(
+            model, tokenizer, data, middle_layer, config.data, config.per_class
+        )
     unedited: dict[str, Any] = {}  # the unedited model's scores, the same in every run
     rows = []
     for target in targets:
         console.rule(f"{data.name}: erase {target}")
-        located = locate_ranges(
-            model, tokenizer, data, target, layer, config.model, config.ranking,
-            phi=config.phi, source=config.data, activations=activations,
-        )  # fmt: skip
         row = Row(data.classes[data.class_index(target)])
-        for method, gate in GATES.items():
-            artifact = dataclasses.replace(located, params={**located.params, "gate": gate})
-            path = save_artifact(artifact, config.out / "artifacts" / _slug(row.target) / gate)
+        methods = _methods(model, tokenizer, target, config, activations, middle)
+        for method, artifact in methods.items():
+            path = save_artifact(
+                artifact, config.out / "artifacts" / _slug(row.target) / _slug(method)
+            )
             erasure, ppl, mmlu = _evaluate(model, tokenizer, path, row.target, config, unedited)
             row.base = {
                 **{m: erasure[f"{m}_base"] for m in CLASS_METRICS},
@@ -106,6 +124,33 @@ def run_erasure_report(
     write_report(rows, config, layer)
     console.print(report_table(rows, config, layer))
     return rows
+
+
+def _methods(  # type: ignore[no-untyped-def]
+    model,
+    tokenizer,
+    target: str,
+    config: ErasureConfig,
+    activations: TrainingActivations,
+    middle: TrainingActivations | None,
+) -> dict[str, Artifact]:
+    """The artifacts compared for one class: neuron and range masking of the same located
+    units, and with `baselines` Appendix M's steering (a = -2) and directional ablation."""
+    located = locate_ranges(
+        model, tokenizer, activations.data, target, activations.layer, config.model,
+        config.ranking, phi=config.phi, source=config.data, activations=activations,
+    )  # fmt: skip
+    methods = {
+        method: dataclasses.replace(located, params={**located.params, "gate": gate})
+        for method, gate in GATES.items()
+    }
+    if middle is not None:
+        for method, kind in BASELINES.items():
+            methods[method] = locate_class_direction(
+                model, tokenizer, middle.data, target, middle.layer, config.model, kind,
+                source=config.data, activations=middle,
+            )  # fmt: skip
+    return methods
 
 
 def _evaluate(  # type: ignore[no-untyped-def]
@@ -183,7 +228,7 @@ HEADS = {
 
 def _cells(row: Row) -> list[str]:
     base = [f"{row.base[k]:.3f}" for k in CLASS_METRICS]
-    deltas = [f"{row.deltas[m][k]:+.3f}" for m in GATES for k in COLUMNS]
+    deltas = [f"{row.deltas[m][k]:+.3f}" for m in row.deltas for k in COLUMNS]
     return [row.target, *base, *deltas]
 
 
@@ -193,10 +238,9 @@ def report_table(rows: list[Row], config: ErasureConfig, layer: int) -> Table:
     table.add_column("class")
     for k in CLASS_METRICS:
         table.add_column(HEADS[k], justify="right")
-    for method in GATES:
-        short = "NM" if method == "neuron masking" else "ARM"
+    for method in rows[0].deltas:
         for k in COLUMNS:
-            table.add_column(f"{short} Δ{HEADS[k]}", justify="right")
+            table.add_column(f"{SHORT[method]} Δ{HEADS[k]}", justify="right")
     for row in [*rows, trimmed_row(rows)]:
         table.add_row(*_cells(row), style="bold" if row.target == "trimmed mean" else None)
     return table
@@ -211,13 +255,14 @@ def write_report(rows: list[Row], config: ErasureConfig, layer: int) -> None:
     }
     (config.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     heads = [HEADS[k] for k in CLASS_METRICS] + [
-        f"{'NM' if m == 'neuron masking' else 'ARM'} Δ{HEADS[k]}" for m in GATES for k in COLUMNS
+        f"{SHORT[m]} Δ{HEADS[k]}" for m in rows[0].deltas for k in COLUMNS
     ]
     lines = [f"| class | {' | '.join(heads)} |", "|---|" + "---:|" * len(heads)]
     lines += [f"| {' | '.join(_cells(r))} |" for r in [*rows, trimmed_row(rows)]]
     note = (
         f"Base values of the unedited model, then deltas (edited - unedited) for neuron masking"
-        f" (NM) and activation range masking (ARM); layer {layer}, phi={config.phi},"
+        f" (NM), activation range masking (ARM) and, if asked, Appendix M's steering (SV) and"
+        f" directional ablation (DA) at the middle layer; layer {layer}, phi={config.phi},"
         f" ranking={config.ranking}, limit={config.limit}, side_limit={config.side_limit}."
         " PPL: word perplexity of the held-out text; MMLU: ce_paired_mini_mmlu accuracy.\n"
     )

@@ -18,7 +18,7 @@ from ce_bench.tasks.erasure.task import (
 
 from ce_bench.artifacts import ArtifactError, save_artifact
 from ce_bench.classification import DATASETS, choose_shots, few_shot_prompt, load_examples
-from ce_bench.erasure_report import GATES, ErasureConfig, run_erasure_report
+from ce_bench.erasure_report import BASELINES, GATES, ErasureConfig, run_erasure_report
 from ce_bench.interventions import build_intervention
 from ce_bench.interventions.ranges import RangeMaskParams, mask_units
 from ce_bench.locate.ranges import (
@@ -252,12 +252,12 @@ def test_erasure_report_compares_neuron_and_range_masking_for_every_class(
 ) -> None:
     config = ErasureConfig(
         model=str(tiny_llama_dir), dataset="sst2", layer=1, limit=4, side_limit=2, per_class=4,
-        out=tmp_path,
+        out=tmp_path, baselines=True,
     )  # fmt: skip
     rows = run_erasure_report(config)
     assert [r.target for r in rows] == ["negative", "positive"]
     for row in rows:
-        assert set(row.deltas) == set(GATES)
+        assert list(row.deltas) == [*GATES, *BASELINES]
         assert set(row.deltas["range masking"]) == {"acc", "conf", "cacc", "cconf", "ppl", "mmlu"}
         assert 0 <= row.base["acc"] <= 1 and row.base["ppl"] > 0
     # the unedited model is the same in both classes' runs; each class is the other's "other"
@@ -266,9 +266,18 @@ def test_erasure_report_compares_neuron_and_range_masking_for_every_class(
     assert [r["target"] for r in saved["rows"]] == ["negative", "positive", "trimmed mean"]
     assert "| trimmed mean |" in (tmp_path / "table.md").read_text()
     saved_artifacts = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("artifacts/*/*"))
+    methods = ("directional_ablation", "neuron_masking", "range_masking", "steering")
     assert saved_artifacts == [
-        f"artifacts/{c}/{g}" for c in ("negative", "positive") for g in ("always", "range")
+        f"artifacts/{c}/{m}" for c in ("negative", "positive") for m in methods
     ]
+    gates = {
+        m: json.loads((tmp_path / f"artifacts/negative/{m}/intervention.json").read_text())
+        for m in methods
+    }
+    assert gates["neuron_masking"]["params"]["gate"] == "always"
+    assert gates["range_masking"]["params"]["gate"] == "range"
+    assert gates["steering"]["kind"] == "steer" and gates["steering"]["layer"] == 1  # middle of 3
+    assert "| SV ΔAcc |" in (tmp_path / "table.md").read_text()
 
 
 def _loglikelihoods(*predicted: int, labels: int = 4) -> list[tuple[float, bool]]:
