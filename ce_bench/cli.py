@@ -250,6 +250,19 @@ def locate_sft_cmd(
     )
 
 
+def _class_dataset(name: str, targets: list[str]) -> Any:
+    """The erasure dataset `name`, with every target checked to be one of its classes."""
+    from ce_bench.classification import dataset
+
+    try:
+        spec = dataset(name)
+        for target in targets:
+            spec.class_index(target)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
+    return spec
+
+
 @locate_app.command("ranges")
 def locate_ranges_cmd(
     dataset: str = typer.Option(..., help="agnews, emotion, dbpedia14, imdb or sst2."),
@@ -271,16 +284,11 @@ def locate_ranges_cmd(
 ) -> None:
     """Activation ranges of one class for erasure (seed 001 5.1, Algorithm 1)."""
     from ce_bench.artifacts import save_artifact
-    from ce_bench.classification import dataset as dataset_named
     from ce_bench.locate.ranges import locate_ranges, penultimate_layer
     from ce_bench.locate.sae_features import SAESource
     from ce_bench.models.embedded import load_model
 
-    try:
-        spec = dataset_named(dataset)
-        spec.class_index(target)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
+    spec = _class_dataset(dataset, [target])
     lm, tokenizer = load_model(model, device)
     layer = penultimate_layer(lm) if layer is None else layer
     sae = SAESource(sae_path, sae_release, sae_id) if (sae_path or sae_release) else None
@@ -311,17 +319,12 @@ def locate_class_steering_cmd(
 ) -> None:
     """Seed 001 Appendix M baselines: r = class mean - other classes' mean at the label token."""
     from ce_bench.artifacts import save_artifact
-    from ce_bench.classification import dataset as dataset_named
-    from ce_bench.locate.ranges import locate_class_direction
+    from ce_bench.locate.ranges import locate_class_direction, middle_layer
     from ce_bench.models.embedded import load_model
 
-    try:
-        spec = dataset_named(dataset)
-        spec.class_index(target)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
+    spec = _class_dataset(dataset, [target])
     lm, tokenizer = load_model(model, device)
-    layer = int(lm.config.num_hidden_layers) // 2 if layer is None else layer
+    layer = middle_layer(lm) if layer is None else layer
     artifact = locate_class_direction(
         lm, tokenizer, spec, target, layer, model, kind, strength, data, per_class
     )
@@ -346,15 +349,9 @@ def erasure_report_cmd(
 ) -> None:
     """Seed 001 Table 3/4: neuron masking vs activation range masking for each class, with
     Acc/Conf/CAcc/CConf and the PPL and MMLU side effects, base and edited from one run each."""
-    from ce_bench.classification import dataset as dataset_named
     from ce_bench.erasure_report import ErasureConfig, run_erasure_report
 
-    try:
-        spec = dataset_named(dataset)
-        for name in target or ():
-            spec.class_index(name)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from err
+    _class_dataset(dataset, target or [])
     config = ErasureConfig(
         model=model, dataset=dataset, layer=layer, targets=tuple(target or ()), phi=phi,
         ranking=ranking, per_class=per_class, limit=limit, side_limit=side_limit, data=data,

@@ -32,6 +32,7 @@ from ce_bench.locate.ranges import (
     TrainingActivations,
     locate_class_direction,
     locate_ranges,
+    middle_layer,
     penultimate_layer,
     training_activations,
 )
@@ -95,9 +96,8 @@ def run_erasure_report(
     )  # read once, ranked per class
     middle = None
     if config.baselines:  # Appendix M steers at the middle layer
-        middle_layer = int(model.config.num_hidden_layers) // 2
         middle = training_activations(
-            model, tokenizer, data, middle_layer, config.data, config.per_class
+            model, tokenizer, data, middle_layer(model), config.data, config.per_class
         )
     unedited: dict[str, Any] = {}  # the unedited model's scores, the same in every run
     rows = []

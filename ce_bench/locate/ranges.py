@@ -54,6 +54,11 @@ def penultimate_layer(model: nn.Module) -> int:
     return int(model.config.num_hidden_layers) - 2
 
 
+def middle_layer(model: nn.Module) -> int:
+    """Seed 001 Appendix M steers at the model's middle layer."""
+    return int(model.config.num_hidden_layers) // 2
+
+
 def class_activations(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]
@@ -180,15 +185,9 @@ def locate_ranges(
     RangeMaskParams(phi=phi, gate=gate, tau=tau)
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
-    if activations is None:
-        activations = training_activations(model, tokenizer, data, layer, source, per_class, shots)
-    elif (activations.data, activations.layer, activations.source, activations.shots) != (
-        data,
-        layer,
-        source,
-        shots,
-    ):
-        raise ValueError("the given activations were read for other data, layer or shots")
+    activations = _activations_for(
+        model, tokenizer, data, layer, source, per_class, shots, activations
+    )
     h, labels = activations.h, activations.labels
     if not bool((labels == index).any()):
         raise ValueError(f"no training examples of class {target!r} in {data.name}")
@@ -232,6 +231,24 @@ def locate_ranges(
     )
 
 
+def _activations_for(  # type: ignore[no-untyped-def]
+    model: nn.Module,
+    tokenizer,
+    data: ClassDataset,
+    layer: int,
+    source: str,
+    per_class: int | None,
+    shots: int,
+    given: TrainingActivations | None,
+) -> TrainingActivations:
+    """`given` if it was read for this data, layer, source and shots; read them if None."""
+    if given is None:
+        return training_activations(model, tokenizer, data, layer, source, per_class, shots)
+    if (given.data, given.layer, given.source, given.shots) != (data, layer, source, shots):
+        raise ValueError("the given activations were read for other data, layer or shots")
+    return given
+
+
 def _of_class(examples: list[Example], label: int) -> list[Example]:
     return [e for e in examples if e.label == label]
 
@@ -270,10 +287,11 @@ def locate_class_direction(
     index = data.class_index(target)
     if kind not in ("steer", "directional_ablation"):
         raise ValueError(f"kind must be steer or directional_ablation, got {kind!r}")
-    if activations is None:
-        activations = training_activations(model, tokenizer, data, layer, source, per_class)
+    activations = _activations_for(
+        model, tokenizer, data, layer, source, per_class, DEFAULT_SHOTS, activations
+    )
     h, labels = activations.h, activations.labels
-    site = Site("resid_post", activations.layer)
+    site = Site("resid_post", layer)
     steer = diffmean_artifact(
         model, model_name, site, h[labels == index], h[labels != index],
         activations.prompts_hash, "last", strength,

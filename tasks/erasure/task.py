@@ -26,7 +26,7 @@ from typing import Any
 
 import datasets
 import numpy as np
-from ce_bench.tasks.paired.tasks import PairedScoring, copy_request, own_metrics
+from ce_bench.tasks.paired.tasks import PairedScoring, copy_request
 from lm_eval.api.instance import Instance
 
 from ce_bench.artifacts import load_artifact
@@ -96,8 +96,7 @@ class Erasure(PairedScoring):
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
-        ours = {k: v for k, v in config.items() if k != "class"}
-        super().__init__(config=own_metrics(ours))
+        super().__init__(config)
         metadata = dict(self.config.metadata or {})
         self.only_correct = bool(metadata.get("only_correct", False))
 

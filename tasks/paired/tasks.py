@@ -36,8 +36,7 @@ class PairedGeneration(ConfigurableTask):
     """Each prompt generated twice: intervention OFF (idx 0) and ON (idx 1)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        ours = {k: v for k, v in config.items() if k != "class"}
-        super().__init__(config=own_metrics(ours))
+        super().__init__(config=own_metrics(config))
 
     def construct_requests(self, doc: dict, ctx: str, **kwargs: Any) -> list[Instance]:
         require_edited_hf(self.config.task)
@@ -54,6 +53,9 @@ class PairedScoring(ConfigurableTask):
     """A loglikelihood task (multiple choice or rolling) whose every request is scored OFF
     (idx 0..n-1) and ON (idx n..2n-1)."""
 
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config=own_metrics(config))
+
     def construct_requests(self, doc: dict, ctx: str, **kwargs: Any) -> list[Instance]:
         require_edited_hf(self.config.task)
         edited = super().construct_requests(doc, ctx, **kwargs)
@@ -65,9 +67,6 @@ class PairedScoring(ConfigurableTask):
 
 class PairedMultipleChoice(PairedScoring, BuiltinTaskOnShippedData):
     """A built-in multiple-choice task scored OFF and ON per item."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__(own_metrics(config))
 
     def process_results(self, doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
         n = len(results) // 2
@@ -82,13 +81,15 @@ class PairedMultipleChoice(PairedScoring, BuiltinTaskOnShippedData):
 
 
 def own_metrics(config: dict[str, Any]) -> dict[str, Any]:
-    """Mark the config as computing its own metrics.
+    """The task's YAML config as ConfigurableTask takes it (without `class`), marked as
+    computing its own metrics.
 
     A non-callable `process_results` tells lm-eval that our metric names (changed, acc_base,
     agree) need no registered metric function (otherwise it searches HF evaluate for them);
     ConfigurableTask.process_results still computes lm-eval's own multiple-choice metrics.
     """
-    return {**config, "process_results": "computed by the task class"}
+    ours = {k: v for k, v in config.items() if k != "class"}
+    return {**ours, "process_results": "computed by the task class"}
 
 
 def copy_request(request: Instance, **changes: Any) -> Instance:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from ce_bench.tasks.paired.tasks import PairedScoring, own_metrics
+from ce_bench.tasks.paired.tasks import PairedScoring
 
 HELD_OUT = Path(__file__).parent / "data" / "heldout.txt"
 
@@ -43,9 +43,6 @@ def sections(text: str) -> list[str]:
 
 class PairedPerplexity(PairedScoring):
     """Rolling loglikelihood of each document, OFF (idx 0) and ON (idx 1)."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__(config=own_metrics({k: v for k, v in config.items() if k != "class"}))
 
     def process_results(self, doc: dict, results: list[float]) -> dict[str, Any]:
         base, edited = results
