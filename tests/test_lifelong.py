@@ -1,4 +1,5 @@
-"""Lifelong editing: edit streams, the editors (MicroEdit, FT, GRACE), the session, the metrics."""
+"""Lifelong editing: edit streams, the editors (MicroEdit, FT, GRACE, WISE), the session,
+the metrics."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ce_bench.lifelong import LifelongSession, StreamMismatch, load_stream, new_
 from ce_bench.lifelong.editor import edit_batch
 from ce_bench.lifelong.records import EditDataError, EditRecord, load_records, shipped_dir
 from ce_bench.lifelong.scoring import TokenScore, score_tokens
+from ce_bench.lifelong.wise import ties_merge
 from ce_bench.models.edited_hf import EditedHFLM
 from ce_bench.models.embedded import load_model
 from ce_bench.pairing import baseline_loglikelihood, for_edit, tag_of
@@ -249,6 +251,75 @@ def test_ft_trains_until_the_target_is_greedy_and_switches_back_exactly(tiny, tm
     finally:
         for h in handles:
             h.remove()
+
+
+def test_ties_merge_trims_elects_a_sign_and_averages_the_agreeing_entries() -> None:
+    deltas = torch.tensor([[4.0, -1.0, 2.0, 0.5], [-3.0, -2.0, 1.0, 0.1]])
+    # density 0.5 keeps [4, 0, 2, 0] and [-3, -2, 0, 0]; signs by sum: +, -, +, + (ties: +)
+    merged = ties_merge(deltas, density=0.5)
+    assert merged.tolist() == pytest.approx([4.0, -2.0, 2.0, 0.0])
+
+
+def test_wise_trains_the_shard_mask_within_the_norm_constraint(tiny) -> None:
+    model, tokenizer = tiny
+    editor = new_editor("wise", model, {"layer": 1, "steps": 3, "norm_constraint": 0.05})
+    handles = editor.attach(model, Switch())
+    try:
+        stats = editor.apply_edit(model, tokenizer, RECORD)
+    finally:
+        for h in handles:
+            h.remove()
+    delta = editor.tensors["deltas"][-1]
+    mask = editor._shard_mask(delta.shape).bool()
+    assert 0.15 < float(mask.float().mean()) < 0.25  # mask_ratio 0.2
+    assert float(delta[mask].abs().max()) == pytest.approx(0.05)  # clamped to W +- 0.05
+    weight = model.model.layers[1].mlp.down_proj.weight
+    # outside the mask only SGD's weight decay (1e-5 per step, as EasyEdit) moves an entry
+    assert torch.all(delta[~mask].abs() <= 3.5e-5 * weight[~mask].abs() + 1e-8)  # 3 steps
+    assert float(editor.tensors["min_act"][0]) == pytest.approx(stats["in_scope"])
+    assert len(editor.templates) == 11  # "{}" and 10 generated contexts
+
+
+def test_wise_routes_a_row_to_a_side_memory_only_at_or_above_its_threshold(tiny) -> None:
+    model, tokenizer = tiny
+    editor = new_editor("wise", model, {"layer": 1})
+    switch = Switch()
+    handles = editor.attach(model, switch)
+    editor.tensors["deltas"][0] = 0.5 * torch.randn_like(editor.tensors["deltas"][0])
+    ids = edit_batch(tokenizer, RECORD, torch.device("cpu")).input_ids
+    try:
+        with torch.no_grad():
+            with switch.set(False):
+                off = model(ids).logits
+            unedited = model(ids).logits  # min_act inf: no memory holds an edit yet
+            editor.tensors["min_act"][0] = 1e-6
+            routed = model(ids).logits
+            editor.tensors["min_act"][0] = 1e6
+            below = model(ids).logits
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(unedited, off, rtol=0, atol=0)
+    assert not torch.allclose(routed, off)
+    torch.testing.assert_close(below, off, rtol=0, atol=0)
+
+
+def test_wise_saves_a_shard_every_save_freq_edits_and_merges_every_merge_freq(tiny) -> None:
+    model, tokenizer = tiny
+    editor = new_editor("wise", model, {"layer": 1, "steps": 1, "save_freq": 1, "merge_freq": 2})
+    handles = editor.attach(model, Switch())
+    try:
+        first_mask = editor._shard_mask((8, 8))
+        first = editor.apply_edit(model, tokenizer, RECORD)["in_scope"]
+        assert editor.tensors["deltas"].shape[0] == 2  # the first shard, frozen, and a fresh one
+        assert editor.tensors["min_act"][1] == float("inf")
+        assert not torch.equal(editor._shard_mask((8, 8)), first_mask)  # a new shard, a new mask
+        second = editor.apply_edit(model, tokenizer, RECORD)["in_scope"]
+    finally:
+        for h in handles:
+            h.remove()
+    assert editor.tensors["deltas"].shape[0] == 2  # the two shards merged, and a fresh one
+    assert float(editor.tensors["min_act"][0]) == pytest.approx(min(first, second))
 
 
 # ---------------------------------------------------------------------- the session

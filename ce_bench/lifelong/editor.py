@@ -18,7 +18,8 @@ artifact, and loading that artifact gives the edited model back without editing 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,8 +29,8 @@ from torch import nn
 from ce_bench.artifacts import Artifact, ModelIdentity, Provenance
 from ce_bench.interventions.base import INTERVENTIONS, Intervention, check_integer, parse_params
 from ce_bench.lifelong.records import EditRecord, EditStream
-from ce_bench.locate.golden import IGNORE, GoldenBatch, golden_batch
-from ce_bench.sites import Site, model_dims
+from ce_bench.locate.golden import IGNORE, GoldenBatch, frozen_parameters, golden_batch
+from ce_bench.sites import Site, layout, model_dims
 
 
 @dataclass(frozen=True)
@@ -128,11 +129,96 @@ def edit_batch(tokenizer: Any, record: EditRecord, device: torch.device) -> Gold
     return golden_batch(tokenizer, [(record.prompt, record.target)], device)
 
 
+def scored_logits(
+    model: nn.Module, batch: GoldenBatch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits that predict `batch`'s answer tokens, those tokens, and the row of each.
+
+    The output embedding runs only at the answer's positions, not at every position: with the
+    layers below the edit replayed, it is the largest cost of a training step otherwise."""
+    hidden = model.base_model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+    ).last_hidden_state
+    rows, cols = (batch.labels[:, 1:] != IGNORE).nonzero(as_tuple=True)
+    logits = model.get_output_embeddings()(hidden[rows, cols]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = cap * torch.tanh(logits / cap)
+    return logits, batch.labels[rows, cols + 1], rows
+
+
 def target_loss(model: nn.Module, batch: GoldenBatch) -> tuple[torch.Tensor, bool]:
     """-log P(target | prompt) averaged over the target's tokens (seed 003 Eq. 10), and whether
     every target token is already the model's argmax."""
-    logits = model(input_ids=batch.input_ids).logits[:, :-1].float()
-    labels = batch.labels[:, 1:]
-    scored = labels != IGNORE
-    loss = nn.functional.cross_entropy(logits[scored], labels[scored])
-    return loss, bool((logits[scored].argmax(-1) == labels[scored]).all())
+    logits, labels, _ = scored_logits(model, batch)
+    loss = nn.functional.cross_entropy(logits, labels)
+    return loss, bool((logits.argmax(-1) == labels).all())
+
+
+@contextmanager
+def edit_training(
+    model: nn.Module, layer: int, batch: GoldenBatch, trainable: Sequence[torch.Tensor] = ()
+) -> Iterator[None]:
+    """Train on `batch` at `layer`: model weights frozen (but `trainable`), gradients on, and
+    the layers below `layer` replayed. Entering runs the model once on `batch` (no gradient),
+    so an editor's hooks see the batch before the first training step."""
+    with (
+        frozen_parameters(model, trainable),
+        torch.enable_grad(),
+        replayed_prefix(model, layer, batch),
+    ):
+        yield
+
+
+@contextmanager
+def replayed_prefix(model: nn.Module, layer: int, batch: GoldenBatch) -> Iterator[None]:
+    """Inside the block, the decoder layers below `layer` return what they returned for `batch`
+    instead of computing it again.
+
+    An editor trains something at `layer` with every model weight frozen, on the same batch at
+    every step, so the layers below it compute the same thing each time; replaying them makes a
+    training step cost only the layers from `layer` up (about a sixth of the model for an
+    editor at 5/6 depth). A forward pass on other inputs inside the block is an error."""
+    layers = model.get_submodule(layout(model).layers)
+    outputs: dict[int, Any] = {}
+    handles = [
+        layers[i].register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out))
+        for i in range(layer)
+    ]
+    try:
+        with torch.no_grad():
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    originals = [layers[i] for i in range(layer)]
+    for i in range(layer):
+        layers[i] = _Replay(originals[i], outputs[i], batch.input_ids.shape)
+    try:
+        yield
+    finally:
+        for i, original in enumerate(originals):
+            layers[i] = original
+
+
+class _Replay(nn.Module):
+    """A decoder layer's recorded output, standing in for the layer (see `replayed_prefix`)."""
+
+    def __init__(self, layer: nn.Module, output: Any, shape: torch.Size) -> None:
+        super().__init__()
+        object.__setattr__(self, "layer", layer)  # not a submodule: no parameters twice
+        self.output, self.shape = output, shape
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if tuple(hidden_states.shape[:2]) != tuple(self.shape):
+            raise RuntimeError(
+                f"replayed_prefix: a forward pass on inputs of shape {tuple(hidden_states.shape)}"
+                f" while replaying the outputs for {tuple(self.shape)}"
+            )
+        return self.output
+
+    def __getattr__(self, name: str) -> Any:  # attributes the model reads (attention_type)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "layer"), name)

@@ -29,7 +29,14 @@ from ce_bench.interventions.base import (
     register_intervention,
 )
 from ce_bench.interventions.weights import SwappedWeight
-from ce_bench.lifelong.editor import Editor, EditorParams, edit_batch, layer_at_depth, target_loss
+from ce_bench.lifelong.editor import (
+    Editor,
+    EditorParams,
+    edit_batch,
+    edit_training,
+    layer_at_depth,
+    target_loss,
+)
 from ce_bench.lifelong.records import EditRecord
 from ce_bench.locate.golden import GoldenBatch, frozen_parameters
 from ce_bench.sites import Site, module_path
@@ -111,7 +118,7 @@ class FineTune(Editor):
         optimiser = torch.optim.Adam([weight], lr=self.params.lr)
         steps, loss = 0, torch.tensor(float("nan"))
         try:
-            with frozen_parameters(model, [weight]), torch.enable_grad():
+            with edit_training(model, self.site.layer, batch, [weight]):
                 for steps in range(self.params.steps + 1):
                     loss, greedy = target_loss(model, batch)
                     if greedy or steps == self.params.steps:
@@ -120,8 +127,9 @@ class FineTune(Editor):
                     optimiser.zero_grad()
                     (loss + penalty).backward()
                     optimiser.step()
-                self.history = [*self.history, batch][-self.params.fisher_edits :]
-                if self.params.ewc_lambda > 0:
+            self.history = [*self.history, batch][-self.params.fisher_edits :]
+            if self.params.ewc_lambda > 0:
+                with frozen_parameters(model, [weight]), torch.enable_grad():
                     self._update_fisher(model, weight)
         finally:
             self.training = False

@@ -36,9 +36,15 @@ from ce_bench.interventions.base import (
     check_number,
     register_intervention,
 )
-from ce_bench.lifelong.editor import Editor, EditorParams, edit_batch, layer_at_depth, target_loss
+from ce_bench.lifelong.editor import (
+    Editor,
+    EditorParams,
+    edit_batch,
+    edit_training,
+    layer_at_depth,
+    target_loss,
+)
 from ce_bench.lifelong.records import EditRecord
-from ce_bench.locate.golden import frozen_parameters
 from ce_bench.sites import Site, model_dims, module_path
 
 GRACE_DEPTH = 27 / 32  # EasyEdit's GRACE wraps layers[27].mlp.down_proj of LLaMA-2-7B
@@ -144,13 +150,11 @@ class Grace(Editor):
         batch = edit_batch(tokenizer, record, self.device)
         self.training = {"position": int(batch.last_prompt[0])}
         try:
-            with torch.no_grad():
-                model(input_ids=batch.input_ids)  # records the query
-            j = self._update_codebook(self.training["query"], _label(batch.labels))
-            value = self.tensors["values"][j].clone().requires_grad_(True)
-            self.training["value"] = value
-            optimiser = torch.optim.Adam([value], lr=self.params.lr)
-            with frozen_parameters(model), torch.enable_grad():
+            with edit_training(model, self.site.layer, batch):  # its first pass records the query
+                j = self._update_codebook(self.training["query"], _label(batch.labels))
+                value = self.tensors["values"][j].clone().requires_grad_(True)
+                self.training["value"] = value
+                optimiser = torch.optim.Adam([value], lr=self.params.lr)
                 for _ in range(self.params.steps):
                     loss, _ = target_loss(model, batch)
                     optimiser.zero_grad()

@@ -26,9 +26,8 @@ from ce_bench.interventions.base import (
     register_intervention,
 )
 from ce_bench.interventions.sae import load_sae, sink_positions
-from ce_bench.lifelong.editor import Editor, EditorParams, edit_batch, target_loss
+from ce_bench.lifelong.editor import Editor, EditorParams, edit_batch, edit_training, target_loss
 from ce_bench.lifelong.records import EditRecord
-from ce_bench.locate.golden import frozen_parameters
 from ce_bench.sites import (
     Site,
     SiteError,
@@ -233,9 +232,7 @@ class MicroEdit(Editor):
         self.training = state
         edit_loss, steps = torch.tensor(float("nan")), 0
         try:
-            with frozen_parameters(model), torch.enable_grad():
-                with torch.no_grad():
-                    model(input_ids=batch.input_ids)  # records z, its codes and I_k
+            with edit_training(model, self.site.layer, batch):  # records z, its codes and I_k
                 for _ in range(self.params.reg_steps):  # stage 1: distance regularisation
                     self._reconstruct(state)
                     step(state["ard"])

@@ -35,11 +35,11 @@ def golden_batch(  # type: ignore[no-untyped-def]
 ) -> GoldenBatch:
     """Rows of (prompt, answer) pairs, the answer after a space (" Paris"), as lm-eval scores
     a continuation. Prompt and answer are tokenised separately, so the boundary is exact for
-    any tokenizer."""
+    any tokenizer. An empty answer gives a plain text row with nothing to score."""
     rows, labels, last = [], [], []
     for text, golden in pairs:
         context = tokenizer(text, add_special_tokens=False)["input_ids"]
-        answer = tokenizer(" " + golden, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(" " + golden, add_special_tokens=False)["input_ids"] if golden else []
         rows.append(context + answer)
         labels.append([IGNORE] * len(context) + answer)
         last.append(len(context) - 1)
@@ -91,3 +91,34 @@ def frozen_parameters(model: nn.Module, trainable: Sequence[torch.Tensor] = ()) 
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
+
+
+def answer_logits(
+    model: nn.Module, batch: GoldenBatch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, target token, row) at each answer position of the batch, float32.
+
+    Only the answer positions' last hidden states go through the unembedding (and Gemma-2's
+    final logit soft-capping, where the config has one): the prompt positions' vocabulary-wide
+    logits would cost as much again and are not needed.
+    """
+    hidden = model.base_model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+    ).last_hidden_state
+    labels = batch.labels[:, 1:]
+    rows, cols = (labels != IGNORE).nonzero(as_tuple=True)
+    logits = model.get_output_embeddings()(hidden[rows, cols]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits, labels[rows, cols], rows
+
+
+def all_answer_tokens_right(
+    logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int
+) -> torch.Tensor:
+    """(n_rows,) bool from `answer_logits`: rows whose argmax is the answer token at every answer
+    position, i.e. whose greedy continuation reproduces the answer."""
+    wrong = torch.zeros(n_rows, device=logits.device)
+    wrong.index_add_(0, rows, (logits.argmax(-1) != targets).float())
+    return wrong == 0
