@@ -29,7 +29,7 @@ from torch import nn
 from ce_bench.artifacts import Artifact, ModelIdentity, Provenance
 from ce_bench.interventions.base import INTERVENTIONS, Intervention, check_integer, parse_params
 from ce_bench.lifelong.records import EditRecord, EditStream
-from ce_bench.locate.golden import IGNORE, GoldenBatch, frozen_parameters, golden_batch
+from ce_bench.locate.golden import GoldenBatch, answer_logits, frozen_parameters, golden_batch
 from ce_bench.sites import Site, layout, model_dims
 
 
@@ -129,28 +129,10 @@ def edit_batch(tokenizer: Any, record: EditRecord, device: torch.device) -> Gold
     return golden_batch(tokenizer, [(record.prompt, record.target)], device)
 
 
-def scored_logits(
-    model: nn.Module, batch: GoldenBatch
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The logits that predict `batch`'s answer tokens, those tokens, and the row of each.
-
-    The output embedding runs only at the answer's positions, not at every position: with the
-    layers below the edit replayed, it is the largest cost of a training step otherwise."""
-    hidden = model.base_model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask
-    ).last_hidden_state
-    rows, cols = (batch.labels[:, 1:] != IGNORE).nonzero(as_tuple=True)
-    logits = model.get_output_embeddings()(hidden[rows, cols]).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = cap * torch.tanh(logits / cap)
-    return logits, batch.labels[rows, cols + 1], rows
-
-
 def target_loss(model: nn.Module, batch: GoldenBatch) -> tuple[torch.Tensor, bool]:
     """-log P(target | prompt) averaged over the target's tokens (seed 003 Eq. 10), and whether
     every target token is already the model's argmax."""
-    logits, labels, _ = scored_logits(model, batch)
+    logits, labels, _ = answer_logits(model, batch)  # (a training step's largest cost)
     loss = nn.functional.cross_entropy(logits, labels)
     return loss, bool((logits.argmax(-1) == labels).all())
 

@@ -49,10 +49,9 @@ from ce_bench.lifelong.editor import (
     EditorParams,
     edit_training,
     layer_at_depth,
-    scored_logits,
 )
 from ce_bench.lifelong.records import EditRecord
-from ce_bench.locate.golden import GoldenBatch, golden_batch
+from ce_bench.locate.golden import GoldenBatch, answer_logits, golden_batch
 from ce_bench.sae_training.text import CHAT_REQUESTS, OPENERS
 from ce_bench.sites import Site, model_dims, module_path
 
@@ -245,7 +244,7 @@ class Wise(Editor):
     def _loss(self, model: nn.Module, batch: GoldenBatch) -> torch.Tensor:
         """Edit loss on the template rows + the activation margins (module docstring)."""
         state = self.training
-        logits, labels, rows = scored_logits(model, batch)  # the irrelevant row has no answer
+        logits, labels, rows = answer_logits(model, batch)  # the irrelevant row has no answer
         nll = nn.functional.cross_entropy(logits, labels, reduction="none")
         per_row = torch.zeros(len(batch.labels), device=nll.device).index_add_(0, rows, nll)
         counts = torch.bincount(rows, minlength=len(batch.labels))
