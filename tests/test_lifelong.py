@@ -16,6 +16,7 @@ from ce_bench.interventions import Switch, build_intervention
 from ce_bench.lifelong import LifelongSession, StreamMismatch, load_stream, new_editor
 from ce_bench.lifelong.editor import edit_batch
 from ce_bench.lifelong.records import EditDataError, EditRecord, load_records, shipped_dir
+from ce_bench.lifelong.report import LifelongReportConfig, parse_editor, run_lifelong_report
 from ce_bench.lifelong.scoring import TokenScore, score_tokens
 from ce_bench.lifelong.wise import ties_merge
 from ce_bench.models.edited_hf import EditedHFLM
@@ -406,3 +407,37 @@ def test_lm_eval_runs_a_lifelong_edit_stream_end_to_end(tmp_path) -> None:
         cwd=tmp_path,
     )  # fmt: skip
     assert mismatch.returncode != 0 and "edited 'zsre' with num_edits=5" in mismatch.stderr
+
+
+# ---------------------------------------------------------------------- the report
+def test_report_editor_specs_are_checked_before_anything_runs() -> None:
+    assert parse_editor("microedit:alpha=auto,tau=0.4") == (
+        "microedit",
+        {"alpha": "auto", "tau": 0.4},
+    )
+    with pytest.raises(ValueError, match="unknown editor 'rome'"):
+        parse_editor("rome")
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        parse_editor("grace:steps=0")
+
+
+def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
+    tiny_llama_dir, tmp_path, monkeypatch
+) -> None:
+    config = LifelongReportConfig(
+        model=str(tiny_llama_dir),
+        editors=("grace:layer=1,steps=1",),
+        num_edits=(1,),
+        out=tmp_path,
+    )
+    (cell,) = run_lifelong_report(config)
+    assert cell["key"]["num_edits"] == 1 and cell["params"]["steps"] == 1
+    assert 0 <= cell["metrics"]["rel"] <= 1 and "rel_base" in cell["metrics"]
+    table = (tmp_path / "table.md").read_text()
+    assert "| unedited |" in table and "| grace:layer=1,steps=1 |" in table
+
+    def must_not_run(*args):  # type: ignore[no-untyped-def]
+        raise AssertionError("a finished cell ran again")
+
+    monkeypatch.setattr("ce_bench.lifelong.report._evaluate", must_not_run)
+    assert run_lifelong_report(config) == [cell]

@@ -1,0 +1,215 @@
+"""Seed 003 Tables 1-2 in one call: each editor after T sequential edits, for several T.
+
+For every T and every editor, one lm-eval run of `zsre_lifelong` (Rel, Gen, Loc, Avg) or
+`selfcheckgpt_lifelong` (PPL, Loc) on a model that applied the first T records of the edit set,
+scored after the last edit (`eval_at=end`, seed 003's protocol). The unedited model's values
+come from the same runs (the editor switched off). Each finished cell is written to
+`results.json` at once, and a cell already there with the same settings is not run again, so
+an interrupted report resumes where it stopped.
+
+Example:
+    >>> config = LifelongReportConfig(editors=("grace:steps=20",), num_edits=(1,))
+    >>> cells = run_lifelong_report(config)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ce_bench.interventions.base import parse_params
+from ce_bench.lifelong.editor import editor_class
+from ce_bench.models.embedded import EMBEDDED_NAME
+
+# edit set -> (task, the columns of seed 003's table, their headings)
+TABLES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "zsre": ("zsre_lifelong", ("rel", "gen", "loc", "avg"), ("Rel.", "Gen.", "Loc.", "Avg.")),
+    "selfcheckgpt": ("selfcheckgpt_lifelong", ("ppl", "loc"), ("PPL", "Loc.")),
+}
+BASE = {"rel": "rel_base", "gen": "gen_base", "ppl": "ppl_base"}  # Loc. of no edit is 1
+
+
+@dataclass
+class LifelongReportConfig:
+    """What to run; the defaults are seed 003's Table 1 on the embedded model."""
+
+    model: str = EMBEDDED_NAME
+    edits: str = "zsre"  # zsre or selfcheckgpt (the shipped sets)
+    editors: tuple[str, ...] = ("ft", "grace", "wise", "microedit:alpha=auto")
+    num_edits: tuple[int, ...] = (1, 10, 100)
+    batch_size: int = 16
+    out: Path = Path("results/lifelong/zsre")
+
+
+def parse_editor(spec: str) -> tuple[str, dict[str, Any]]:
+    """`NAME[:key=value,...]` -> (NAME, its parameters, typed as lm-eval types model_args);
+    an unknown editor or a bad parameter is an error before anything runs."""
+    from lm_eval.utils import simple_parse_args_string
+
+    name, _, rest = spec.partition(":")
+    params = simple_parse_args_string(rest)
+    parse_params(editor_class(name).Params, params, f"editor {spec!r}")
+    return name, params
+
+
+def run_lifelong_report(
+    config: LifelongReportConfig, console: Console | None = None
+) -> list[dict[str, Any]]:
+    """Every (T, editor) cell, resuming from `config.out/results.json`; writes the tables."""
+    if config.edits not in TABLES:
+        raise ValueError(f"edits must be one of {', '.join(TABLES)}, got {config.edits!r}")
+    for spec in config.editors:
+        parse_editor(spec)
+    console = console or Console()
+    path = config.out / "results.json"
+    done = json.loads(path.read_text())["cells"] if path.exists() else []
+    cells = []
+    for t in config.num_edits:
+        for spec in config.editors:
+            key = _cell_key(config, spec, t)
+            cell = next((c for c in done if c["key"] == key), None)
+            if cell is None:
+                console.print(f"[bold]{spec}[/bold], T = {t}")
+                cell = _evaluate(config, spec, t)
+                cell["key"] = key
+                done.append(cell)
+                _write(config, done, cells + [cell])
+            cells.append(cell)
+    _write(config, done, cells)
+    console.print(report_table(cells, config))
+    return cells
+
+
+def _cell_key(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[str, Any]:
+    return {"model": config.model, "edits": config.edits, "editor": spec, "num_edits": num_edits}
+
+
+def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[str, Any]:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from ce_bench import register
+    from ce_bench.models.edited_hf import EditedHFLM
+
+    register()
+    name, params = parse_editor(spec)
+    task = TABLES[config.edits][0]
+    start = time.perf_counter()
+    lm = EditedHFLM(
+        pretrained=config.model,
+        editor=name,
+        edits=config.edits,
+        num_edits=num_edits,
+        batch_size=config.batch_size,
+        **params,
+    )
+    try:
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[task],
+            task_manager=TaskManager(
+                include_defaults=False,
+                metadata={"edits": config.edits, "num_edits": num_edits},
+            ),
+            bootstrap_iters=0,
+            verbosity="WARNING",
+        )
+        lifelong = lm.get_model_info()["ce_bench"]["lifelong"]
+    finally:
+        lm.close()
+    metrics = {k.split(",")[0]: v for k, v in out["results"][task].items() if "_stderr" not in k}
+    return {
+        "metrics": metrics,
+        "edit_seconds": lifelong["edit_seconds"],
+        "seconds": round(time.perf_counter() - start, 1),
+        "params": lifelong["params"],
+        "resolved": lifelong["resolved"],
+        "mean_edit_stats": lifelong["mean_edit_stats"],
+    }
+
+
+def _rows(cells: list[dict[str, Any]], config: LifelongReportConfig) -> list[list[str]]:
+    """One row for the unedited model, then one per editor: the metrics at each T."""
+    columns = TABLES[config.edits][1]
+
+    def find(spec: str, t: int) -> dict[str, Any] | None:
+        return next(
+            (c for c in cells if c["key"]["editor"] == spec and c["key"]["num_edits"] == t), None
+        )
+
+    def values(
+        cell: dict[str, Any] | None, read: Callable[[dict[str, float], str], float]
+    ) -> list[str]:
+        if cell is None:
+            return ["–"] * len(columns)
+        return [f"{read(cell['metrics'], k):.2f}" for k in columns]
+
+    def unedited(metrics: dict[str, float], k: str) -> float:
+        if k == "avg":
+            return (metrics["rel_base"] + metrics["gen_base"] + 1.0) / 3
+        return metrics[BASE[k]] if k in BASE else 1.0
+
+    first = [next((c for c in cells if c["key"]["num_edits"] == t), None) for t in config.num_edits]
+    rows = [["unedited", *[v for cell in first for v in values(cell, unedited)]]]
+    for spec in config.editors:
+        rows.append(
+            [spec, *[v for t in config.num_edits for v in values(find(spec, t), lambda m, k: m[k])]]
+        )
+    return rows
+
+
+def _headings(config: LifelongReportConfig) -> list[str]:
+    heads = TABLES[config.edits][2]
+    return [f"T={t} {h}" for t in config.num_edits for h in heads]
+
+
+def report_table(cells: list[dict[str, Any]], config: LifelongReportConfig) -> Table:
+    table = Table(title=f"Lifelong editing, {config.edits}, {config.model} (eval after T edits)")
+    table.add_column("editor")
+    for head in _headings(config):
+        table.add_column(head, justify="right")
+    for row in _rows(cells, config):
+        table.add_row(*row)
+    return table
+
+
+def _write(
+    config: LifelongReportConfig, done: list[dict[str, Any]], cells: list[dict[str, Any]]
+) -> None:
+    """results.json (every finished cell, for resuming) and table.md (this report's cells)."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    payload = {"config": {**asdict(config), "out": str(config.out)}, "cells": done}
+    (config.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    heads = _headings(config)
+    lines = [f"| editor | {' | '.join(heads)} |", "|---|" + "---:|" * len(heads)]
+    lines += [f"| {' | '.join(row)} |" for row in _rows(cells, config)]
+    timing = [
+        f"| {c['key']['editor']} | {c['key']['num_edits']} | {c['edit_seconds']:.0f} |"
+        f" {c['edit_seconds'] / c['key']['num_edits']:.1f} | {c['seconds']:.0f} |"
+        for c in cells
+    ]
+    note = (
+        f"Seed 003 Table {'1' if config.edits == 'zsre' else '2'} layout on {config.model}:"
+        f" the shipped `{config.edits}` set, the first T records edited in order, scored after"
+        " the last edit. The unedited row comes from the same runs with the editor off.\n"
+    )
+    time_table = [
+        "| editor | T | edit s | s per edit | run s |",
+        "|---|---:|---:|---:|---:|",
+        *timing,
+    ]
+    (config.out / "table.md").write_text(
+        note
+        + "\n"
+        + "\n".join(lines)
+        + "\n\nTime on this machine:\n\n"
+        + "\n".join(time_table)
+        + "\n"
+    )
