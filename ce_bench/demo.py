@@ -9,6 +9,8 @@
 5. Seed 001's class erasure on one small offline dataset (SST-2 by default): neuron masking vs
    activation range masking per class with the PPL and MMLU side effects, under
    `results/erasure/<dataset>/`.
+6. Seed 003's lifelong editing: FT, GRACE, WISE and MicroEdit after T = 10 sequential ZsRE
+   edits (Rel, Gen, Loc, Avg), under `results/lifelong/demo/`.
 
 The limits keep it to about ten minutes on two CPU cores; raise them for tighter numbers.
 Run with `python -m ce_bench.demo [--layer L] [--test-limit N] ...`.
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--erasure-dataset", default="sst2", help="seed 001 part; none: skip")
     parser.add_argument("--erasure-limit", type=int, default=16, help="test examples per run")
     parser.add_argument("--erasure-out", type=Path, default=Path("results/erasure"))
+    parser.add_argument("--lifelong-edits", type=int, default=10, help="seed 003 part; 0: skip")
+    parser.add_argument("--lifelong-out", type=Path, default=Path("results/lifelong/demo"))
     args = parser.parse_args(argv)
 
     console = Console()
@@ -77,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"concept editing done in {minutes:.1f} min; tables in {args.out}/")
     if args.erasure_dataset != "none":
         run_erasure_part(args, command, console, loaded)
+    if args.lifelong_edits > 0:
+        run_lifelong_part(args, command, console)
 
 
 def run_erasure_part(args: argparse.Namespace, command: str, console: Console, loaded) -> None:  # type: ignore[no-untyped-def]
@@ -96,6 +102,24 @@ def run_erasure_part(args: argparse.Namespace, command: str, console: Console, l
         f" {args.erasure_limit} --side-limit 4 --out {out}`.\n"
     )
     console.print(f"class erasure done in {minutes:.1f} min; tables in {out}/")
+
+
+def run_lifelong_part(args: argparse.Namespace, command: str, console: Console) -> None:
+    """Seed 003 Table 1 at one T (`ce-bench lifelong-report`), run afresh."""
+    from ce_bench.lifelong.report import LifelongReportConfig, run_lifelong_report
+
+    started = time.monotonic()
+    config = LifelongReportConfig(
+        num_edits=(args.lifelong_edits,), out=args.lifelong_out, resume=False
+    )
+    run_lifelong_report(config, console)
+    minutes = (time.monotonic() - started) / 60
+    (config.out / "COMMAND.md").write_text(
+        f"Made by `{command}` (from `make demo`) in {minutes:.1f} min, the same as"
+        f" `ce-bench lifelong-report --num-edits {args.lifelong_edits} --out {config.out}`"
+        " (on a fresh output directory).\n"
+    )
+    console.print(f"lifelong editing done in {minutes:.1f} min; tables in {config.out}/")
 
 
 def write_analyses(

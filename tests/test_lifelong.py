@@ -13,6 +13,7 @@ from lm_eval.api.instance import Instance
 
 from ce_bench.artifacts import load_artifact, save_artifact
 from ce_bench.interventions import Switch, build_intervention
+from ce_bench.interventions.sae import sink_positions
 from ce_bench.lifelong import LifelongSession, StreamMismatch, load_stream, new_editor
 from ce_bench.lifelong.editor import edit_batch
 from ce_bench.lifelong.records import EditDataError, EditRecord, load_records, shipped_dir
@@ -141,6 +142,11 @@ def test_microedit_moves_only_the_decoder_rows_the_edit_activates(tiny, topk_sae
         moved = (after != before).any(-1)
         assert moved.any() and not (moved & ~active).any()  # Eq. 13-14: only I_k's rows
         assert editor.site.layer == 1 and editor.k == 4  # from the SAE's hook name and config
+        z_hat = editor.decode(editor.encode(hidden.float()), after)
+        report = editor.stream_report(model, tokenizer, [RECORD])
+        ard = float(editor.ard(hidden, z_hat, ~sink_positions(hidden)))
+        assert report["ard_at_end"] == [pytest.approx(ard, rel=1e-3)]
+        assert report["within_tau_at_end"] == float(report["ard_at_end"][0] <= editor.tau)
     finally:
         for h in handles:
             h.remove()

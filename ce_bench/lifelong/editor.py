@@ -77,6 +77,12 @@ class Editor(Intervention):
     def apply_edit(self, model: nn.Module, tokenizer: Any, record: EditRecord) -> dict[str, float]:
         """Install `record` (model weights frozen); returns numbers about the edit."""
 
+    def stream_report(  # noqa: B027 (optional override)
+        self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]
+    ) -> dict[str, Any]:
+        """Numbers about the whole stream once it is applied (written into results)."""
+        return {}
+
     def reset(self) -> None:
         """Back to the state the editor was built with (no edit of the current stream)."""
         self.tensors = {k: v.clone() for k, v in self.initial.items()}

@@ -139,17 +139,35 @@ class MicroEdit(Editor):
         """alpha = the unedited SAE's mean squared error per token on the edit inputs, so an
         unedited input's ARD is about 1. Seed 003's alpha = 600 plays that role for its
         LLaMA-3-8B SAE; another model's residual scale needs its own."""
-        errors, self.capturing = [], []
+        errors = []
+        for record in records:
+            z = self._residual(model, tokenizer, record)
+            z_hat = self.decode(self.encode(z), self.tensors["w_dec"])
+            errors.append((z_hat - z).pow(2).sum(-1)[~sink_positions(z)])
+        return float(torch.cat(errors).mean())
+
+    def stream_report(
+        self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]
+    ) -> dict[str, Any]:
+        """Each edit input's ARD after the whole stream, and the share still within tau: later
+        edits move decoder rows that earlier edits share, which can push those above tau."""
+        ards = []
+        for record in records:
+            z = self._residual(model, tokenizer, record)
+            z_hat = self.decode(self.encode(z), self.tensors["w_dec"])
+            ards.append(float(self.ard(z, z_hat, ~sink_positions(z))[0]))
+        within = sum(a <= self.tau for a in ards) / max(1, len(ards))
+        return {"ard_at_end": [float(f"{a:.4g}") for a in ards], "within_tau_at_end": within}
+
+    def _residual(self, model: nn.Module, tokenizer: Any, record: EditRecord) -> torch.Tensor:
+        """z at the SAE's site for the record's edit input, the forward pass left unchanged."""
+        self.capturing = []
         try:
-            for record in records:
-                with torch.no_grad():
-                    model(input_ids=edit_batch(tokenizer, record, self.device).input_ids)
-                z = self.capturing.pop().float()
-                z_hat = self.decode(self.encode(z), self.tensors["w_dec"])
-                errors.append((z_hat - z).pow(2).sum(-1)[~sink_positions(z)])
+            with torch.no_grad():
+                model(input_ids=edit_batch(tokenizer, record, self.device).input_ids)
+            return self.capturing.pop().float()
         finally:
             self.capturing = None
-        return float(torch.cat(errors).mean())
 
     # ------------------------------------------------------------------ the SAE, Eq. 7-8, 11
     def encode(self, z: torch.Tensor) -> torch.Tensor:

@@ -42,10 +42,11 @@ class LifelongReportConfig:
 
     model: str = EMBEDDED_NAME
     edits: str = "zsre"  # zsre or selfcheckgpt (the shipped sets)
-    editors: tuple[str, ...] = ("ft", "grace", "wise", "microedit:alpha=auto")
+    editors: tuple[str, ...] = ("ft", "grace", "microedit:alpha=auto", "wise")
     num_edits: tuple[int, ...] = (1, 10, 100)
     batch_size: int = 16
     out: Path = Path("results/lifelong/zsre")
+    resume: bool = True  # skip cells already in out/results.json with the same settings
 
 
 def parse_editor(spec: str) -> tuple[str, dict[str, Any]]:
@@ -69,7 +70,7 @@ def run_lifelong_report(
         parse_editor(spec)
     console = console or Console()
     path = config.out / "results.json"
-    done = json.loads(path.read_text())["cells"] if path.exists() else []
+    done = json.loads(path.read_text())["cells"] if config.resume and path.exists() else []
     cells = []
     for t in config.num_edits:
         for spec in config.editors:
@@ -132,6 +133,7 @@ def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
         "params": lifelong["params"],
         "resolved": lifelong["resolved"],
         "mean_edit_stats": lifelong["mean_edit_stats"],
+        "after_stream": lifelong["after_stream"],
     }
 
 

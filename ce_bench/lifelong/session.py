@@ -57,6 +57,7 @@ class LifelongSession:
         self.model, self.tokenizer = model, tokenizer
         self.edit_stats: list[dict[str, float]] = []
         self.edit_seconds = 0.0
+        self.after_stream: dict[str, Any] = {}
         self.editor.start_stream(model, tokenizer, stream.records)
         if not edited_already:
             self.apply_stream()
@@ -72,6 +73,9 @@ class LifelongSession:
             if after_each is not None:
                 after_each(t)
         self.edit_stats, self.edit_seconds = stats, time.perf_counter() - start
+        self.after_stream = self.editor.stream_report(
+            self.model, self.tokenizer, self.stream.records
+        )
 
     def check(self, tags: Sequence[dict[str, Any]]) -> None:
         """Fail if any request is about a record that is not in this model's edit stream."""
@@ -133,4 +137,5 @@ class LifelongSession:
             "resolved": self.editor.resolved(),
             "edit_seconds": round(self.edit_seconds, 3),
             "mean_edit_stats": {k: sum(v) / len(v) for k, v in losses.items() if v},
+            "after_stream": self.after_stream,
         }
