@@ -24,7 +24,10 @@ memories and a fresh copy of W_down (with a new random mask) takes the next edit
 (keep the 53% largest entries of each delta, elect a sign per entry by the summed deltas, average
 the deltas that agree) into one memory whose threshold comes from the smallest score of all of
 them. This is WISE-Retrieve (EasyEdit's default): at inference each row of a forward pass goes to
-the memory with the highest score among those at or above their threshold, else to W_down.
+the memory with the highest score among those at or above their threshold, else to W_down
+(EasyEdit routes its batches of one as a whole; here each row of a batch is routed on its own
+real tokens, so batching does not change an answer). During generation each forward pass is
+routed by its own tokens: the prompt, then each new token, as in EasyEdit.
 """
 
 from __future__ import annotations
