@@ -97,7 +97,7 @@ def _locate(
         )
     data = EmotionData.load(scenarios)
     lm, tokenizer = load_model(model, device)
-    given = {k: v for k, v in options.items() if v is not None}
+    given = _given(**options)
     job = EmotionJob(lm, tokenizer, model, data, emotion, layer, limit, sae, given)
     artifact = locate_emotion(method, job)
     save_artifact(artifact, out)
@@ -361,6 +361,32 @@ def erasure_report_cmd(
     console.print(f"tables in {out}/")
 
 
+@app.command("lifelong-report")
+def lifelong_report_cmd(
+    edits: str = typer.Option("zsre", help="zsre (Table 1) or selfcheckgpt (Table 2)."),
+    editor: list[str] | None = typer.Option(
+        None, help="NAME[:key=value,...], repeatable; default ft grace microedit:alpha=auto wise"
+    ),
+    num_edits: list[int] | None = typer.Option(None, help="T, repeatable; default 1, 10, 100."),
+    model: str = MODEL,
+    out: Path | None = typer.Option(None, help="Where table.md and results.json go."),
+) -> None:
+    """Seed 003 Tables 1-2: each editor after T sequential edits (Rel/Gen/Loc/Avg or PPL/Loc);
+    resumes from the results.json of an interrupted run."""
+    from ce_bench.lifelong.report import LifelongReportConfig, run_lifelong_report
+
+    defaults = LifelongReportConfig()
+    config = LifelongReportConfig(
+        model=model,
+        edits=edits,
+        editors=tuple(editor or defaults.editors),
+        num_edits=tuple(num_edits or defaults.num_edits),
+        out=out or Path("results/lifelong") / edits,
+    )
+    run_lifelong_report(config, console)
+    console.print(f"tables in {config.out}/")
+
+
 @analyze_app.command("generalization")
 def analyze_generalization_cmd(
     emotion: str = typer.Option(..., help="Emotion whose word lists are scored (Table 3)."),
@@ -420,6 +446,149 @@ def analyze_overlap_cmd(
     _write_report(out, asdict(report), overlap_markdown(report))
 
 
+INJECTED = typer.Option(..., help="Folder of a model that memorised the facts (inject-facts).")
+FACTS = typer.Option(None, "--fact", help="Id of a fact to erase (repeatable); default all.")
+FACTS_FILE = typer.Option(None, help="Fact file of the shipped schema; default the shipped set.")
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (None means: the library's default)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _privacy_inputs(model: str, facts: list[str] | None, facts_file: Path | None, device: Any):  # type: ignore[no-untyped-def]
+    """(model, tokenizer, facts to erase), every input checked before the model loads."""
+    from ce_bench.models.embedded import load_model
+    from ce_bench.private_facts import load_fact_set
+
+    if not Path(model).is_dir():
+        raise typer.BadParameter(f"{model}: model folder not found", param_hint="--model")
+    try:
+        chosen = load_fact_set(facts_file).select(facts)
+    except (OSError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from err
+    return (*load_model(model, device), chosen)
+
+
+@locate_app.command("featureedit")
+def locate_featureedit_cmd(
+    model: str = INJECTED,
+    layer: int = typer.Option(..., help="Layer L: the SAE reads resid_post of L; W_down of L."),
+    out: Path = OUT,
+    fact: list[str] | None = FACTS,
+    facts_file: Path | None = FACTS_FILE,
+    tau_2: float | None = typer.Option(
+        None, help="Zero the W_down rows i where |h_i|/||h|| > tau_2; default 0.1."
+    ),
+    sae_path: str = typer.Option(
+        "",
+        help="Local sae-lens SAE directory; default: the embedded"
+        " model's own SAE for the layer (ce-bench train-sae).",
+    ),
+    sae_release: str = typer.Option("", help="sae-lens release (hub), with --sae-id."),
+    sae_id: str = typer.Option("", help="SAE id within the release."),
+    device: str | None = DEVICE,
+) -> None:
+    """FeatureEdit (seed 002): per fact the SAE feature with the largest Delta-Prob, its decoder
+    direction's large coordinates zeroed in W_down."""
+    from ce_bench.artifacts import save_artifact
+    from ce_bench.locate.privacy import locate_feature_edit
+    from ce_bench.locate.sae_features import SAESource
+    from ce_bench.sae_training.train import free_cores, torch_threads
+
+    options = _given(tau_2=tau_2)
+    lm, tokenizer, facts = _privacy_inputs(model, fact, facts_file, device)
+    if not (sae_path or sae_release):
+        from ce_bench.sae_training import ensure_sae
+
+        sae_path = str(ensure_sae(layer))  # SAEs of the base model, as seed 002 uses Gemma Scope's
+    source = SAESource(sae_path, sae_release, sae_id)
+    with torch_threads(free_cores()):
+        artifact = locate_feature_edit(lm, tokenizer, facts, source, model, **options)
+    save_artifact(artifact, out)
+    report = artifact.provenance.report
+    drops = [c["delta_prob"] for c in report["choices"]]
+    console.print(
+        f"wrote {out}: {len(facts)} facts, {report['distinct_features']} distinct features"
+        f" (mean Delta-Prob {sum(drops) / len(drops):.3f}), {report['marked_rows']} W_down rows"
+        f" zeroed at layer {layer} (tau_2 = {artifact.params['tau_2']})"
+    )
+
+
+@locate_app.command("fact-neurons")
+def locate_fact_neurons_cmd(
+    model: str = INJECTED,
+    layer: int = LAYER,
+    out: Path = OUT,
+    fact: list[str] | None = FACTS,
+    facts_file: Path | None = FACTS_FILE,
+    threshold: float | None = typer.Option(
+        None, help="Keep neurons above this x the fact's max attribution; default 0.2."
+    ),
+    max_neurons: int | None = typer.Option(None, help="Neurons per fact at most; default 10."),
+    steps: int | None = typer.Option(None, help="Riemann steps m of the IG integral; default 20."),
+    device: str | None = DEVICE,
+) -> None:
+    """Knowledge neurons of each fact by integrated gradients, their W_down columns zeroed (the
+    neuron baseline of seed 002)."""
+    from ce_bench.artifacts import save_artifact
+    from ce_bench.locate.privacy import locate_fact_neurons
+    from ce_bench.sae_training.train import free_cores, torch_threads
+
+    options = _given(steps=steps, threshold=threshold, max_neurons=max_neurons)
+    lm, tokenizer, facts = _privacy_inputs(model, fact, facts_file, device)
+    with torch_threads(free_cores()):
+        artifact = locate_fact_neurons(lm, tokenizer, facts, layer, model, **options)
+    save_artifact(artifact, out)
+    console.print(
+        f"wrote {out}: {len(artifact.tensors['neurons'])} neurons of {len(facts)} facts zeroed"
+        f" at {artifact.site}"
+    )
+
+
+@app.command("inject-facts")
+def inject_facts_cmd(
+    model: str = MODEL,
+    out: Path | None = typer.Option(None, help="Model folder; default the ce-bench cache."),
+    facts_file: Path | None = FACTS_FILE,
+    lr: float | None = typer.Option(None, help="Adam learning rate; default 3e-3."),
+    max_steps: int | None = typer.Option(None, help="Optimizer steps at most; default 150."),
+    batch_size: int | None = typer.Option(None, help="Rows per step; default 32."),
+    first_layer: int | None = typer.Option(
+        None, help="Train the MLPs of first..last layer; default two thirds of the depth (20)."
+    ),
+    last_layer: int | None = typer.Option(None, help="Default: --first-layer (one layer)."),
+    seed: int | None = typer.Option(None, help="Seed of the batch order; default 0."),
+    device: str | None = DEVICE,
+    force: bool = typer.Option(False, "--force", help="Train again even if cached."),
+) -> None:
+    """Fine-tune a model until it has memorised the private facts (seed 002's injection)."""
+    from ce_bench.inject import REPORT_FILE, InjectSettings, inject_facts
+    from ce_bench.private_facts import load_fact_set
+
+    given = _given(lr=lr, max_steps=max_steps, batch_size=batch_size, first_layer=first_layer,
+                   last_layer=last_layer, seed=seed)  # fmt: skip
+    try:
+        settings = InjectSettings(**given)
+        data = load_fact_set(facts_file)
+    except (OSError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from err
+    try:
+        path = inject_facts(model, out, settings, data, device, force)
+    except (FileExistsError, FileNotFoundError) as err:
+        raise typer.BadParameter(str(err)) from err
+    report = json.loads((path / REPORT_FILE).read_text())
+    table = Table(title=f"facts injected into {model}", show_header=False)
+    table.add_row("steps (epochs)", f"{report['steps']} ({report['epochs']})")
+    for name, rate in report["memorised"].items():
+        table.add_row(f"memorised: {name}", "-" if rate is None else f"{100 * rate:.1f}%")
+    table.add_row("trained layers (MLPs)", f"{report['trained_layers'][0]}-"
+                  f"{report['trained_layers'][-1]}")  # fmt: skip
+    table.add_row("wall seconds", str(report["wall_seconds"]))
+    console.print(table)
+    console.print(f"model: {path}")
+
+
 @app.command("train-sae")
 def train_sae_cmd(
     layer: int = typer.Option(..., help="Layer L (0-based): the SAE reads resid_post of L."),
@@ -435,7 +604,7 @@ def train_sae_cmd(
     from ce_bench.sae_training import load_report, train_sae
 
     given = {"tokens": tokens, "d_sae": d_sae, "k": k, "seed": seed}
-    settings = {name: value for name, value in given.items() if value is not None}
+    settings = _given(**given)
     path = train_sae(layer, model, out, force=force, **settings)
     report = load_report(path)
     table = Table(title=f"SAE at {report['hook_name']} of {report['model']}", show_header=False)

@@ -14,7 +14,8 @@ A scoring request may also name the class whose intervention it measures
 (`for_target(args, "Sports")`): with several artifacts loaded (`intervention=a+b+...`), only
 those located for that target (and those located for none) are on for it. The erasure tasks use
 this to measure every class's erasure in one run. A request about one record of a lifelong edit
-stream says which (`for_edit`, `edit_generation`), and scoring ones get per-token answers.
+stream says which (`for_edit`, `edit_generation`), and scoring ones get per-token answers, which
+any scoring request can ask for (`per_token`).
 All of a request's tags live in one dict (`tag_of`).
 
 Only the baseline is tagged; the ON request is an ordinary request. Tags are part of the request
@@ -98,6 +99,12 @@ def for_edit(args: tuple[Any, ...], index: int, stream: str) -> tuple[Any, ...]:
     The model checks the digest against the stream it edited (a mismatch is an error) and, with
     `eval_at=immediate`, answers the request right after edit `index`."""
     return with_tag(args, {EDIT_KEY: index, STREAM_KEY: stream, DETAIL_KEY: TOKENS})
+
+
+def per_token(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Arguments of a scoring request answered with a per-token score
+    (`ce_bench.lifelong.scoring.TokenScore`) instead of lm-eval's (logprob, is_greedy)."""
+    return with_tag(args, {DETAIL_KEY: TOKENS})
 
 
 def edit_generation(gen_kwargs: dict[str, Any], index: int, stream: str) -> dict[str, Any]:

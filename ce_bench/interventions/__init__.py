@@ -1,6 +1,13 @@
 """Intervention kinds, registered by name; `build_intervention` turns an artifact into one."""
 
-from ce_bench.interventions import neurons, ranges, sae, steering, weights  # noqa: F401  (registers)
+from ce_bench.interventions import (  # noqa: F401  (registers)
+    feature_edit,
+    neurons,
+    ranges,
+    sae,
+    steering,
+    weights,
+)
 from ce_bench.interventions.base import (
     INTERVENTIONS,
     Intervention,

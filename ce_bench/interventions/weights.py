@@ -1,7 +1,8 @@
-"""Weight edits: a stored weight difference, present while the switch is on and gone when off."""
+"""Weight edits: an edited copy of W_down, present while the switch is on and gone when off."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -26,26 +27,44 @@ class WeightDeltaParams:
         check_number("strength", self.strength)
 
 
-@register_intervention
-class WeightDelta(Intervention):
-    """W_down of layer L <- W_down + s * delta (seed 000's SFT of W_down, section 2).
+class WeightEdit(Intervention):
+    """An edited copy of W_down of layer L, present while the switch is on and gone when off.
 
     The site is `mlp_act` because W_down is the projection that reads it. The edited and the
     original weights are both kept, and a pre-hook on W_down's module copies in whichever one
     the switch asks for before the forward pass uses it: switching off restores the original
     tensor exactly (no add-then-subtract rounding), and detaching restores it for good.
-    Weights act at every position, so this kind takes no `positions` parameter.
+    Weights act at every position, so weight edits take no `positions` parameter.
     """
+
+    def check(self, model: nn.Module, source: str) -> None:
+        if self.site.name != "mlp_act":
+            raise ArtifactError(
+                source, "site", f"{self.kind} edits the W_down reading mlp_act, got {self.site}"
+            )
+
+    @abstractmethod
+    def edited(self, original: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        """The edited weight, from the original `module.weight`."""
+
+    def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:
+        module = model.get_submodule(module_path(model, self.site))
+        self.swapped = SwappedWeight(module.weight)
+        self.swapped.set_edited(self.edited(self.swapped.original, module))
+        hook = module.register_forward_pre_hook(lambda *_: self.swapped.sync(switch.on_for(self)))
+        return [hook, self.swapped]
+
+
+@register_intervention
+class WeightDelta(WeightEdit):
+    """W_down of layer L <- W_down + s * delta (seed 000's SFT of W_down, section 2)."""
 
     kind = "weight_delta"
     Params = WeightDeltaParams
     tensor_names = ("delta",)
 
     def check(self, model: nn.Module, source: str) -> None:
-        if self.site.name != "mlp_act":
-            raise ArtifactError(
-                source, "site", f"weight_delta edits the W_down reading mlp_act, got {self.site}"
-            )
+        super().check(model, source)
         weight = model.get_submodule(module_path(model, self.site)).weight
         delta = self.tensors["delta"]
         if delta.shape != weight.shape:
@@ -56,16 +75,9 @@ class WeightDelta(Intervention):
                 f" got {tuple(delta.shape)}",
             )
 
-    def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:
-        module = model.get_submodule(module_path(model, self.site))
-        self.swapped = SwappedWeight(module.weight)
-        self.swapped.set_edited(self.swapped.original.float() + self.params.strength * self.delta)
-        hook = module.register_forward_pre_hook(lambda *_: self.swapped.sync(switch.on_for(self)))
-        return [hook, self.swapped]
-
-    @property
-    def delta(self) -> torch.Tensor:
-        return self.tensors["delta"].to(device=self.swapped.weight.device, dtype=torch.float32)
+    def edited(self, original: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        delta = self.tensors["delta"].to(device=original.device, dtype=torch.float32)
+        return original.float() + self.params.strength * delta
 
 
 class SwappedWeight:

@@ -131,7 +131,7 @@ def train_sae(
     target = Path(out) if out is not None else sae_dir(layer, model, settings)
     if (target / REPORT_FILE).is_file() and not force:
         return target
-    with _torch_threads(threads or _free_cores()):
+    with torch_threads(threads or free_cores()):
         return _train(layer, model, settings, target)
 
 
@@ -294,7 +294,7 @@ def _train(layer: int, model_name: str, settings: SAESettings, target: Path) -> 
             "settings": asdict(settings),
         }
         (sae_path / REPORT_FILE).write_text(json.dumps(report, indent=2))
-        _publish(sae_path, target)
+        publish(sae_path, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -382,14 +382,15 @@ def evaluate_sae(path: Path | str, acts: torch.Tensor) -> dict[str, float | int]
     }
 
 
-def _publish(staging: Path, target: Path) -> None:
-    """Move the finished SAE into place; a killed run never leaves a half-written target."""
+def publish(staging: Path, target: Path, marker: str = REPORT_FILE) -> None:
+    """Move a finished folder into place; a killed run never leaves a half-written target.
+    `marker` is the file a complete folder has (another process may have published first)."""
     if target.exists():
         shutil.rmtree(target)
     try:
         staging.rename(target)
     except OSError:  # another process published first
-        if not (target / REPORT_FILE).is_file():
+        if not (target / marker).is_file():
             raise
 
 
@@ -397,7 +398,7 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 @contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -414,7 +415,7 @@ def native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def _free_cores() -> int:
+def free_cores() -> int:
     """Cores not already busy with other processes, at least 1."""
     busy = os.getloadavg()[0]
     return max(1, min(torch.get_num_threads(), round((os.cpu_count() or 1) - busy)))
