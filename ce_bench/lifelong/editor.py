@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ce_bench.artifacts import Artifact, ModelIdentity, Provenance
+from ce_bench.artifacts import Artifact, ArtifactError, ModelIdentity, Provenance
 from ce_bench.interventions.base import INTERVENTIONS, Intervention, check_integer, parse_params
 from ce_bench.lifelong.records import EditRecord, EditStream
 from ce_bench.locate.golden import GoldenBatch, answer_logits, frozen_parameters, golden_batch
@@ -48,6 +48,7 @@ class Editor(Intervention):
     """A lifelong editor (see the module docstring)."""
 
     site_name: str  # the site its state reads or rewrites
+    depth: float | None = None  # default layer: the paper's, as a share of the model's layers
 
     def __init__(self, site: Site, params: Any, tensors: dict[str, torch.Tensor]) -> None:
         super().__init__(site, params, tensors)
@@ -56,8 +57,10 @@ class Editor(Intervention):
 
     @classmethod
     def default_layer(cls, model: nn.Module, params: Any) -> int:
-        """The layer to edit when `params.layer` is -1."""
-        raise ValueError(f"{cls.kind} needs layer= (the layer to edit)")
+        """The layer to edit when `params.layer` is -1: the one at the paper's `depth`."""
+        if cls.depth is None:
+            raise ValueError(f"{cls.kind} needs layer= (the layer to edit)")
+        return layer_at_depth(model, cls.depth)
 
     @classmethod
     @abstractmethod
@@ -68,6 +71,13 @@ class Editor(Intervention):
         self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]
     ) -> None:
         """Called once before a stream (some defaults depend on T or on the data)."""
+
+    def check_shapes(self, source: str, expected: dict[str, tuple[int, ...]]) -> None:
+        """Raise ArtifactError naming the first state tensor whose shape is not `expected`."""
+        for name, shape in expected.items():
+            if tuple(self.tensors[name].shape) != tuple(shape):
+                got = tuple(self.tensors[name].shape)
+                raise ArtifactError(source, name, f"expected {tuple(shape)}, got {got}")
 
     def resolved(self) -> dict[str, Any]:
         """Parameters whose value the stream decided (written into results and artifacts)."""

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ce_bench.artifacts import ArtifactError
 from ce_bench.interventions.base import (
     Switch,
     check_integer,
@@ -34,7 +33,6 @@ from ce_bench.lifelong.editor import (
     EditorParams,
     edit_batch,
     edit_training,
-    layer_at_depth,
     target_loss,
 )
 from ce_bench.lifelong.records import EditRecord
@@ -67,10 +65,7 @@ class FineTune(Editor):
     Params = FTParams
     tensor_names = ("delta",)
     site_name = "mlp_act"  # W_down reads it
-
-    @classmethod
-    def default_layer(cls, model: nn.Module, params: Any) -> int:
-        return layer_at_depth(model, FT_DEPTH)
+    depth = FT_DEPTH
 
     @classmethod
     def initial_tensors(cls, model: nn.Module, site: Site, params: Any) -> dict[str, torch.Tensor]:
@@ -79,12 +74,7 @@ class FineTune(Editor):
 
     def check(self, model: nn.Module, source: str) -> None:
         weight = model.get_submodule(module_path(model, self.site)).weight
-        if tuple(self.tensors["delta"].shape) != tuple(weight.shape):
-            raise ArtifactError(
-                source,
-                "delta",
-                f"expected {tuple(weight.shape)}, got {tuple(self.tensors['delta'].shape)}",
-            )
+        self.check_shapes(source, {"delta": tuple(weight.shape)})
 
     def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:
         module = model.get_submodule(module_path(model, self.site))

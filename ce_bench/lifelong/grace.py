@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ce_bench.artifacts import ArtifactError
 from ce_bench.interventions.base import (
     Switch,
     check_integer,
@@ -41,7 +40,6 @@ from ce_bench.lifelong.editor import (
     EditorParams,
     edit_batch,
     edit_training,
-    layer_at_depth,
     target_loss,
 )
 from ce_bench.lifelong.records import EditRecord
@@ -72,10 +70,7 @@ class Grace(Editor):
     Params = GraceParams
     tensor_names = ("keys", "values", "eps", "labels")
     site_name = "mlp_act"  # the codebook reads W_down's input and rewrites its output
-
-    @classmethod
-    def default_layer(cls, model: nn.Module, params: Any) -> int:
-        return layer_at_depth(model, GRACE_DEPTH)
+    depth = GRACE_DEPTH
 
     @classmethod
     def initial_tensors(cls, model: nn.Module, site: Site, params: Any) -> dict[str, torch.Tensor]:
@@ -88,17 +83,16 @@ class Grace(Editor):
         }
 
     def check(self, model: nn.Module, source: str) -> None:
-        dims, t = model_dims(model), self.tensors
-        n = len(t["keys"])
-        expected = {
-            "keys": (n, dims.d_mlp),
-            "values": (n, dims.hidden_size),
-            "eps": (n,),
-            "labels": (n,),
-        }
-        for name, shape in expected.items():
-            if tuple(t[name].shape) != shape:
-                raise ArtifactError(source, name, f"expected {shape}, got {tuple(t[name].shape)}")
+        dims, n = model_dims(model), len(self.tensors["keys"])
+        self.check_shapes(
+            source,
+            {
+                "keys": (n, dims.d_mlp),
+                "values": (n, dims.hidden_size),
+                "eps": (n,),
+                "labels": (n,),
+            },
+        )
 
     # ------------------------------------------------------------------ inference
     def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:

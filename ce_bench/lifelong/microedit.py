@@ -108,12 +108,7 @@ class MicroEdit(Editor):
             )
         if cfg.d_in != site_width(model, self.site):
             raise ArtifactError(source, "params.sae_path", f"SAE d_in={cfg.d_in} != site width")
-        if tuple(self.tensors["w_dec"].shape) != (cfg.d_sae, cfg.d_in):
-            raise ArtifactError(
-                source,
-                "w_dec",
-                f"expected {(cfg.d_sae, cfg.d_in)}, got {tuple(self.tensors['w_dec'].shape)}",
-            )
+        self.check_shapes(source, {"w_dec": (cfg.d_sae, cfg.d_in)})
         self.k = self.params.k or getattr(cfg, "k", 0)
         if not 0 < self.k <= cfg.d_sae:
             raise ArtifactError(
@@ -141,8 +136,7 @@ class MicroEdit(Editor):
         LLaMA-3-8B SAE; another model's residual scale needs its own."""
         errors = []
         for record in records:
-            z = self._residual(model, tokenizer, record)
-            z_hat = self.decode(self.encode(z), self.tensors["w_dec"])
+            z, z_hat = self._reconstruction(model, tokenizer, record)
             errors.append((z_hat - z).pow(2).sum(-1)[~sink_positions(z)])
         return float(torch.cat(errors).mean())
 
@@ -153,21 +147,24 @@ class MicroEdit(Editor):
         edits move decoder rows that earlier edits share, which can push those above tau."""
         ards = []
         for record in records:
-            z = self._residual(model, tokenizer, record)
-            z_hat = self.decode(self.encode(z), self.tensors["w_dec"])
+            z, z_hat = self._reconstruction(model, tokenizer, record)
             ards.append(float(self.ard(z, z_hat, ~sink_positions(z))[0]))
         within = sum(a <= self.tau for a in ards) / max(1, len(ards))
         return {"ard_at_end": [float(f"{a:.4g}") for a in ards], "within_tau_at_end": within}
 
-    def _residual(self, model: nn.Module, tokenizer: Any, record: EditRecord) -> torch.Tensor:
-        """z at the SAE's site for the record's edit input, the forward pass left unchanged."""
+    def _reconstruction(
+        self, model: nn.Module, tokenizer: Any, record: EditRecord
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """z at the SAE's site for the record's edit input (the forward pass left unchanged)
+        and its reconstruction through the current decoder."""
         self.capturing = []
         try:
             with torch.no_grad():
                 model(input_ids=edit_batch(tokenizer, record, self.device).input_ids)
-            return self.capturing.pop().float()
+            z = self.capturing.pop().float()
         finally:
             self.capturing = None
+        return z, self.decode(self.encode(z), self.tensors["w_dec"])
 
     # ------------------------------------------------------------------ the SAE, Eq. 7-8, 11
     def encode(self, z: torch.Tensor) -> torch.Tensor:

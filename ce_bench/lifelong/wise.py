@@ -51,7 +51,6 @@ from ce_bench.lifelong.editor import (
     Editor,
     EditorParams,
     edit_training,
-    layer_at_depth,
 )
 from ce_bench.lifelong.records import EditRecord
 from ce_bench.locate.golden import GoldenBatch, answer_logits, golden_batch
@@ -106,10 +105,7 @@ class Wise(Editor):
     Params = WiseParams
     tensor_names = ("deltas", "min_act")
     site_name = "mlp_act"  # the memories read W_down's input and replace its output
-
-    @classmethod
-    def default_layer(cls, model: nn.Module, params: Any) -> int:
-        return layer_at_depth(model, WISE_DEPTH)
+    depth = WISE_DEPTH
 
     @classmethod
     def initial_tensors(cls, model: nn.Module, site: Site, params: Any) -> dict[str, torch.Tensor]:
@@ -120,12 +116,10 @@ class Wise(Editor):
         }
 
     def check(self, model: nn.Module, source: str) -> None:
-        dims, t = model_dims(model), self.tensors
-        m = len(t["deltas"])
-        expected = {"deltas": (m, dims.hidden_size, dims.d_mlp), "min_act": (m,)}
-        for name, shape in expected.items():
-            if m == 0 or tuple(t[name].shape) != shape:
-                raise ArtifactError(source, name, f"expected {shape}, got {tuple(t[name].shape)}")
+        dims, m = model_dims(model), len(self.tensors["deltas"])
+        if m == 0:
+            raise ArtifactError(source, "deltas", "expected at least one side memory, got 0")
+        self.check_shapes(source, {"deltas": (m, dims.hidden_size, dims.d_mlp), "min_act": (m,)})
         act = getattr(model.config, "hidden_act", None) or getattr(
             model.config, "activation_function", None
         )
