@@ -13,12 +13,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ce_bench.board.commands import leaderboard_cmd, regress_cmd, sweep_cmd
+
 app = typer.Typer(help="ce-bench: benchmark concept and knowledge editing inside lm-eval.")
 locate_app = typer.Typer(help="Locate an intervention and write it as an artifact directory.")
 app.add_typer(locate_app, name="locate")
 analyze_app = typer.Typer(help="Analyses of located edits (seed 000 sections 4.4 and 4.5).")
 app.add_typer(analyze_app, name="analyze")
 console = Console()
+app.command("leaderboard")(leaderboard_cmd)
+app.command("regress")(regress_cmd)
+app.command("sweep")(sweep_cmd)
 
 
 @app.command(

@@ -1,0 +1,104 @@
+"""`ce-bench leaderboard`, `ce-bench regress` and `ce-bench sweep` (registered in ce_bench.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def leaderboard_cmd(
+    results: list[Path] = typer.Argument(
+        ..., help="lm-eval results files (results_*.json) or directories holding them."
+    ),
+    out: Path = typer.Option(Path("results/leaderboard"), help="Where board.md/.html/.json go."),
+    quiet: bool = typer.Option(False, help="Do not print the tables."),
+) -> None:
+    """Compare runs side by side: every metric next to the unedited model's value and the delta,
+    one section per task family, with Markdown, HTML and PNG output."""
+    from ce_bench.board.leaderboard import build_board, terminal_tables, write_board
+    from ce_bench.board.runs import BoardError, load_runs
+
+    try:
+        runs = load_runs(results)
+    except BoardError as err:
+        console.print(f"ce-bench leaderboard: {err}", style="red", markup=False)
+        raise typer.Exit(2) from None
+    if not quiet:
+        for table in terminal_tables(build_board(runs)):
+            console.print(table)
+    files = write_board(runs, out)
+    console.print(f"{len(runs)} runs -> " + ", ".join(str(p) for p in files.values()))
+
+
+def regress_cmd(
+    baseline: Path = typer.Option(..., help="Results of the unedited model (file or directory)."),
+    candidate: Path = typer.Option(..., help="Results of the edited model (file or directory)."),
+    max_drop: list[str] | None = typer.Option(
+        None,
+        help="Allowed absolute drop: NUMBER (default 0.02) or TASK=NUMBER for a task or group;"
+        " repeatable.",
+    ),
+    task: list[str] | None = typer.Option(
+        None, help="Compare these tasks (repeatable); default every general-ability task."
+    ),
+) -> None:
+    """The CI gate: exit 1 when a general-ability metric dropped by more than --max-drop AND more
+    than 2 combined standard errors, 2 when the files cannot be compared, else 0."""
+    from ce_bench.board.regress import (
+        FAIL,
+        PASS,
+        UNUSABLE,
+        UnusableInput,
+        checks_table,
+        compare,
+        one_run,
+        parse_max_drop,
+    )
+
+    try:
+        limits = parse_max_drop(max_drop or [])
+        base, cand = one_run(baseline, "baseline"), one_run(candidate, "candidate")
+        checks = compare(base, cand, task or None, limits)
+    except UnusableInput as err:
+        console.print(f"ce-bench regress: unusable input: {err}", style="red", markup=False)
+        raise typer.Exit(UNUSABLE) from None
+    for role, run in (("baseline: ", base), ("candidate:", cand)):
+        console.print(f"{role} {run.path} ({run.label})", markup=False)
+    console.print(checks_table(checks))
+    failed = [c for c in checks if c.failed]
+    if failed:
+        names = ", ".join(f"{c.task}/{c.metric}" for c in failed)
+        console.print(
+            f"FAILED: {len(failed)} metric(s) dropped: {names}", style="red", markup=False
+        )
+        raise typer.Exit(FAIL)
+    console.print(f"passed: {len(checks)} metrics within their limits")
+    raise typer.Exit(PASS)
+
+
+def sweep_cmd(
+    config: Path = typer.Argument(..., help="The sweep's YAML matrix (see README, 'Sweeps')."),
+    out: Path | None = typer.Option(None, help="Output directory; default the config's `out`."),
+) -> None:
+    """Locate and evaluate a matrix of edits through lm-eval, choosing strengths on the
+    validation split; resumable (finished cells are skipped). Ends with the leaderboard."""
+    from ce_bench.board.leaderboard import write_board
+    from ce_bench.board.runs import load_runs
+    from ce_bench.board.sweep import Sweep, SweepConfig, SweepConfigError
+
+    try:
+        settings = SweepConfig.from_yaml(config, out)
+    except SweepConfigError as err:
+        console.print(f"ce-bench sweep: {err}", style="red", markup=False)
+        raise typer.Exit(2) from None
+    sweep = Sweep(settings, console)
+    runs_dir = sweep.run()
+    files = write_board(load_runs([runs_dir]), settings.out / "leaderboard")
+    console.print(
+        f"{len(sweep.ran)} cells evaluated, the others were already finished;"
+        f" leaderboard: {files['markdown']}, {files['html']}"
+    )

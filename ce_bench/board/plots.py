@@ -1,0 +1,158 @@
+"""The leaderboard's PNG plots (matplotlib, no display needed).
+
+- dose_response.png: each edit family's headline metric against strength (T edits for lifelong
+  editors), one line per method, averaged over targets at each strength;
+- per_target.png: the headline metric per target (emotion, class, edit set), one bar per method,
+  on the test split when the board has one;
+- side_effects.png: each edited run's change in every general-ability task from the unedited model.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (the backend is chosen first)
+from matplotlib.figure import Figure  # noqa: E402
+
+from ce_bench.board.leaderboard import Row, Section  # noqa: E402
+from ce_bench.board.runs import GENERAL, Run  # noqa: E402
+
+
+def write_plots(runs: list[Run], sections: list[Section], out: Path) -> list[Path]:
+    """The plots that the board has data for, written into `out`."""
+    written = []
+    drawings: dict[str, Callable[[list[Section]], Figure | None]] = {
+        "dose_response": _dose_response,
+        "per_target": _per_target,
+        "side_effects": _side_effects,
+    }
+    for name, draw in drawings.items():
+        figure = draw(sections)
+        if figure is None:
+            continue
+        path = out / f"{name}.png"
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def embedded(path: Path) -> str:
+    """'name:base64' of a PNG, for the self-contained HTML page."""
+    return f"{path.stem}:{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _edit_sections(sections: list[Section]) -> list[Section]:
+    return [s for s in sections if s.title != GENERAL]
+
+
+def _headline(section: Section, row: Row) -> float | None:
+    cell = row.cells.get(section.rank_by.title)
+    return None if cell is None else cell.score.value
+
+
+def _dose_response(sections: list[Section]) -> Figure | None:
+    panels = []
+    for section in _edit_sections(sections):
+        lines: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for row in section.rows:
+            value, dose = _headline(section, row), _float(row.run.strength)
+            if row.run.edited and value is not None and dose is not None:
+                lines[row.run.method][dose].append(value)
+        if any(len(points) > 1 for points in lines.values()):
+            panels.append((section, lines))
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (section, lines) in zip(axes[0], panels, strict=True):
+        for method, points in sorted(lines.items()):
+            doses = sorted(points)
+            ax.plot(doses, [sum(points[d]) / len(points[d]) for d in doses], "o-", label=method)
+        lifelong = section.title.startswith("Lifelong")
+        ax.set_xlabel("edits T" if lifelong else "strength")
+        if lifelong:
+            ax.set_xscale("log")
+        ax.set_ylabel(section.rank_by.metric)
+        ax.set_title(f"{section.title}: dose-response")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    return figure
+
+
+def _per_target(sections: list[Section]) -> Figure | None:
+    panels = []
+    for section in _edit_sections(sections):
+        rows = [r for r in section.rows if r.run.edited and r.run.target]
+        tested = [r for r in rows if r.run.split == "test"]
+        bars: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for row in tested or rows:
+            value = _headline(section, row)
+            if value is not None:
+                bars[row.run.method][row.run.target].append(value)
+        if bars:
+            panels.append((section, bars))
+    if not panels:
+        return None
+    figure, axes = plt.subplots(len(panels), 1, figsize=(8, 3.5 * len(panels)), squeeze=False)
+    for ax, (section, bars) in zip(axes[:, 0], panels, strict=True):
+        targets = sorted({t for per in bars.values() for t in per})
+        width = 0.8 / len(bars)
+        for i, (method, per) in enumerate(sorted(bars.items())):
+            heights = [sum(per[t]) / len(per[t]) if per.get(t) else 0.0 for t in targets]
+            ax.bar([x + i * width for x in range(len(targets))], heights, width, label=method)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(targets))], targets, rotation=20)
+        ax.set_ylabel(section.rank_by.metric)
+        ax.set_title(f"{section.title}: {section.rank_by.metric} per target")
+        ax.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def _side_effects(sections: list[Section]) -> Figure | None:
+    """Small multiples: one panel per general-ability task (each with its own scale, since
+    accuracy and perplexity differ by orders), one bar per edited run."""
+    general = next((s for s in sections if s.title == GENERAL), None)
+    if general is None:
+        return None
+    panels = []
+    for column in general.columns:
+        bars = [
+            (row.run.label, row.cells[column.title].delta)
+            for row in general.rows
+            if row.run.edited and column.title in row.cells
+        ]
+        bars = [(label, delta) for label, delta in bars if delta is not None]
+        if bars:
+            panels.append((column, bars))
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    height = 0.35 * max(len(b) for _, b in panels) + 1.2
+    figure, axes = plt.subplots(rows, cols, figsize=(5 * cols, height * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (column, bars) in zip(axes.flat, panels, strict=False):
+        labels, deltas = zip(*bars, strict=True)
+        worse = [(d < 0) if column.higher_is_better is not False else (d > 0) for d in deltas]
+        ax.barh(range(len(bars)), deltas, color=["tab:red" if w else "tab:blue" for w in worse])
+        ax.set_yticks(range(len(bars)), labels, fontsize="x-small")
+        ax.invert_yaxis()
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(f"{column.title} (change)", fontsize="small")
+    figure.suptitle("Side effects on general ability: edited minus unedited (red: worse)")
+    figure.tight_layout()
+    return figure
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None

@@ -1,0 +1,295 @@
+"""What one lm-eval results file says about a run: which edit of which model, and its scores.
+
+`edited_hf` writes its intervention fingerprint into the results' `config.ce_bench` (see
+`EditedHFLM.get_model_info`); plain `hf` runs have none and count as the unedited model. The
+leaderboard, the regression gate and the sweep read results only through `load_runs`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ce_bench.models.embedded import EMBEDDED_NAME, ce_bench_home
+
+UNEDITED = "unedited"
+RESULTS_GLOB = "results_*.json"
+# Entries of a task's results that are not metrics.
+_NOT_METRICS = {"alias", "name", "sample_len", "samples"}
+# Task families, one section of the leaderboard each: title -> task name prefixes. Every other
+# task (ce_general, ce_general_mini, ce_perplexity, lm-eval's own) measures general ability.
+FAMILIES = {
+    "Concept editing": ("concept_emotion", "ce_paired_generation"),
+    "Erasure": ("erasure_",),
+    "Lifelong editing": ("zsre_lifelong", "selfcheckgpt_lifelong"),
+    "Privacy erasure": ("privacy_erasure",),
+}
+GENERAL = "General ability"
+# The metric a task is ranked by (task name prefix -> metric); other tasks: their first metric.
+HEADLINE = {
+    "concept_emotion": "success_rate",
+    "ce_paired_generation": "changed",
+    "erasure_": "acc",
+    "zsre_lifelong": "avg",
+    "selfcheckgpt_lifelong": "log_ppl",
+    "privacy_erasure": "reliability",
+    "ce_perplexity": "word_perplexity",
+}
+
+
+class BoardError(ValueError):
+    """A results file or directory that cannot be read as lm-eval results."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """One metric of one task. `base` is the unedited model's value measured in the same run
+    (paired tasks report it as `<metric>_base`); None when the run did not measure it."""
+
+    value: float
+    stderr: float | None = None
+    higher_is_better: bool | None = None
+    base: float | None = None
+
+
+@dataclass
+class Run:
+    """One lm-eval results file, described by what was edited and how."""
+
+    path: Path
+    base_model: str
+    method: str  # UNEDITED, a locate method ("steering", "neuronlens/max") or a lifelong editor
+    layer: str  # "27", "20+27", "" when the method has none
+    target: str  # the concept, class or edit set the method targets
+    strength: str  # the intervention strength, or T for a lifelong editor
+    settings: str  # the remaining parameters, "k=v" joined by spaces
+    artifact: str  # the artifact directories' names ("anger", "fact_neurons_60"), "+"-joined
+    fingerprint: str
+    split: str  # the concept tasks' data split ("test", "validation"), "" when none
+    scores: dict[str, dict[str, Score]]  # task -> metric -> score
+    samples: dict[str, int] = field(default_factory=dict)  # task -> documents evaluated
+    groups: dict[str, list[str]] = field(default_factory=dict)  # group task -> its subtasks
+
+    @property
+    def edited(self) -> bool:
+        return self.method != UNEDITED
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str, str]:
+        """Grouping and sort order: base model, method, layer, target, settings, strength."""
+        return (
+            self.base_model,
+            self.method,
+            self.layer,
+            self.target,
+            self.settings,
+            _sortable(self.strength),
+        )
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and plot legends."""
+        if not self.edited:
+            return UNEDITED
+        parts = [self.method, f"L{self.layer}" if self.layer else "", self.target]
+        parts.append(f"x{self.strength}" if self.strength else "")
+        parts.append(f"[{self.artifact}]" if self.artifact not in ("", self.target) else "")
+        return " ".join(p for p in parts if p)
+
+
+def load_runs(paths: list[Path]) -> list[Run]:
+    """Every results file named or found (recursively, `results_*.json`) under the paths."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.rglob(RESULTS_GLOB))
+            if not found:
+                raise BoardError(f"{path}: no lm-eval results file ({RESULTS_GLOB}) in it")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise BoardError(f"{path}: no such file or directory")
+    return [read_run(f) for f in dict.fromkeys(files)]
+
+
+def read_run(path: Path) -> Run:
+    """One results file as a Run; BoardError names the file when it is not lm-eval results."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BoardError(f"{path}: not a readable JSON file ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise BoardError(f"{path}: not an lm-eval results file (no 'results' table)")
+    config = data.get("config") or {}
+    info = config.get("ce_bench") or {}
+    described = _describe_edit(info)
+    return Run(
+        path=path,
+        base_model=model_name(info.get("base_model") or _pretrained(config.get("model_args"))),
+        fingerprint=info.get("fingerprint", ""),
+        split=_split(data.get("configs") or {}),
+        scores={
+            task: _scores(metrics, (data.get("higher_is_better") or {}).get(task) or {})
+            for task, metrics in data["results"].items()
+        },
+        samples={
+            task: int(n.get("effective", n.get("original", 0)))
+            for task, n in (data.get("n-samples") or {}).items()
+        },
+        groups={g: list(s) for g, s in (data.get("group_subtasks") or {}).items() if s},
+        **described,
+    )
+
+
+def family(task: str) -> str:
+    """The leaderboard section of a task; GENERAL for the side-effect tasks the gate checks."""
+    for title, prefixes in FAMILIES.items():
+        if task.startswith(prefixes):
+            return title
+    return GENERAL
+
+
+def headline(task: str, metrics: list[str]) -> str:
+    """The metric a task is ranked by: HEADLINE's, else the first one reported."""
+    for prefix, metric in HEADLINE.items():
+        if task.startswith(prefix) and metric in metrics:
+            return metric
+    return metrics[0]
+
+
+def model_name(pretrained: str) -> str:
+    """The base model's name as runs are compared by: a model cached by ce-bench (the embedded
+    one, the injected-facts one) is named by its folder, others by their id or path."""
+    if not pretrained:
+        return EMBEDDED_NAME
+    cached = (ce_bench_home() / "models").resolve()
+    try:
+        path = Path(pretrained).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return pretrained
+    return path.name if path.parent == cached else pretrained
+
+
+def _describe_edit(info: dict[str, Any]) -> dict[str, str]:
+    """method / layer / target / strength / settings from `config.ce_bench` of edited_hf."""
+    lifelong = info.get("lifelong")
+    if lifelong:
+        params = lifelong.get("params") or {}
+        return {
+            "method": str(lifelong.get("editor", "")),
+            "layer": _text(params.get("layer")),
+            "target": str(lifelong.get("edits", "")),
+            "strength": _text(lifelong.get("num_edits")),
+            "settings": f"eval_at={lifelong.get('eval_at', 'end')}",
+            "artifact": "",
+        }
+    edits = info.get("interventions") or []
+    if not edits:
+        return dict.fromkeys(("layer", "target", "strength", "settings", "artifact"), "") | {
+            "method": UNEDITED
+        }
+    reports = [(e.get("provenance") or {}).get("report") or {} for e in edits]
+    methods = [
+        r.get("locate_method") or (e.get("provenance") or {}).get("method") or e.get("kind", "?")
+        for e, r in zip(edits, reports, strict=True)
+    ]
+    params = [dict(e.get("params") or {}) for e in edits]
+    strengths = [_text(p.pop("strength", None)) for p in params]
+    return {
+        "method": "+".join(methods),
+        "layer": "+".join(_text(e.get("layer")) for e in edits),
+        "target": "+".join(_text(r.get("emotion") or r.get("target") or "") for r in reports),
+        "strength": "+".join(strengths) if any(strengths) else "",
+        "settings": " ".join(
+            f"{k}={_text(v)}" for p in params for k, v in sorted(p.items()) if _text(v) != ""
+        ),
+        "artifact": "+".join(Path(e.get("artifact") or "").name for e in edits),
+    }
+
+
+def _scores(metrics: dict[str, Any], higher: dict[str, Any]) -> dict[str, Score]:
+    """A task's numeric metrics, `<m>_base` folded into m's Score and `<m>_delta` dropped."""
+    values: dict[str, float] = {}
+    stderrs: dict[str, float] = {}
+    for key, value in metrics.items():
+        name, _, filt = key.partition(",")
+        if name in _NOT_METRICS or not _is_number(value):
+            continue
+        metric = name if filt in ("", "none") else f"{name},{filt}"
+        if name.endswith("_stderr"):
+            stderrs[metric.replace("_stderr", "", 1)] = float(value)
+        else:
+            values[metric] = float(value)
+    scores = {}
+    for metric, value in values.items():
+        if _paired_part(metric, values):
+            continue
+        bare = metric.partition(",")[0]
+        direction = higher.get(bare)
+        scores[metric] = Score(
+            value,
+            stderrs.get(metric),
+            None if direction is None else bool(direction),
+            values.get(_with_suffix(metric, "_base")),
+        )
+    return scores
+
+
+def _paired_part(metric: str, values: dict[str, float]) -> bool:
+    """True for `m_base` / `m_delta` when `m` itself is reported: they belong to m's Score."""
+    name, _, filt = metric.partition(",")
+    for suffix in ("_base", "_delta"):
+        if name.endswith(suffix):
+            own = name[: -len(suffix)] + ("," + filt if filt else "")
+            if own in values:
+                return True
+    return False
+
+
+def _with_suffix(metric: str, suffix: str) -> str:
+    name, _, filt = metric.partition(",")
+    return name + suffix + ("," + filt if filt else "")
+
+
+def _split(configs: dict[str, Any]) -> str:
+    splits = {
+        str((c.get("metadata") or {}).get("split"))
+        for c in configs.values()
+        if isinstance(c, dict) and (c.get("metadata") or {}).get("split")
+    }
+    return "+".join(sorted(splits))
+
+
+def _pretrained(model_args: Any) -> str:
+    """`pretrained` from results' model_args: a dict (Python API) or "k=v,k=v" (CLI)."""
+    if isinstance(model_args, dict):
+        return str(model_args.get("pretrained") or "")
+    for part in str(model_args or "").split(","):
+        key, _, value = part.partition("=")
+        if key.strip() == "pretrained":
+            return value.strip()
+    return ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _sortable(strength: str) -> str:
+    """Strengths sort numerically when they are numbers ("2" before "10")."""
+    try:
+        return f"{float(strength.split('+')[0]):020.6f}"
+    except ValueError:
+        return strength

@@ -1,0 +1,388 @@
+"""`ce-bench sweep CONFIG.yaml`: a matrix of edits evaluated through lm-eval, then a leaderboard.
+
+A config names a base model, the general-ability tasks every edit is checked on, and any of:
+
+- `concept`: locate methods x layers x concepts (seed 000). Each cell locates an artifact, then
+  evaluates its concept task at every strength on the validation split and the best one (seed 000
+  A.8: best success rate among strengths whose outputs are mostly not degenerate) on the test
+  split, with the general tasks: held-out selection, as `ce_bench.concept_benchmark` does.
+- `lifelong`: editors x numbers of edits (seed 003), on their edit stream's task.
+- `artifacts`: existing artifact directories x strengths on given tasks (erasure, privacy, ...).
+
+Every lm-eval run is a "cell" with its own directory under `out/runs/` named by a hash of what it
+evaluates; a cell counts as finished when its `cell.json` exists (written after lm-eval's
+results). A restarted sweep skips finished cells, so a killed sweep loses only the cell it was in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ce_bench.board.runs import load_runs
+
+MARKER = "cell.json"
+CONCEPT_TASK = "concept_emotion_{concept}"
+Run = tuple[list[str], int | None]  # one lm-eval call of a cell: tasks and their --limit
+
+
+class SweepConfigError(ValueError):
+    """A sweep config that cannot be run; says which key is wrong."""
+
+
+@dataclass
+class ConceptPart:
+    methods: list[str]
+    layers: list[int]
+    concepts: list[str]
+    strengths: list[float] | None = None  # None: each method's grid (concept_benchmark.GRIDS)
+    locate_limit: int | None = None
+    validation_limit: int | None = None
+    test_limit: int | None = None
+    max_gen_toks: int = 48
+
+
+@dataclass
+class LifelongPart:
+    editors: list[str]
+    num_edits: list[int]
+    edits: str = "zsre"
+
+
+@dataclass
+class ArtifactPart:
+    path: str
+    tasks: list[str]
+    strengths: list[float | None] = field(default_factory=lambda: [None])
+
+
+@dataclass
+class SweepConfig:
+    model: str = "smollm2-135m"
+    general_tasks: list[str] = field(default_factory=lambda: ["ce_general_mini"])
+    limit: int | None = None  # documents per general-ability task (and artifact tasks)
+    metadata: dict[str, Any] = field(default_factory=lambda: {"judge": "lexicon"})
+    batch_size: int = 16
+    concept: ConceptPart | None = None
+    lifelong: LifelongPart | None = None
+    artifacts: list[ArtifactPart] = field(default_factory=list)
+    out: Path = Path("results/sweep")
+
+    @classmethod
+    def from_yaml(cls, path: Path, out: Path | None = None) -> SweepConfig:
+        """Read and check a config; unknown keys are errors, not silently ignored."""
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise SweepConfigError(f"{path}: cannot read the sweep config ({err})") from err
+        if not isinstance(raw, dict):
+            raise SweepConfigError(f"{path}: expected a mapping of settings")
+        parts = {
+            "concept": _part(ConceptPart, raw.pop("concept", None), "concept"),
+            "lifelong": _part(LifelongPart, raw.pop("lifelong", None), "lifelong"),
+            "artifacts": [
+                _part(ArtifactPart, a, f"artifacts[{i}]")
+                for i, a in enumerate(raw.pop("artifacts", None) or [])
+            ],
+        }
+        config = _part(cls, {**raw, **parts}, str(path))
+        config.out = Path(out or raw.get("out") or config.out)
+        if not (config.concept or config.lifelong or config.artifacts or config.general_tasks):
+            raise SweepConfigError(f"{path}: nothing to run (no concept, lifelong or artifacts)")
+        return config
+
+
+def _part(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SweepConfigError(f"{where}: expected a mapping")
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SweepConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {sorted(known)}"
+        )
+    try:
+        return cls(**raw)
+    except TypeError as err:
+        raise SweepConfigError(f"{where}: {err}") from err
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One lm-eval evaluation: what model, which edit, which tasks on which data."""
+
+    name: str  # readable part of the directory name
+    spec: dict[str, Any]  # everything that decides its results (hashed for the directory)
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:12]
+
+    def directory(self, out: Path) -> Path:
+        return out / "runs" / f"{self.name}-{self.fingerprint}"
+
+    def finished(self, out: Path) -> bool:
+        marker = self.directory(out) / MARKER
+        if not marker.is_file():
+            return False
+        try:
+            return json.loads(marker.read_text()).get("fingerprint") == self.fingerprint
+        except (OSError, json.JSONDecodeError):
+            return False
+
+
+class Sweep:
+    """Runs a config's cells in order, skipping finished ones, with a progress display."""
+
+    def __init__(self, config: SweepConfig, console: Console | None = None) -> None:
+        self.config = config
+        self.console = console or Console()
+        self.ran: list[Cell] = []  # cells evaluated by this process (not skipped)
+        self._loaded: tuple[Any, Any] | None = None
+        self._unedited_answers: dict[str, Any] = {}  # see EditedHFLM(unedited_answers=)
+        self._residuals: dict[Any, Any] = {}  # see EmotionJob.residuals
+
+    # ------------------------------------------------------------------ planning
+    def planned(self) -> int:
+        """Cells known before locating (concept validation cells without a strength grid are
+        counted once their artifact is located)."""
+        c = self.config
+        count = 1  # the unedited model
+        if c.concept:
+            combos = len(c.concept.methods) * len(c.concept.layers) * len(c.concept.concepts)
+            count += combos * (1 + len(c.concept.strengths or []))
+        if c.lifelong:
+            count += len(c.lifelong.editors) * len(c.lifelong.num_edits)
+        count += sum(len(a.strengths) for a in c.artifacts)
+        return count
+
+    def run(self, after_cell: Callable[[Cell], None] | None = None) -> Path:
+        """Evaluate every unfinished cell; returns the runs directory. `after_cell` is called
+        after each evaluated cell (tests use it to stop a sweep midway)."""
+        self.after_cell = after_cell or (lambda cell: None)
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[per_cell]}"),
+        )
+        with Progress(*columns, console=self.console) as progress:
+            self.progress = progress
+            self.bar = progress.add_task("sweep", total=self.planned(), per_cell="")
+            self._unedited()
+            if self.config.concept:
+                self._concept(self.config.concept)
+            if self.config.lifelong:
+                self._lifelong(self.config.lifelong)
+            for part in self.config.artifacts:
+                self._artifacts(part)
+        return self.config.out / "runs"
+
+    # ------------------------------------------------------------------ the three parts
+    def _unedited(self) -> None:
+        c = self.config
+        cell = Cell("unedited", {"model": c.model, "tasks": c.general_tasks, "limit": c.limit})
+        self._cell(cell, {}, [(c.general_tasks, c.limit)])
+
+    def _concept(self, part: ConceptPart) -> None:
+        from ce_bench.concept_benchmark import MAX_DEGENERATE, choose_strength, strength_grid
+
+        c = self.config
+        for method in part.methods:
+            for layer in part.layers:
+                for concept in part.concepts:
+                    where = c.out / "artifacts" / method / f"L{layer}" / concept
+                    artifact = self._locate(method, layer, concept, part, where)
+                    if artifact is None:
+                        continue
+                    grid = part.strengths or strength_grid(artifact)
+                    if not part.strengths:
+                        self.progress.update(
+                            self.bar, total=self.progress.tasks[0].total + len(grid)
+                        )
+                    task = CONCEPT_TASK.format(concept=concept)
+                    base = {"model": c.model, "method": method, "layer": layer, "concept": concept}
+                    validation = []
+                    for strength in grid:
+                        cell = Cell(
+                            f"{method}-L{layer}-{concept}-x{strength:g}-validation",
+                            {**base, "strength": strength, "split": "validation",
+                             "limit": part.validation_limit, "metadata": c.metadata},
+                        )  # fmt: skip
+                        self._cell(
+                            cell,
+                            {"intervention": str(where), "strength": strength},
+                            [([task], part.validation_limit)],
+                            split="validation",
+                            max_gen_toks=part.max_gen_toks,
+                        )
+                        metrics = _metrics(cell.directory(c.out), task)
+                        validation.append(
+                            {"strength": strength, "success_rate": math.nan,
+                             "degenerate_rate": 1.0, **metrics}
+                        )  # fmt: skip
+                    chosen = choose_strength(validation, MAX_DEGENERATE)
+                    cell = Cell(
+                        f"{method}-L{layer}-{concept}-test",
+                        {**base, "strength": chosen, "split": "test", "limit": part.test_limit,
+                         "general": c.general_tasks, "general_limit": c.limit,
+                         "metadata": c.metadata},
+                    )  # fmt: skip
+                    self._cell(
+                        cell,
+                        {"intervention": str(where), "strength": chosen},
+                        [([task], part.test_limit), (c.general_tasks, c.limit)],
+                        split="test",
+                        max_gen_toks=part.max_gen_toks,
+                    )
+
+    def _locate(self, method: str, layer: int, concept: str, part: ConceptPart, where: Path) -> Any:
+        """The cell's artifact: read back when a previous run saved it, else located now."""
+        from ce_bench.artifacts import ArtifactError, load_artifact, save_artifact
+        from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
+        from ce_bench.locate.sae_features import FeatureNotFound
+
+        try:
+            return load_artifact(where)
+        except ArtifactError:
+            pass
+        model, tokenizer = self._model()
+        job = EmotionJob(model, tokenizer, self.config.model, EmotionData.load(), concept, layer)
+        job.limit, job.residuals = part.locate_limit, self._residuals
+        if method == "sae-features":
+            from ce_bench.concept_benchmark import BenchmarkConfig, _own_sae
+
+            job.sae = _own_sae(BenchmarkConfig(model=self.config.model, layer=layer))
+        try:
+            artifact = locate_emotion(method, job)
+        except FeatureNotFound as err:
+            self.console.print(f"{method} L{layer} {concept}: not located ({err})", markup=False)
+            self.progress.advance(self.bar, 1 + len(part.strengths or []))
+            return None
+        save_artifact(artifact, where)
+        return artifact
+
+    def _lifelong(self, part: LifelongPart) -> None:
+        from ce_bench.lifelong.report import TABLES, parse_editor
+
+        c = self.config
+        task = TABLES[part.edits][0] if part.edits in TABLES else "zsre_lifelong"
+        for spec in part.editors:
+            name, params = parse_editor(spec)
+            for num_edits in part.num_edits:
+                cell = Cell(
+                    f"{spec.replace(':', '-').replace('=', '')}-T{num_edits}",
+                    {"model": c.model, "editor": spec, "edits": part.edits, "num_edits": num_edits,
+                     "general": c.general_tasks, "limit": c.limit},
+                )  # fmt: skip
+                # The editor changes the weights it edits: each cell loads its own model.
+                self._cell(
+                    cell,
+                    {"editor": name, "edits": part.edits, "num_edits": num_edits, **params},
+                    [([task], None), (c.general_tasks, c.limit)],
+                    fresh_model=True,
+                )
+
+    def _artifacts(self, part: ArtifactPart) -> None:
+        c = self.config
+        for strength in part.strengths:
+            label = Path(part.path).name + ("" if strength is None else f"-x{strength:g}")
+            cell = Cell(
+                label,
+                {"model": c.model, "artifact": str(Path(part.path).resolve()), "strength": strength,
+                 "tasks": part.tasks, "general": c.general_tasks, "limit": c.limit},
+            )  # fmt: skip
+            self._cell(
+                cell,
+                {"intervention": part.path, "strength": strength},
+                [([*part.tasks, *c.general_tasks], c.limit)],
+            )
+
+    # ------------------------------------------------------------------ one cell
+    def _cell(
+        self, cell: Cell, model_args: dict[str, Any], runs: list[Run], **options: Any
+    ) -> None:
+        """Evaluate a cell unless it is finished; options go to `_evaluate`."""
+        out = self.config.out
+        if cell.finished(out):
+            self.progress.advance(self.bar)
+            return
+        directory = cell.directory(out)
+        for stale in directory.rglob("results_*.json"):  # an interrupted attempt's partial files
+            stale.unlink()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.progress.update(self.bar, description=cell.name)
+        start = time.perf_counter()
+        self._evaluate(directory, model_args, runs, **options)
+        seconds = time.perf_counter() - start
+        marker = {"fingerprint": cell.fingerprint, "spec": cell.spec, "seconds": round(seconds, 1)}
+        (directory / MARKER).write_text(json.dumps(marker, indent=1, default=str) + "\n")
+        self.ran.append(cell)
+        self.progress.update(self.bar, advance=1, per_cell=f"last cell {seconds:.0f} s")
+        self.after_cell(cell)
+
+    def _model(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            from ce_bench.models.embedded import load_model
+
+            self._loaded = load_model(self.config.model, "cpu")
+        return self._loaded
+
+    def _evaluate(
+        self,
+        directory: Path,
+        model_args: dict[str, Any],
+        runs: list[Run],
+        split: str | None = None,
+        max_gen_toks: int | None = None,
+        fresh_model: bool = False,
+    ) -> None:
+        """lm-eval runs of one edited model, (tasks, limit) each, written into `directory` as
+        `lm_eval --output_path DIR --log_samples` writes them. The model is built once, so a
+        lifelong editor edits once for all its runs."""
+        from ce_bench.board.evaluate import evaluate_to_directory
+        from ce_bench.models.edited_hf import EditedHFLM
+
+        # As lm-eval's CLI does, tasks see the model_args in their metadata (erasure reads the
+        # artifact's class from `intervention`, lifelong tasks the edit stream).
+        given = {k: v for k, v in model_args.items() if v is not None}
+        meta = {**given, **self.config.metadata, **({"split": split} if split else {})}
+        if fresh_model:
+            pretrained: dict[str, Any] = {"pretrained": self.config.model}
+        else:
+            model, tokenizer = self._model()
+            pretrained = {"pretrained": model, "tokenizer": tokenizer}
+        lm = EditedHFLM(
+            **pretrained,
+            batch_size=self.config.batch_size,
+            unedited_answers=self._unedited_answers,
+            **given,
+        )
+        try:
+            for tasks, limit in runs:
+                if tasks:
+                    gen = {"max_gen_toks": max_gen_toks} if max_gen_toks else None
+                    evaluate_to_directory(directory, lm, tasks, limit, meta, gen)
+        finally:
+            lm.close()
+
+
+def _metrics(directory: Path, task: str) -> dict[str, float]:
+    """A finished cell's metrics of one task, read back from its results file."""
+    for run in load_runs([directory]):
+        if task in run.scores:
+            return {m: s.value for m, s in run.scores[task].items()}
+    raise FileNotFoundError(f"{directory}: no results for {task}")
