@@ -1,0 +1,311 @@
+"""ce-bench sweep / leaderboard / regress on results files written by real runs of the embedded
+model (a tiny sweep: the unedited model, a steering vector chosen on the validation split, a GRACE
+edit stream), plus the regression gate's rules on edited copies of a real results file."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ce_bench.board.leaderboard import build_board, write_board
+from ce_bench.board.regress import FAIL, PASS, UNUSABLE
+from ce_bench.board.runs import GENERAL, UNEDITED, BoardError, load_runs, read_run
+from ce_bench.board.sweep import Cell, Sweep, SweepConfig, SweepConfigError
+from ce_bench.cli import app
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+model: smollm2-135m
+general_tasks: [ce_mini_arc_easy]
+limit: 3
+concept:
+  methods: [steering]
+  layers: [27]
+  concepts: [anger]
+  strengths: [0.5, 8.0]
+  locate_limit: 1
+  validation_limit: 2
+  test_limit: 2
+  max_gen_toks: 6
+lifelong:
+  editors: [grace]
+  num_edits: [1]
+"""
+
+
+class Interrupted(Exception):
+    """Stands for a killed sweep."""
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, embedded_dir):  # type: ignore[no-untyped-def]
+    """The tiny sweep, killed after two cells and restarted: (config, first ran, second ran)."""
+    work = tmp_path_factory.mktemp("sweep")
+    (work / "sweep.yaml").write_text(CONFIG)
+    config = SweepConfig.from_yaml(work / "sweep.yaml", out=work / "out")
+    first = Sweep(config)
+
+    def stop_after_two(cell: Cell) -> None:
+        if len(first.ran) == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        first.run(after_cell=stop_after_two)
+    second = Sweep(config)
+    second.run()
+    return config, first.ran, second.ran
+
+
+@pytest.fixture(scope="module")
+def runs(sweep):  # type: ignore[no-untyped-def]
+    return load_runs([sweep[0].out / "runs"])
+
+
+def test_restarted_sweep_runs_only_the_cells_the_killed_one_had_not_finished(sweep) -> None:
+    config, first, second = sweep
+    # unedited, 2 validation strengths, the test cell, grace T=1
+    assert len(first) == 2 and len(second) == 3
+    assert not {c.fingerprint for c in first} & {c.fingerprint for c in second}
+    assert all(c.finished(config.out) for c in first + second)
+    assert Sweep(config).run() and not Sweep(config).ran  # a third run has nothing to do
+
+
+def test_sweep_reports_the_test_split_at_the_strength_chosen_on_validation(runs) -> None:
+    concept = [r for r in runs if "concept_emotion_anger" in r.scores]
+    validation = {r.strength: r for r in concept if r.split == "validation"}
+    (test,) = [r for r in concept if r.split == "test"]
+    assert set(validation) == {"0.5", "8"}
+    best = max(
+        validation.values(),
+        key=lambda r: (
+            r.scores["concept_emotion_anger"]["degenerate_rate"].value <= 0.5,
+            r.scores["concept_emotion_anger"].get("success_rate", _nan()).value,
+            -float(r.strength),
+        ),
+    )
+    assert test.strength == best.strength
+    # the test cell also measured the side effects, with the general tasks' own limit
+    (side,) = [r for r in runs if r.path.parents[1] == test.path.parents[1] and r is not test]
+    assert (side.strength, side.samples["ce_mini_arc_easy"]) == (test.strength, 3)
+    assert test.samples["concept_emotion_anger"] == 2
+
+
+def _nan():  # type: ignore[no-untyped-def]
+    from ce_bench.board.runs import Score
+
+    return Score(float("-inf"))
+
+
+def test_runs_are_described_by_method_layer_target_strength(runs) -> None:
+    by_method = {r.method: r for r in runs if r.split != "validation"}
+    assert set(by_method) == {UNEDITED, "steering", "grace"}
+    steer, grace = by_method["steering"], by_method["grace"]
+    assert (steer.base_model, steer.layer, steer.target) == ("smollm2-135m", "27", "anger")
+    assert (grace.target, grace.strength, grace.settings) == ("zsre", "1", "eval_at=end")
+    assert by_method[UNEDITED].base_model == "smollm2-135m"
+
+
+def test_board_shows_deltas_from_the_unedited_run_and_from_paired_base_values(runs) -> None:
+    sections = {s.title: s for s in build_board(runs)}
+    assert list(sections) == ["Concept editing", "Lifelong editing", GENERAL]
+    general = sections[GENERAL]
+    unedited = next(r for r in general.rows if not r.run.edited)
+    base = unedited.cells["ce_mini_arc_easy acc"].score.value
+    for row in general.rows:
+        cell = row.cells["ce_mini_arc_easy acc"]
+        if row.run.edited:
+            assert cell.delta == pytest.approx(cell.score.value - base)
+            assert cell.score.stderr is not None
+        else:
+            assert cell.delta is None
+    (lifelong,) = sections["Lifelong editing"].rows
+    rel = lifelong.cells["rel"]
+    assert rel.base == lifelong.run.scores["zsre_lifelong"]["rel"].base is not None
+
+
+def test_leaderboard_command_writes_markdown_html_json_and_plots(sweep, tmp_path) -> None:
+    result = CliRunner().invoke(
+        app, ["leaderboard", str(sweep[0].out / "runs"), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "General ability" in result.output and "steering L27 anger" in result.output
+    for name in ("board.md", "board.html", "board.json", "dose_response.png", "side_effects.png"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "side_effects.png").read_bytes()[:4] == b"\x89PNG"
+    markdown = (tmp_path / "board.md").read_text()
+    assert "## Concept editing" in markdown and "| smollm2-135m | grace | 25 | zsre |" in markdown
+
+
+def test_html_board_sorts_each_table_by_its_headline_metric_in_chromium(runs, tmp_path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
+    files = write_board(runs, tmp_path)
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+         files["html"].as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert 'data-ready="yes"' in dom, "the page's script did not run to its end"
+    from html.parser import HTMLParser
+
+    class Rows(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tables: list[list[list[str | None]]] = []
+            self.in_body = False
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:  # type: ignore[type-arg]
+            if tag == "tbody":
+                self.tables.append([])
+                self.in_body = True
+            elif tag == "tr" and self.in_body:
+                self.tables[-1].append([])
+            elif tag == "td" and self.in_body:
+                self.tables[-1][-1].append(dict(attrs).get("data-v"))
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "tbody":
+                self.in_body = False
+
+    parser = Rows()
+    parser.feed(dom)
+    sections = build_board(runs)
+    assert [len(t) for t in parser.tables] == [len(s.rows) for s in sections]
+    general = parser.tables[-1]
+    rank = len(sections[-1].identity_columns())
+    values = [float(row[rank]) for row in general[1:]]  # below the pinned unedited row
+    assert values == sorted(values, reverse=True)
+
+
+def test_reading_a_file_that_is_not_lm_eval_results_names_it(tmp_path) -> None:
+    bad = tmp_path / "results_x.json"
+    bad.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(BoardError, match="results_x.json: not an lm-eval results file"):
+        read_run(bad)
+    with pytest.raises(BoardError, match="no lm-eval results file"):
+        load_runs([tmp_path / "empty"] if (tmp_path / "empty").mkdir() is None else [])
+
+
+def test_sweep_config_with_an_unknown_key_is_an_error_naming_it(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: smollm2-135m\nconcept:\n  methods: [steering]\n  layer: [27]\n")
+    with pytest.raises(SweepConfigError, match="concept: unknown key"):
+        SweepConfig.from_yaml(path)
+    result = CliRunner().invoke(app, ["sweep", str(path)])
+    assert result.exit_code == 2 and "layer" in result.output
+
+
+# ---------------------------------------------------------------- the regression gate
+@pytest.fixture()
+def gate(runs, tmp_path):  # type: ignore[no-untyped-def]
+    """(write(changes) -> candidate path, baseline path): candidates are edited copies of the
+    real unedited run's results."""
+    (unedited,) = [r for r in runs if not r.edited]
+    original = json.loads(unedited.path.read_text())
+
+    def write(name: str, change) -> Path:  # type: ignore[no-untyped-def]
+        data = copy.deepcopy(original)
+        change(data)
+        path = tmp_path / name / "results_2026-01-01T00-00-00.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(data))
+        return path
+
+    return write, unedited.path
+
+
+def _acc(value: float, stderr: float):  # type: ignore[no-untyped-def]
+    def change(data: dict) -> None:
+        data["results"]["ce_mini_arc_easy"].update({"acc,none": value, "acc_stderr,none": stderr})
+
+    return change
+
+
+def _regress(baseline: Path, candidate: Path, *extra: str):  # type: ignore[no-untyped-def]
+    args = ["regress", "--baseline", str(baseline), "--candidate", str(candidate), *extra]
+    return CliRunner().invoke(app, args)
+
+
+def test_regress_passes_a_candidate_equal_to_its_baseline(gate) -> None:
+    write, baseline = gate
+    result = _regress(baseline, write("same", lambda d: None))
+    assert result.exit_code == PASS, result.output
+
+
+def test_regress_fails_a_drop_beyond_max_drop_and_two_standard_errors(gate) -> None:
+    write, baseline = gate
+    base = write("base", _acc(0.8, 0.01))
+    result = _regress(base, write("worse", _acc(0.5, 0.01)))
+    assert result.exit_code == FAIL, result.output
+    assert "FAILED" in result.output and "ce_mini_arc_easy/acc" in " ".join(result.output.split())
+
+
+def test_regress_passes_a_drop_within_two_combined_standard_errors(gate) -> None:
+    write, _ = gate
+    base = write("base", _acc(0.8, 0.1))
+    # a drop of 0.25 > max_drop 0.02, but < 2 * sqrt(0.1^2 + 0.1^2) = 0.283
+    assert _regress(base, write("noisy", _acc(0.55, 0.1))).exit_code == PASS
+    # the same drop with smaller errors fails
+    base = write("base2", _acc(0.8, 0.05))
+    assert _regress(base, write("sure", _acc(0.55, 0.05))).exit_code == FAIL
+
+
+def test_regress_max_drop_can_be_set_per_task(gate) -> None:
+    write, _ = gate
+    base, worse = write("base", _acc(0.8, 0.0)), write("worse", _acc(0.7, 0.0))
+    assert _regress(base, worse).exit_code == FAIL
+    assert _regress(base, worse, "--max-drop", "ce_mini_arc_easy=0.15").exit_code == PASS
+    assert _regress(base, worse, "--max-drop", "0.15").exit_code == PASS
+
+
+def test_regress_reads_lower_is_better_metrics_the_right_way_round(gate) -> None:
+    write, _ = gate
+
+    def ppl(value: float):  # type: ignore[no-untyped-def]
+        def change(data: dict) -> None:
+            data["results"]["ce_perplexity"] = {"word_perplexity,none": value}
+            data["higher_is_better"]["ce_perplexity"] = {"word_perplexity": False}
+
+        return change
+
+    base = write("base", ppl(40.0))
+    assert _regress(base, write("better", ppl(30.0))).exit_code == PASS
+    result = _regress(base, write("worse", ppl(50.0)))
+    assert result.exit_code == FAIL and "ce_perplexity/word_perplexity" in result.output
+
+
+def test_regress_says_unusable_for_files_that_cannot_be_compared(gate, tmp_path) -> None:
+    write, baseline = gate
+
+    def other_model(data: dict) -> None:
+        data["config"]["ce_bench"]["base_model"] = "other/model"
+
+    def no_general(data: dict) -> None:
+        data["results"] = {"zsre_lifelong": {"rel,none": 1.0}}
+
+    def fewer_docs(data: dict) -> None:
+        data["n-samples"]["ce_mini_arc_easy"]["effective"] = 1
+
+    cases = {
+        "missing task": write("missing", lambda d: d["results"].pop("ce_mini_arc_easy")),
+        "different base models": write("other", other_model),
+        "no overlap": write("none", no_general),
+        "different documents": write("fewer", fewer_docs),
+    }
+    for reason, candidate in cases.items():
+        result = _regress(baseline, candidate)
+        assert result.exit_code == UNUSABLE, (reason, result.output)
+    missing = _regress(baseline, cases["missing task"])
+    assert "ce_mini_arc_easy (not in the candidate)" in " ".join(missing.output.split())
+    (tmp_path / "garbage.json").write_text("{not json")
+    assert _regress(baseline, tmp_path / "garbage.json").exit_code == UNUSABLE
+    assert _regress(baseline, baseline, "--max-drop", "mmlu=0.1").exit_code == UNUSABLE
+    assert _regress(baseline, baseline, "--max-drop", "lots").exit_code == UNUSABLE
