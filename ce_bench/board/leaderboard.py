@@ -112,21 +112,13 @@ def _tasks(runs: list[Run], title: str) -> list[str]:
 
 
 def _family_section(title: str, runs: list[Run], tasks: list[str], unedited: list[Run]) -> Section:
-    metrics: dict[str, bool | None] = {}
+    metrics: dict[str, None] = {}
     for task in tasks:
-        names = [m for run in runs for m in run.scores.get(task, {})]
-        first = headline(task, names) if names else None
-        for metric in ([first] if first else []) + names:
-            direction = next(
-                (
-                    r.scores[task][metric].higher_is_better
-                    for r in runs
-                    if metric in r.scores.get(task, {})
-                ),
-                None,
-            )
-            metrics.setdefault(metric, direction)
-    section = Section(title, [Column("", m, d) for m, d in metrics.items()])
+        names = _metrics(runs, task)
+        for metric in [headline(task, names), *names]:
+            metrics.setdefault(metric)
+    columns = [Column("", m, _direction(runs, tasks, m)) for m in metrics]
+    section = Section(title, columns)
     for run in runs:
         for task in tasks:
             if task in run.scores:
@@ -140,14 +132,8 @@ def _family_section(title: str, runs: list[Run], tasks: list[str], unedited: lis
 def _general_section(runs: list[Run], tasks: list[str], unedited: list[Run]) -> Section:
     columns = []
     for task in tasks:
-        names = [m for run in runs for m in run.scores.get(task, {})]
-        metric = headline(task, names)
-        direction = next(
-            r.scores[task][metric].higher_is_better
-            for r in runs
-            if metric in r.scores.get(task, {})
-        )
-        columns.append(Column(task, metric, direction))
+        metric = headline(task, _metrics(runs, task))
+        columns.append(Column(task, metric, _direction(runs, [task], metric)))
     section = Section(GENERAL, columns)
     for run in runs:
         cells = {
@@ -158,6 +144,21 @@ def _general_section(runs: list[Run], tasks: list[str], unedited: list[Run]) -> 
         if cells:
             section.rows.append(Row(run, "", cells))
     return section
+
+
+def _metrics(runs: list[Run], task: str) -> list[str]:
+    """A task's metrics over all runs, in the order they first appear."""
+    return list(dict.fromkeys(m for run in runs for m in run.scores.get(task, {})))
+
+
+def _direction(runs: list[Run], tasks: list[str], metric: str) -> bool | None:
+    """lm-eval's higher_is_better for the metric, from the first run that reports it."""
+    for run in runs:
+        for task in tasks:
+            score = run.scores.get(task, {}).get(metric)
+            if score is not None:
+                return score.higher_is_better
+    return None
 
 
 def _base(run: Run, task: str, metric: str, unedited: list[Run]) -> float | None:
