@@ -184,22 +184,23 @@ def number(value: float | None) -> str:
 
 
 def cell_text(cell: Cell | None) -> str:
-    """'0.450 ± 0.031 (+0.050)': value, stderr when known, delta from unedited when known."""
+    """'0.450 ± 0.031 (unedited 0.400, +0.050)': the value, its stderr and the unedited value
+    with the delta, each when known."""
     if cell is None:
         return ""
     text = number(cell.score.value)
     if cell.score.stderr is not None:
         text += f" ± {number(cell.score.stderr)}"
     if cell.delta is not None:
-        text += f" ({cell.delta:+.3f})"
+        text += f" (unedited {number(cell.base)}, {cell.delta:+.3f})"
     return text
 
 
 def to_markdown(sections: list[Section]) -> str:
     lines = ["# ce-bench leaderboard", ""]
     lines.append(
-        "Each cell: value ± lm-eval stderr (delta from the unedited model). Rows with method"
-        " `unedited` are the base models."
+        "Each cell: value ± lm-eval stderr (the unedited model's value, the change from it)."
+        " Rows with method `unedited` are the base models."
     )
     for section in sections:
         ident = section.identity_columns()
@@ -298,7 +299,8 @@ figure {{ display: inline-block; margin: 0 1em 1em 0; }}
 img {{ max-width: 640px; }}
 </style></head>
 <body><h1>ce-bench leaderboard</h1>
-<p>Each cell: value ± lm-eval stderr (delta from the unedited model). Click a column to sort.</p>
+<p>Each cell: value ± lm-eval stderr (the unedited model's value, the change from it).
+Click a column to sort.</p>
 {body}
 <h2>Plots</h2>{plots}
 <script>

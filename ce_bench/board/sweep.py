@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ class ConceptPart:
     validation_limit: int | None = None
     test_limit: int | None = None
     max_gen_toks: int = 48
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> locate kwargs
 
 
 @dataclass
@@ -128,7 +130,7 @@ class Cell:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:12]
+        return _digest(self.spec)
 
     def directory(self, out: Path) -> Path:
         return out / "runs" / f"{self.name}-{self.fingerprint}"
@@ -153,6 +155,7 @@ class Sweep:
         self._loaded: tuple[Any, Any] | None = None
         self._unedited_answers: dict[str, Any] = {}  # see EditedHFLM(unedited_answers=)
         self._residuals: dict[Any, Any] = {}  # see EmotionJob.residuals
+        self._seconds: list[float] = []  # time of each evaluated cell
 
     # ------------------------------------------------------------------ planning
     def planned(self) -> int:
@@ -198,56 +201,57 @@ class Sweep:
         self._cell(cell, {}, [(c.general_tasks, c.limit)])
 
     def _concept(self, part: ConceptPart) -> None:
+        for method, layer, concept in product(part.methods, part.layers, part.concepts):
+            self._concept_combo(part, method, layer, concept)
+
+    def _concept_combo(self, part: ConceptPart, method: str, layer: int, concept: str) -> None:
+        """Locate; every strength on the validation split; the chosen one on the test split."""
         from ce_bench.concept_benchmark import MAX_DEGENERATE, choose_strength, strength_grid
 
         c = self.config
-        for method in part.methods:
-            for layer in part.layers:
-                for concept in part.concepts:
-                    where = c.out / "artifacts" / method / f"L{layer}" / concept
-                    artifact = self._locate(method, layer, concept, part, where)
-                    if artifact is None:
-                        continue
-                    grid = part.strengths or strength_grid(artifact)
-                    if not part.strengths:
-                        self.progress.update(
-                            self.bar, total=self.progress.tasks[0].total + len(grid)
-                        )
-                    task = CONCEPT_TASK.format(concept=concept)
-                    base = {"model": c.model, "method": method, "layer": layer, "concept": concept}
-                    validation = []
-                    for strength in grid:
-                        cell = Cell(
-                            f"{method}-L{layer}-{concept}-x{strength:g}-validation",
-                            {**base, "strength": strength, "split": "validation",
-                             "limit": part.validation_limit, "metadata": c.metadata},
-                        )  # fmt: skip
-                        self._cell(
-                            cell,
-                            {"intervention": str(where), "strength": strength},
-                            [([task], part.validation_limit)],
-                            split="validation",
-                            max_gen_toks=part.max_gen_toks,
-                        )
-                        metrics = _metrics(cell.directory(c.out), task)
-                        validation.append(
-                            {"strength": strength, "success_rate": math.nan,
-                             "degenerate_rate": 1.0, **metrics}
-                        )  # fmt: skip
-                    chosen = choose_strength(validation, MAX_DEGENERATE)
-                    cell = Cell(
-                        f"{method}-L{layer}-{concept}-test",
-                        {**base, "strength": chosen, "split": "test", "limit": part.test_limit,
-                         "general": c.general_tasks, "general_limit": c.limit,
-                         "metadata": c.metadata},
-                    )  # fmt: skip
-                    self._cell(
-                        cell,
-                        {"intervention": str(where), "strength": chosen},
-                        [([task], part.test_limit), (c.general_tasks, c.limit)],
-                        split="test",
-                        max_gen_toks=part.max_gen_toks,
-                    )
+        locate = {"limit": part.locate_limit, "options": part.options.get(method, {})}
+        base = {"model": c.model, "method": method, "layer": layer, "concept": concept,
+                "locate": locate}  # fmt: skip
+        where = c.out / "artifacts" / f"{method}-L{layer}-{concept}-{_digest(base)}"
+        artifact = self._locate(method, layer, concept, part, where)
+        if artifact is None:
+            return
+        grid = part.strengths or strength_grid(artifact)
+        if not part.strengths:
+            self.progress.update(self.bar, total=self.progress.tasks[0].total + len(grid))
+        task = CONCEPT_TASK.format(concept=concept)
+        judged = {**base, "metadata": c.metadata, "max_gen_toks": part.max_gen_toks}
+        validation = []
+        for strength in grid:
+            cell = Cell(
+                f"{method}-L{layer}-{concept}-x{strength:g}-validation",
+                {**judged, "strength": strength, "split": "validation",
+                 "limit": part.validation_limit},
+            )  # fmt: skip
+            self._cell(
+                cell,
+                {"intervention": str(where), "strength": strength},
+                [([task], part.validation_limit)],
+                split="validation",
+                max_gen_toks=part.max_gen_toks,
+            )
+            metrics = _metrics(cell.directory(c.out), task)
+            validation.append(
+                {"strength": strength, "success_rate": math.nan, "degenerate_rate": 1.0, **metrics}
+            )
+        chosen = choose_strength(validation, MAX_DEGENERATE)
+        cell = Cell(
+            f"{method}-L{layer}-{concept}-test",
+            {**judged, "strength": chosen, "split": "test", "limit": part.test_limit,
+             "general": c.general_tasks, "general_limit": c.limit},
+        )  # fmt: skip
+        self._cell(
+            cell,
+            {"intervention": str(where), "strength": chosen},
+            [([task], part.test_limit), (c.general_tasks, c.limit)],
+            split="test",
+            max_gen_toks=part.max_gen_toks,
+        )
 
     def _locate(self, method: str, layer: int, concept: str, part: ConceptPart, where: Path) -> Any:
         """The cell's artifact: read back when a previous run saved it, else located now."""
@@ -262,6 +266,7 @@ class Sweep:
         model, tokenizer = self._model()
         job = EmotionJob(model, tokenizer, self.config.model, EmotionData.load(), concept, layer)
         job.limit, job.residuals = part.locate_limit, self._residuals
+        job.options = dict(part.options.get(method, {}))
         if method == "sae-features":
             from ce_bench.concept_benchmark import BenchmarkConfig, _own_sae
 
@@ -331,7 +336,9 @@ class Sweep:
         marker = {"fingerprint": cell.fingerprint, "spec": cell.spec, "seconds": round(seconds, 1)}
         (directory / MARKER).write_text(json.dumps(marker, indent=1, default=str) + "\n")
         self.ran.append(cell)
-        self.progress.update(self.bar, advance=1, per_cell=f"last cell {seconds:.0f} s")
+        self._seconds.append(seconds)
+        mean = sum(self._seconds) / len(self._seconds)
+        self.progress.update(self.bar, advance=1, per_cell=f"{mean:.0f} s per cell")
         self.after_cell(cell)
 
     def _model(self) -> tuple[Any, Any]:
@@ -378,6 +385,10 @@ class Sweep:
                     evaluate_to_directory(directory, lm, tasks, limit, meta, gen)
         finally:
             lm.close()
+
+
+def _digest(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _metrics(directory: Path, task: str) -> dict[str, float]:
