@@ -164,7 +164,7 @@ def test_cli_prints_the_report_and_path_of_an_existing_sae(trained: Path) -> Non
 
 
 def test_cli_help_states_the_library_defaults() -> None:
-    from ce_bench import cli
+    from ce_bench.cli import reports as cli
 
     options = inspect.signature(cli.train_sae_cmd).parameters
     for name in ("tokens", "d_sae", "k", "seed"):

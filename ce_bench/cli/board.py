@@ -1,15 +1,15 @@
-"""`ce-bench leaderboard`, `ce-bench regress` and `ce-bench sweep` (registered in ce_bench.cli)."""
+"""`ce-bench leaderboard`, `ce-bench regress` and `ce-bench sweep` (ce_bench.board)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console()
+from ce_bench.cli.common import app, console
 
 
+@app.command("leaderboard")
 def leaderboard_cmd(
     results: list[Path] = typer.Argument(
         ..., help="lm-eval results files (results_*.json) or directories holding them."
@@ -34,6 +34,7 @@ def leaderboard_cmd(
     console.print(f"{len(runs)} runs -> " + ", ".join(str(p) for p in files.values()))
 
 
+@app.command("regress")
 def regress_cmd(
     baseline: Path = typer.Option(..., help="Results of the unedited model (file or directory)."),
     candidate: Path = typer.Option(..., help="Results of the edited model (file or directory)."),
@@ -80,6 +81,7 @@ def regress_cmd(
     raise typer.Exit(PASS)
 
 
+@app.command("sweep")
 def sweep_cmd(
     config: Path = typer.Argument(..., help="The sweep's YAML matrix (see README, 'Sweeps')."),
     out: Path | None = typer.Option(None, help="Output directory; default the config's `out`."),
