@@ -194,6 +194,23 @@ def test_reading_a_file_that_is_not_lm_eval_results_names_it(tmp_path) -> None:
         load_runs([tmp_path / "empty"] if (tmp_path / "empty").mkdir() is None else [])
 
 
+def test_sweep_checks_every_name_and_path_before_running_anything(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "general_tasks: [ce_mini_arc_easy, no_such_task]\n"
+        "concept: {methods: [steering, telepathy], layers: [27], concepts: [anger, boredom]}\n"
+        f"artifacts: [{{path: {tmp_path / 'missing'}, tasks: [erasure_sst2]}}]\n"
+        "lifelong: {editors: ['grace:eps=x'], num_edits: [1]}\n"
+    )
+    sweep = Sweep(SweepConfig.from_yaml(path, out=tmp_path / "out"))
+    with pytest.raises(SweepConfigError) as err:
+        sweep.run()
+    message = str(err.value)
+    for expected in ("'telepathy'", "'boredom'", "missing", "'no_such_task'", "grace"):
+        assert expected in message, expected
+    assert not (tmp_path / "out").exists()
+
+
 def test_sweep_config_with_an_unknown_key_is_an_error_naming_it(tmp_path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("model: smollm2-135m\nconcept:\n  methods: [steering]\n  layer: [27]\n")

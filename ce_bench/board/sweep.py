@@ -59,6 +59,20 @@ class LifelongPart:
     editors: list[str]
     num_edits: list[int]
     edits: str = "zsre"
+    task: str | None = None  # default: the built-in set's task (zsre_lifelong, ...)
+
+    @property
+    def task_name(self) -> str:
+        from ce_bench.lifelong.report import TABLES
+
+        if self.task:
+            return self.task
+        if self.edits not in TABLES:
+            raise SweepConfigError(
+                f"lifelong: edits {self.edits!r} is a file; set lifelong.task"
+                " (zsre_lifelong or selfcheckgpt_lifelong)"
+            )
+        return TABLES[self.edits][0]
 
 
 @dataclass
@@ -158,6 +172,43 @@ class Sweep:
         self._seconds: list[float] = []  # time of each evaluated cell
 
     # ------------------------------------------------------------------ planning
+    def check(self) -> None:
+        """Every name and path in the config, before anything runs (SweepConfigError lists
+        each problem)."""
+        from ce_bench.artifacts import ArtifactError, load_artifact
+        from ce_bench.emotions import EMOTIONS
+        from ce_bench.lifelong import load_stream
+        from ce_bench.lifelong.report import parse_editor
+        from ce_bench.locate.emotion import LOCATORS
+
+        c, problems = self.config, []
+        tasks = list(c.general_tasks)
+        if c.concept:
+            problems += [f"concept: unknown method {m!r}; known: {', '.join(LOCATORS)}"
+                         for m in c.concept.methods if m not in LOCATORS]  # fmt: skip
+            problems += [f"concept: unknown concept {e!r}; known: {', '.join(EMOTIONS)}"
+                         for e in c.concept.concepts if e not in EMOTIONS]  # fmt: skip
+        if c.lifelong:
+            for spec in c.lifelong.editors:
+                try:
+                    parse_editor(spec)
+                except ValueError as err:
+                    problems.append(f"lifelong: {err}")
+            try:
+                load_stream(c.lifelong.edits, max(c.lifelong.num_edits))
+                tasks.append(c.lifelong.task_name)
+            except (ValueError, OSError) as err:
+                problems.append(f"lifelong: {err}")
+        for i, part in enumerate(c.artifacts):
+            tasks += part.tasks
+            try:
+                load_artifact(part.path)
+            except ArtifactError as err:
+                problems.append(f"artifacts[{i}]: {err}")
+        problems += [f"unknown task {t!r}" for t in _unknown_tasks(tasks)]
+        if problems:
+            raise SweepConfigError("; ".join(problems))
+
     def planned(self) -> int:
         """Cells known before locating (concept validation cells without a strength grid are
         counted once their artifact is located)."""
@@ -174,6 +225,7 @@ class Sweep:
     def run(self, after_cell: Callable[[Cell], None] | None = None) -> Path:
         """Evaluate every unfinished cell; returns the runs directory. `after_cell` is called
         after each evaluated cell (tests use it to stop a sweep midway)."""
+        self.check()
         self.after_cell = after_cell or (lambda cell: None)
         columns = (
             TextColumn("{task.description}"),
@@ -281,10 +333,10 @@ class Sweep:
         return artifact
 
     def _lifelong(self, part: LifelongPart) -> None:
-        from ce_bench.lifelong.report import TABLES, parse_editor
+        from ce_bench.lifelong.report import parse_editor
 
         c = self.config
-        task = TABLES[part.edits][0] if part.edits in TABLES else "zsre_lifelong"
+        task = part.task_name
         for spec in part.editors:
             name, params = parse_editor(spec)
             for num_edits in part.num_edits:
@@ -385,6 +437,19 @@ class Sweep:
                     evaluate_to_directory(directory, lm, tasks, limit, meta, gen)
         finally:
             lm.close()
+
+
+def _unknown_tasks(tasks: list[str]) -> list[str]:
+    """Tasks neither ce-bench nor lm-eval knows (lm-eval's index is read only when needed)."""
+    from lm_eval.tasks import TaskManager
+
+    from ce_bench import register
+
+    register()
+    missing = set(tasks) - set(TaskManager(include_defaults=False).all_tasks)
+    if missing:
+        missing -= set(TaskManager().all_tasks)
+    return sorted(missing)
 
 
 def _digest(spec: dict[str, Any]) -> str:

@@ -94,11 +94,11 @@ def sweep_cmd(
 
     try:
         settings = SweepConfig.from_yaml(config, out)
+        sweep = Sweep(settings, console)
+        runs_dir = sweep.run()
     except SweepConfigError as err:
         console.print(f"ce-bench sweep: {err}", style="red", markup=False)
         raise typer.Exit(2) from None
-    sweep = Sweep(settings, console)
-    runs_dir = sweep.run()
     files = write_board(load_runs([runs_dir]), settings.out / "leaderboard")
     console.print(
         f"{len(sweep.ran)} cells evaluated, the others were already finished;"
