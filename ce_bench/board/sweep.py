@@ -354,12 +354,15 @@ class Sweep:
                 )
 
     def _artifacts(self, part: ArtifactPart) -> None:
+        from ce_bench.artifacts import fingerprint, load_artifact
+
         c = self.config
+        contents = fingerprint([load_artifact(part.path)], {})  # a changed artifact is rerun
         for strength in part.strengths:
             label = Path(part.path).name + ("" if strength is None else f"-x{strength:g}")
             cell = Cell(
                 label,
-                {"model": c.model, "artifact": str(Path(part.path).resolve()), "strength": strength,
+                {"model": c.model, "artifact": contents, "strength": strength,
                  "tasks": part.tasks, "general": c.general_tasks, "limit": c.limit},
             )  # fmt: skip
             self._cell(
