@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ce_bench.board.leaderboard import build_board, write_board
+from ce_bench.board.leaderboard import SELECTION, build_board, write_board
 from ce_bench.board.regress import FAIL, PASS, UNUSABLE
 from ce_bench.board.runs import GENERAL, UNEDITED, BoardError, load_runs, read_run
 from ce_bench.board.sweep import Cell, Sweep, SweepConfig, SweepConfigError
@@ -114,7 +114,10 @@ def test_runs_are_described_by_method_layer_target_strength(runs) -> None:
 
 def test_board_shows_deltas_from_the_unedited_run_and_from_paired_base_values(runs) -> None:
     sections = {s.title: s for s in build_board(runs)}
-    assert list(sections) == ["Concept editing", "Lifelong editing", GENERAL]
+    selection = f"Concept editing: {SELECTION}"
+    assert list(sections) == ["Concept editing", selection, "Lifelong editing", GENERAL]
+    assert {r.run.split for r in sections["Concept editing"].rows} == {"test"}
+    assert {r.run.split for r in sections[selection].rows} == {"validation"}
     general = sections[GENERAL]
     unedited = next(r for r in general.rows if not r.run.edited)
     base = unedited.cells["ce_mini_arc_easy acc"].score.value

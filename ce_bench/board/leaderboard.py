@@ -23,6 +23,7 @@ from rich.table import Table
 
 from ce_bench.board.runs import FAMILIES, GENERAL, Run, Score, family, headline
 
+SELECTION = "validation split (strength selection)"
 IDENTITY = ("model", "method", "layer", "target", "strength", "split", "settings", "artifact")
 
 
@@ -87,18 +88,26 @@ class Section:
 
 
 def build_board(runs: list[Run]) -> list[Section]:
-    """Sections in FAMILIES order, general ability last; empty families are left out."""
+    """Sections in FAMILIES order, general ability last; empty families are left out.
+
+    Runs on a validation split (a sweep's strength selection) get a section of their own after
+    their family's, so the family's table holds only reported (test) numbers.
+    """
     unedited = [r for r in runs if not r.edited]
     ordered = sorted(runs, key=lambda r: (r.edited, r.key, r.path.name))
+    selection = [r for r in ordered if r.split == "validation"]
+    reported = [r for r in ordered if r.split != "validation"]
     sections = []
     for title in (*FAMILIES, GENERAL):
-        tasks = _tasks(ordered, title)
-        if not tasks:
-            continue
         if title == GENERAL:
-            sections.append(_general_section(ordered, tasks, unedited))
-        else:
-            sections.append(_family_section(title, ordered, tasks, unedited))
+            tasks = _tasks(reported, title)
+            if tasks:
+                sections.append(_general_section(reported, tasks, unedited))
+            continue
+        for chosen, name in ((reported, title), (selection, f"{title}: {SELECTION}")):
+            tasks = _tasks(chosen, title)
+            if tasks:
+                sections.append(_family_section(name, chosen, tasks, unedited))
     return sections
 
 

@@ -1,7 +1,7 @@
 """The leaderboard's PNG plots (matplotlib, no display needed).
 
 - dose_response.png: each edit family's headline metric against strength (T edits for lifelong
-  editors), one line per method, averaged over targets at each strength;
+  editors), one line per method and target;
 - per_target.png: the headline metric per target (emotion, class, edit set), one bar per method,
   on the test split when the board has one;
 - side_effects.png: each edited run's change in every general-ability task from the unedited model.
@@ -64,7 +64,8 @@ def _dose_response(sections: list[Section]) -> Figure | None:
         for row in section.rows:
             value, dose = _headline(section, row), _float(row.run.strength)
             if row.run.edited and value is not None and dose is not None:
-                lines[row.run.method][dose].append(value)
+                # one line per method and target: strength units differ between targets
+                lines[f"{row.run.method} {row.run.target}".strip()][dose].append(value)
         if any(len(points) > 1 for points in lines.values()):
             panels.append((section, lines))
     if not panels:
