@@ -2,8 +2,8 @@
 
 - dose_response.png: each edit family's headline metric against strength (T edits for lifelong
   editors), one line per method and target;
-- per_target.png: the headline metric per target (emotion, class, edit set), one bar per method,
-  on the test split when the board has one;
+- per_target.png: concept editing's success rate per emotion, one bar per method, on the test
+  split when the board has one;
 - side_effects.png: each edited run's change in every general-ability task from the unedited model.
 """
 
@@ -22,6 +22,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from ce_bench.board.leaderboard import Row, Section  # noqa: E402
 from ce_bench.board.runs import GENERAL, Run  # noqa: E402
+
+PER_TARGET = "Concept editing"  # the family whose targets (emotions) get bars
 
 
 def write_plots(runs: list[Run], sections: list[Section], out: Path) -> list[Path]:
@@ -88,7 +90,9 @@ def _dose_response(sections: list[Section]) -> Figure | None:
 
 def _per_target(sections: list[Section]) -> Figure | None:
     panels = []
-    for section in _edit_sections(sections):
+    for section in sections:
+        if section.title != PER_TARGET:
+            continue
         rows = [r for r in section.rows if r.run.edited and r.run.target]
         tested = [r for r in rows if r.run.split == "test"]
         bars: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
