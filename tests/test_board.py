@@ -329,3 +329,14 @@ def test_regress_says_unusable_for_files_that_cannot_be_compared(gate, tmp_path)
     assert _regress(baseline, tmp_path / "garbage.json").exit_code == UNUSABLE
     assert _regress(baseline, baseline, "--max-drop", "mmlu=0.1").exit_code == UNUSABLE
     assert _regress(baseline, baseline, "--max-drop", "lots").exit_code == UNUSABLE
+
+
+def test_a_run_of_lm_evals_steered_model_counts_as_edited(runs, tmp_path) -> None:
+    (unedited,) = [r for r in runs if not r.edited]
+    data = json.loads(unedited.path.read_text())
+    data["config"].pop("ce_bench")
+    data["config"].update(model="steered", model_args="pretrained=m,steer_path=anger.pt")
+    path = tmp_path / "results_steered.json"
+    path.write_text(json.dumps(data))
+    run = read_run(path)
+    assert (run.method, run.settings, run.edited) == ("steered", "steer_path=anger.pt", True)

@@ -368,6 +368,7 @@ def to_json(sections: list[Section]) -> list[dict]:
                     **r.identity(),
                     "task": r.task,
                     "results_file": str(r.run.path),
+                    "fingerprint": r.run.fingerprint,
                     "cells": {
                         title: {
                             "value": c.score.value,

@@ -127,6 +127,11 @@ def read_run(path: Path) -> Run:
     config = data.get("config") or {}
     info = config.get("ce_bench") or {}
     described = _describe_edit(info)
+    if not info and config.get("model") == "steered":  # lm-eval's own steering model
+        described |= {
+            "method": "steered",
+            "settings": _without_pretrained(config.get("model_args")),
+        }
     return Run(
         path=path,
         base_model=model_name(info.get("base_model") or _pretrained(config.get("model_args"))),
@@ -273,6 +278,16 @@ def _pretrained(model_args: Any) -> str:
         if key.strip() == "pretrained":
             return value.strip()
     return ""
+
+
+def _without_pretrained(model_args: Any) -> str:
+    """model_args other than `pretrained`, as 'k=v' joined by spaces."""
+    pairs = (
+        model_args.items()
+        if isinstance(model_args, dict)
+        else (p.partition("=")[::2] for p in str(model_args or "").split(",") if p)
+    )
+    return " ".join(f"{k.strip()}={v}" for k, v in pairs if k.strip() != "pretrained")
 
 
 def _is_number(value: Any) -> bool:
