@@ -36,7 +36,7 @@ def evaluate_to_directory(
         evaluation_tracker=tracker,
         gen_kwargs=gen_kwargs,
         bootstrap_iters=BOOTSTRAP_ITERS,
-        verbosity="WARNING",
+        verbosity="ERROR",  # the sweep shows its own progress
     )
     samples = results.pop("samples")
     tracker.save_results_aggregated(results=results, samples=samples)

@@ -165,7 +165,8 @@ class Sweep:
     def __init__(self, config: SweepConfig, console: Console | None = None) -> None:
         self.config = config
         self.console = console or Console()
-        self.ran: list[Cell] = []  # cells evaluated by this process (not skipped)
+        self.ran: list[Cell] = []  # cells evaluated by this process
+        self.skipped: list[Cell] = []  # cells a previous run had finished
         self._loaded: tuple[Any, Any] | None = None
         self._unedited_answers: dict[str, Any] = {}  # see EditedHFLM(unedited_answers=)
         self._residuals: dict[Any, Any] = {}  # see EmotionJob.residuals
@@ -378,6 +379,7 @@ class Sweep:
         """Evaluate a cell unless it is finished; options go to `_evaluate`."""
         out = self.config.out
         if cell.finished(out):
+            self.skipped.append(cell)
             self.progress.advance(self.bar)
             return
         directory = cell.directory(out)

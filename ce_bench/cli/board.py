@@ -101,6 +101,6 @@ def sweep_cmd(
         raise typer.Exit(2) from None
     files = write_board(load_runs([runs_dir]), settings.out / "leaderboard")
     console.print(
-        f"{len(sweep.ran)} cells evaluated, the others were already finished;"
+        f"{len(sweep.ran)} cells evaluated, {len(sweep.skipped)} already finished;"
         f" leaderboard: {files['markdown']}, {files['html']}"
     )
