@@ -11,6 +11,9 @@
    `results/erasure/<dataset>/`.
 6. Seed 003's lifelong editing: FT, GRACE, WISE and MicroEdit after T = 10 sequential ZsRE
    edits (Rel, Gen, Loc, Avg), under `results/lifelong/demo/`.
+7. A small `ce-bench sweep` (steering for the first emotion, GRACE at T = 10, the erasure
+   artifacts of step 5, ce_general_mini side effects) and its leaderboard, under
+   `results/leaderboard/demo/`.
 
 The limits keep it to about ten minutes on two CPU cores; raise them for tighter numbers.
 Run with `python -m ce_bench.demo [--layer L] [--test-limit N] ...`.
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--erasure-out", type=Path, default=Path("results/erasure"))
     parser.add_argument("--lifelong-edits", type=int, default=10, help="seed 003 part; 0: skip")
     parser.add_argument("--lifelong-out", type=Path, default=Path("results/lifelong/demo"))
+    parser.add_argument("--board-out", default="results/leaderboard/demo", help="none: skip")
     args = parser.parse_args(argv)
 
     console = Console()
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         run_erasure_part(args, command, console, loaded)
     if args.lifelong_edits > 0:
         run_lifelong_part(args, command, console)
+    if args.board_out != "none":
+        run_board_part(args, console)
 
 
 def run_erasure_part(args: argparse.Namespace, command: str, console: Console, loaded) -> None:  # type: ignore[no-untyped-def]
@@ -120,6 +126,49 @@ def run_lifelong_part(args: argparse.Namespace, command: str, console: Console) 
         " (on a fresh output directory).\n"
     )
     console.print(f"lifelong editing done in {minutes:.1f} min; tables in {config.out}/")
+
+
+def run_board_part(args: argparse.Namespace, console: Console) -> None:
+    """A small sweep of the demo's methods with its leaderboard, written as a sweep config so
+    that `ce-bench sweep OUT/sweep.yaml` reproduces (and resumes) it."""
+    import yaml
+
+    from ce_bench.board.leaderboard import write_board
+    from ce_bench.board.runs import load_runs
+    from ce_bench.board.sweep import Sweep, SweepConfig
+
+    out = Path(args.board_out)
+    made = sorted(
+        (args.erasure_out / args.erasure_dataset / "artifacts").glob("*/*/intervention.json")
+    )
+    settings: dict[str, Any] = {
+        "model": "smollm2-135m",
+        "general_tasks": ["ce_general_mini"],
+        "limit": 5,
+        "out": str(out),
+        "concept": {
+            "methods": ["steering"], "layers": [args.layer], "concepts": args.emotions[:1],
+            "locate_limit": args.locate_limit, "validation_limit": args.validation_limit,
+            "test_limit": args.test_limit, "max_gen_toks": args.max_gen_toks,
+        },
+        "artifacts": [
+            {"path": str(p.parent), "tasks": [f"erasure_{args.erasure_dataset}"]} for p in made[:2]
+        ],
+    }  # fmt: skip
+    if args.lifelong_edits > 0:
+        settings["lifelong"] = {"editors": ["grace"], "num_edits": [args.lifelong_edits]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    started = time.monotonic()
+    config = SweepConfig.from_yaml(out / "sweep.yaml")
+    Sweep(config, console).run()
+    files = write_board(load_runs([config.out / "runs"]), config.out / "leaderboard")
+    minutes = (time.monotonic() - started) / 60
+    (out / "COMMAND.md").write_text(
+        f"Made by `make demo` in {minutes:.1f} min, the same as `ce-bench sweep {out}/sweep.yaml`"
+        " (which resumes: finished cells are skipped).\n"
+    )
+    console.print(f"leaderboard done in {minutes:.1f} min: {files['markdown']}, {files['html']}")
 
 
 def write_analyses(
