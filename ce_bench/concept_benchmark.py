@@ -101,7 +101,9 @@ def run_benchmark(
     console = console or Console()
     model, tokenizer = loaded or load_model(config.model, "cpu")
     data = EmotionData.load(config.scenarios)
-    sae = config.sae or _own_sae(config)
+    sae = config.sae or (
+        own_sae(config.model, config.layer) if "sae-features" in config.methods else None
+    )
     cells: list[Cell] = []
     shared = _Shared()
     for method in config.methods:
@@ -207,17 +209,16 @@ def _evaluator(  # type: ignore[no-untyped-def]
     return evaluate
 
 
-def _own_sae(config: BenchmarkConfig) -> SAESource | None:
-    """The project's trained SAE for the embedded model, when the SAE method is asked for."""
-    if "sae-features" not in config.methods:
-        return None
+def own_sae(model: str, layer: int) -> SAESource:
+    """The project's trained SAE at `layer` (trained once and cached); only the embedded model
+    has one."""
     from ce_bench.models.embedded import EMBEDDED_NAME
     from ce_bench.sae_training import ensure_sae
 
-    if config.model != EMBEDDED_NAME:
-        raise ValueError(f"sae-features on {config.model} needs an SAE: set BenchmarkConfig.sae")
+    if model != EMBEDDED_NAME:
+        raise ValueError(f"sae-features on {model} needs an SAE: set BenchmarkConfig.sae")
 
-    return SAESource(sae_path=str(ensure_sae(config.layer, model=config.model)))
+    return SAESource(sae_path=str(ensure_sae(layer, model=model)))
 
 
 def table2(cells: list[Cell], config: BenchmarkConfig) -> Table:

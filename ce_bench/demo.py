@@ -133,8 +133,6 @@ def run_board_part(args: argparse.Namespace, console: Console) -> None:
     that `ce-bench sweep OUT/sweep.yaml` reproduces (and resumes) it."""
     import yaml
 
-    from ce_bench.board.leaderboard import write_board
-    from ce_bench.board.runs import load_runs
     from ce_bench.board.sweep import Sweep, SweepConfig
 
     out = Path(args.board_out)
@@ -160,9 +158,7 @@ def run_board_part(args: argparse.Namespace, console: Console) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     started = time.monotonic()
-    config = SweepConfig.from_yaml(out / "sweep.yaml")
-    Sweep(config, console).run()
-    files = write_board(load_runs([config.out / "runs"]), config.out / "leaderboard")
+    files = Sweep(SweepConfig.from_yaml(out / "sweep.yaml"), console).run()
     minutes = (time.monotonic() - started) / 60
     (out / "COMMAND.md").write_text(
         f"Made by `make demo` in {minutes:.1f} min, the same as `ce-bench sweep {out}/sweep.yaml`"

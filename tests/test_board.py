@@ -152,7 +152,7 @@ def test_html_board_sorts_each_table_by_its_headline_metric_in_chromium(runs, tm
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
-    files = write_board(runs, tmp_path)
+    files = write_board(build_board(runs), tmp_path)
     dom = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
          files["html"].as_uri()],

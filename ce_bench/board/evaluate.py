@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ def evaluate_to_directory(
     limit: int | None,
     metadata: dict[str, Any],
     gen_kwargs: dict[str, Any] | None = None,
-) -> Path:
-    """Evaluate `lm` (an `EditedHFLM`) on `tasks`; returns the results file written."""
+) -> None:
+    """Evaluate `lm` (an `EditedHFLM`) on `tasks`, writing results and samples into `directory`."""
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
@@ -26,7 +27,7 @@ def evaluate_to_directory(
 
     register()
     tracker = EvaluationTracker(output_path=str(directory))
-    manager = TaskManager(include_defaults=not _all_ours(tasks), metadata=metadata)
+    manager = TaskManager(include_defaults=not set(tasks) <= ce_bench_tasks(), metadata=metadata)
     results = lm_eval.simple_evaluate(
         model=lm,
         tasks=tasks,
@@ -42,14 +43,14 @@ def evaluate_to_directory(
     tracker.save_results_aggregated(results=results, samples=samples)
     for task in results["configs"]:
         tracker.save_results_samples(task_name=task, samples=samples[task])
-    return max(directory.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)
 
 
-def _all_ours(tasks: list[str]) -> bool:
-    """True when ce-bench's own task index has every task (indexing lm-eval's takes ~20 s)."""
+@cache
+def ce_bench_tasks() -> frozenset[str]:
+    """ce-bench's own task names, indexed once: runs of only these skip lm-eval's index (~20 s)."""
     from lm_eval.tasks import TaskManager
 
     from ce_bench import register
 
     register()
-    return set(tasks) <= set(TaskManager(include_defaults=False).all_tasks)
+    return frozenset(TaskManager(include_defaults=False).all_tasks)

@@ -55,15 +55,12 @@ class Row:
     cells: dict[str, Cell]  # column title -> cell
 
     def identity(self) -> dict[str, str]:
+        """What the row is: IDENTITY's fields of its run, and its task."""
         run = self.run
-        return dict(
-            zip(
-                IDENTITY,
-                (run.base_model, run.method, run.layer, run.target, run.strength, run.split)
-                + (run.settings, run.artifact),
-                strict=True,
-            )
-        )
+        fields = (run.base_model, run.method, run.layer, run.target, run.strength, run.split)
+        return dict(zip(IDENTITY, fields + (run.settings, run.artifact), strict=True)) | {
+            "task": self.task
+        }
 
 
 @dataclass
@@ -218,7 +215,7 @@ def to_markdown(sections: list[Section]) -> str:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(ident) + "---:|" * len(section.columns))
         for row in section.rows:
-            values = {**row.identity(), "task": row.task}
+            values = row.identity()
             cells = [values[c] for c in ident] + [
                 cell_text(row.cells.get(c.title)) for c in section.columns
             ]
@@ -274,7 +271,7 @@ def to_html(sections: list[Section], plots: list[str]) -> str:
         )
         rows = []
         for row in section.rows:
-            values = {**row.identity(), "task": row.task}
+            values = row.identity()
             tds = "".join(f"<td>{html.escape(values[c])}</td>" for c in ident)
             for column in section.columns:
                 cell = row.cells.get(column.title)
@@ -344,13 +341,12 @@ document.body.dataset.ready = "yes";
 """
 
 
-def write_board(runs: list[Run], out: Path) -> dict[str, Path]:
-    """board.md, board.html, board.json and the plots, into `out`."""
+def write_board(sections: list[Section], out: Path) -> dict[str, Path]:
+    """board.md, board.html, board.json and the plots of a built board, into `out`."""
     from ce_bench.board.plots import embedded, write_plots
 
     out.mkdir(parents=True, exist_ok=True)
-    sections = build_board(runs)
-    written = write_plots(runs, sections, out)
+    written = write_plots(sections, out)
     files = {"markdown": out / "board.md", "html": out / "board.html", "json": out / "board.json"}
     files["markdown"].write_text(to_markdown(sections))
     files["html"].write_text(to_html(sections, [embedded(p) for p in written]))
@@ -366,7 +362,6 @@ def to_json(sections: list[Section]) -> list[dict]:
             "rows": [
                 {
                     **r.identity(),
-                    "task": r.task,
                     "results_file": str(r.run.path),
                     "fingerprint": r.run.fingerprint,
                     "cells": {

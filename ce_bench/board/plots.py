@@ -21,12 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402 (the backend is chosen first)
 from matplotlib.figure import Figure  # noqa: E402
 
 from ce_bench.board.leaderboard import Row, Section  # noqa: E402
-from ce_bench.board.runs import GENERAL, Run  # noqa: E402
+from ce_bench.board.runs import GENERAL  # noqa: E402
 
 PER_TARGET = "Concept editing"  # the family whose targets (emotions) get bars
 
 
-def write_plots(runs: list[Run], sections: list[Section], out: Path) -> list[Path]:
+def write_plots(sections: list[Section], out: Path) -> list[Path]:
     """The plots that the board has data for, written into `out`."""
     written = []
     drawings: dict[str, Callable[[list[Section]], Figure | None]] = {

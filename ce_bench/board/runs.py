@@ -269,25 +269,22 @@ def _split(configs: dict[str, Any]) -> str:
     return "+".join(sorted(splits))
 
 
-def _pretrained(model_args: Any) -> str:
-    """`pretrained` from results' model_args: a dict (Python API) or "k=v,k=v" (CLI)."""
+def _model_args(model_args: Any) -> dict[str, Any]:
+    """Results' model_args as a dict: lm-eval writes the dict it was given (Python API) or the
+    "k=v,k=v" string (CLI)."""
     if isinstance(model_args, dict):
-        return str(model_args.get("pretrained") or "")
-    for part in str(model_args or "").split(","):
-        key, _, value = part.partition("=")
-        if key.strip() == "pretrained":
-            return value.strip()
-    return ""
+        return model_args
+    pairs = (part.partition("=") for part in str(model_args or "").split(",") if part)
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def _pretrained(model_args: Any) -> str:
+    return str(_model_args(model_args).get("pretrained") or "")
 
 
 def _without_pretrained(model_args: Any) -> str:
     """model_args other than `pretrained`, as 'k=v' joined by spaces."""
-    pairs = (
-        model_args.items()
-        if isinstance(model_args, dict)
-        else (p.partition("=")[::2] for p in str(model_args or "").split(",") if p)
-    )
-    return " ".join(f"{k.strip()}={v}" for k, v in pairs if k.strip() != "pretrained")
+    return " ".join(f"{k}={v}" for k, v in _model_args(model_args).items() if k != "pretrained")
 
 
 def _is_number(value: Any) -> bool:

@@ -34,7 +34,7 @@ from ce_bench.board.runs import load_runs
 
 MARKER = "cell.json"
 CONCEPT_TASK = "concept_emotion_{concept}"
-Run = tuple[list[str], int | None]  # one lm-eval call of a cell: tasks and their --limit
+Call = tuple[list[str], int | None]  # one lm-eval call of a cell: tasks and their --limit
 
 
 class SweepConfigError(ValueError):
@@ -223,9 +223,12 @@ class Sweep:
         count += sum(len(a.strengths) for a in c.artifacts)
         return count
 
-    def run(self, after_cell: Callable[[Cell], None] | None = None) -> Path:
-        """Evaluate every unfinished cell; returns the runs directory. `after_cell` is called
-        after each evaluated cell (tests use it to stop a sweep midway)."""
+    def run(self, after_cell: Callable[[Cell], None] | None = None) -> dict[str, Path]:
+        """Evaluate every unfinished cell, then write the leaderboard of all cells into
+        `out/leaderboard/`; returns its files. `after_cell` is called after each evaluated cell
+        (tests use it to stop a sweep midway)."""
+        from ce_bench.board.leaderboard import build_board, write_board
+
         self.check()
         self.after_cell = after_cell or (lambda cell: None)
         columns = (
@@ -245,7 +248,8 @@ class Sweep:
                 self._lifelong(self.config.lifelong)
             for part in self.config.artifacts:
                 self._artifacts(part)
-        return self.config.out / "runs"
+        runs = load_runs([self.config.out / "runs"])
+        return write_board(build_board(runs), self.config.out / "leaderboard")
 
     # ------------------------------------------------------------------ the three parts
     def _unedited(self) -> None:
@@ -321,9 +325,9 @@ class Sweep:
         job.limit, job.residuals = part.locate_limit, self._residuals
         job.options = dict(part.options.get(method, {}))
         if method == "sae-features":
-            from ce_bench.concept_benchmark import BenchmarkConfig, _own_sae
+            from ce_bench.concept_benchmark import own_sae
 
-            job.sae = _own_sae(BenchmarkConfig(model=self.config.model, layer=layer))
+            job.sae = own_sae(self.config.model, layer)
         try:
             artifact = locate_emotion(method, job)
         except FeatureNotFound as err:
@@ -374,7 +378,7 @@ class Sweep:
 
     # ------------------------------------------------------------------ one cell
     def _cell(
-        self, cell: Cell, model_args: dict[str, Any], runs: list[Run], **options: Any
+        self, cell: Cell, model_args: dict[str, Any], runs: list[Call], **options: Any
     ) -> None:
         """Evaluate a cell unless it is finished; options go to `_evaluate`."""
         out = self.config.out
@@ -409,7 +413,7 @@ class Sweep:
         self,
         directory: Path,
         model_args: dict[str, Any],
-        runs: list[Run],
+        runs: list[Call],
         split: str | None = None,
         max_gen_toks: int | None = None,
         fresh_model: bool = False,
@@ -448,10 +452,9 @@ def _unknown_tasks(tasks: list[str]) -> list[str]:
     """Tasks neither ce-bench nor lm-eval knows (lm-eval's index is read only when needed)."""
     from lm_eval.tasks import TaskManager
 
-    from ce_bench import register
+    from ce_bench.board.evaluate import ce_bench_tasks
 
-    register()
-    missing = set(tasks) - set(TaskManager(include_defaults=False).all_tasks)
+    missing = set(tasks) - ce_bench_tasks()
     if missing:
         missing -= set(TaskManager().all_tasks)
     return sorted(missing)

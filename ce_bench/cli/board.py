@@ -27,10 +27,11 @@ def leaderboard_cmd(
     except BoardError as err:
         console.print(f"ce-bench leaderboard: {err}", style="red", markup=False)
         raise typer.Exit(2) from None
+    sections = build_board(runs)
     if not quiet:
-        for table in terminal_tables(build_board(runs)):
+        for table in terminal_tables(sections):
             console.print(table)
-    files = write_board(runs, out)
+    files = write_board(sections, out)
     console.print(f"{len(runs)} runs -> " + ", ".join(str(p) for p in files.values()))
 
 
@@ -88,18 +89,14 @@ def sweep_cmd(
 ) -> None:
     """Locate and evaluate a matrix of edits through lm-eval, choosing strengths on the
     validation split; resumable (finished cells are skipped). Ends with the leaderboard."""
-    from ce_bench.board.leaderboard import write_board
-    from ce_bench.board.runs import load_runs
     from ce_bench.board.sweep import Sweep, SweepConfig, SweepConfigError
 
     try:
-        settings = SweepConfig.from_yaml(config, out)
-        sweep = Sweep(settings, console)
-        runs_dir = sweep.run()
+        sweep = Sweep(SweepConfig.from_yaml(config, out), console)
+        files = sweep.run()
     except SweepConfigError as err:
         console.print(f"ce-bench sweep: {err}", style="red", markup=False)
         raise typer.Exit(2) from None
-    files = write_board(load_runs([runs_dir]), settings.out / "leaderboard")
     console.print(
         f"{len(sweep.ran)} cells evaluated, {len(sweep.skipped)} already finished;"
         f" leaderboard: {files['markdown']}, {files['html']}"
