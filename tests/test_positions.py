@@ -50,6 +50,38 @@ def test_each_mode_edits_a_different_generation() -> None:
     assert not torch.equal(outputs["generated"], outputs["prompt"])
 
 
+def test_generation_under_installed_transformers_reports_each_steps_cache_offset() -> None:
+    """The offset must come from the cache generate() really passes (its name changed in
+    transformers 5.24); a hook that misses it sees 0 on every one-token step."""
+    from ce_bench.interventions import Switch
+
+    model, switch, seen = tiny_model("llama"), Switch(), []
+    handle = track_cache_offset(model, switch)
+    model.model.register_forward_pre_hook(lambda *_: seen.append(switch.past_length))
+    with torch.no_grad():
+        model.generate(tokens(n=6, batch=2), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    handle.remove()
+    assert seen == [0, 6, 7, 8]
+
+
+def test_cache_offset_is_seen_when_the_cache_is_passed_positionally_or_by_either_name() -> None:
+    from ce_bench.interventions import Switch
+    from ce_bench.kv_cache import cache_kwargs, returned_cache
+
+    model, switch = tiny_model("llama"), Switch()
+    ids = tokens(n=6, batch=1)
+    with torch.no_grad():
+        cache = returned_cache(model(ids, use_cache=True, **cache_kwargs(model, None)))
+        handle = track_cache_offset(model, switch)
+        model(ids[:, :1], None, None, cache)  # input_ids, attention_mask, position_ids, cache
+        assert switch.past_length == 6
+        for name in ("cache", "past_key_values"):
+            switch.past_length = -1
+            model(ids[:, :1], use_cache=True, **{name: cache})
+            assert switch.past_length >= 6, name
+        handle.remove()
+
+
 def test_masks_select_prompt_generated_and_last_positions() -> None:
     from ce_bench.interventions import Switch
 

@@ -30,6 +30,7 @@ from torch import nn
 from ce_bench.artifacts import Artifact, ArtifactError, check_model
 from ce_bench.emotions import WORD_KINDS, emotion_words
 from ce_bench.interventions import Switch, build_intervention, track_cache_offset
+from ce_bench.kv_cache import cache_kwargs, returned_cache
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -166,10 +167,10 @@ def _greedy_distributions(model: nn.Module, input_ids: torch.Tensor, steps: int)
     device = next(model.parameters()).device
     ids, past, dists = input_ids.to(device), None, []
     for _ in range(steps):
-        out = model(input_ids=ids, past_key_values=past, use_cache=True)
+        out = model(input_ids=ids, use_cache=True, **cache_kwargs(model, past))
         dist = out.logits[0, -1].float().softmax(-1)
         dists.append(dist.cpu())
-        past, ids = out.past_key_values, dist.argmax().view(1, 1)
+        past, ids = returned_cache(out), dist.argmax().view(1, 1)
     return torch.stack(dists)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ce_bench.artifacts import Artifact, ArtifactError
+from ce_bench.kv_cache import cache_length, cache_reader
 from ce_bench.sites import Site, attach_hook, site_device, site_width
 
 Positions = Literal["all", "prompt", "generated", "last"]
@@ -139,11 +140,11 @@ class Switch:
 
 def track_cache_offset(model: nn.Module, switch: Switch) -> RemovableHandle:
     """Keep `switch.past_length` equal to the KV-cache length at the start of each forward, and
-    `switch.attention_mask` equal to its attention mask."""
+    `switch.attention_mask` equal to its attention mask (see ce_bench.kv_cache for the names)."""
+    read_cache = cache_reader(model)
 
     def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        cache = kwargs.get("past_key_values")
-        switch.past_length = cache.get_seq_length() if cache is not None else 0
+        switch.past_length = cache_length(read_cache(args, kwargs))
         switch.attention_mask = kwargs.get("attention_mask")
 
     return model.register_forward_pre_hook(hook, with_kwargs=True)
