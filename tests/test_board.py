@@ -5,6 +5,7 @@ edit stream), plus the regression gate's rules on edited copies of a real result
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import shutil
 import subprocess
@@ -342,3 +343,42 @@ def test_a_run_of_lm_evals_steered_model_counts_as_edited(runs, tmp_path) -> Non
     path.write_text(json.dumps(data))
     run = read_run(path)
     assert (run.method, run.settings, run.edited) == ("steered", "steer_path=anger.pt", True)
+
+
+def test_edited_hf_results_record_the_versions_of_the_stack_that_made_them(runs) -> None:
+    for run in runs:
+        assert set(run.versions) == {"torch", "transformers", "lm_eval", "sae_lens", "ce_bench"}
+        assert run.versions["transformers"] == importlib.metadata.version("transformers")
+
+
+def test_leaderboard_warns_when_its_runs_were_made_with_different_versions(
+    sweep, runs, tmp_path
+) -> None:
+    (unedited,) = [r for r in runs if not r.edited]
+    data = json.loads(unedited.path.read_text())
+    data["config"]["ce_bench"]["versions"]["transformers"] = "5.23.0"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results_old.json").write_text(json.dumps(data))
+    runs_dir = str(sweep[0].out / "runs")
+    same = CliRunner().invoke(app, ["leaderboard", runs_dir, "--out", str(tmp_path / "a")])
+    assert same.exit_code == 0 and "different versions" not in same.output
+    args = ["leaderboard", runs_dir, str(tmp_path / "old"), "--out", str(tmp_path / "b")]
+    mixed = CliRunner().invoke(app, args)
+    assert mixed.exit_code == 0, mixed.output
+    assert "warning: runs made with different versions of transformers: 5.23.0" in mixed.output
+    assert "different versions of transformers" in (tmp_path / "b" / "board.md").read_text()
+
+
+def test_plain_hf_results_keep_the_versions_lm_eval_records(runs, tmp_path) -> None:
+    (unedited,) = [r for r in runs if not r.edited]
+    data = json.loads(unedited.path.read_text())
+    data["config"].pop("ce_bench")
+    data["pretty_env_info"] = "PyTorch version: 2.9.1+cpu\nIs debug build: False"
+    data.update(transformers_version="4.57.0", lm_eval_version="0.4.9")
+    path = tmp_path / "results_hf.json"
+    path.write_text(json.dumps(data))
+    assert read_run(path).versions == {
+        "torch": "2.9.1+cpu",
+        "transformers": "4.57.0",
+        "lm_eval": "0.4.9",
+    }

@@ -96,6 +96,24 @@ def test_bad_model_args_fail_before_the_model_is_used(tiny_llama_dir, steer_dir,
         EditedHFLM(pretrained=str(tiny_llama_dir), intervention=str(steer_dir), positions="middle")
 
 
+def test_unknown_model_args_are_refused_before_loading_with_the_closest_name(tmp_path) -> None:
+    missing = str(tmp_path / "no-model")  # loading it would fail: the check must come first
+    with pytest.raises(ValueError, match=r"unknown model_args 'lr2' \(did you mean 'lr'\?\)") as e:
+        EditedHFLM(pretrained=missing, editor="ft", edits="zsre", lr2=1)
+    assert "The ft editor's parameters: layer" in str(e.value)
+    with pytest.raises(ValueError, match=r"'lr' \(a parameter of editor=.*ft.*: name the editor\)"):
+        EditedHFLM(pretrained=missing, lr=1e-4)
+    with pytest.raises(ValueError, match=r"'strenght' \(did you mean 'strength'\?\)"):
+        EditedHFLM(pretrained=missing, strenght=2)
+
+
+def test_model_args_for_hflm_and_from_pretrained_still_pass_through(tiny_llama_dir) -> None:
+    lm = EditedHFLM(
+        pretrained=str(tiny_llama_dir), attn_implementation="eager", max_length=64, batch_size=1
+    )
+    assert lm.model.config._attn_implementation == "eager" and lm.max_length == 64
+
+
 def test_two_interventions_joined_by_plus_both_apply(
     tiny_llama_dir, steer_dir, edited, plain
 ) -> None:

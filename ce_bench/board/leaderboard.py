@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ce_bench.board.runs import FAMILIES, GENERAL, Run, Score, family, headline
+from ce_bench.versions import mixed_versions
 
 SELECTION = "validation split (strength selection)"
 IDENTITY = ("model", "method", "layer", "target", "strength", "split", "settings", "artifact")
@@ -202,8 +203,16 @@ def cell_text(cell: Cell | None) -> str:
     return text
 
 
-def to_markdown(sections: list[Section]) -> str:
+def version_notes(runs: list[Run]) -> list[str]:
+    """Warnings for a board whose runs were made with different versions of the stack (the
+    same edit can score differently on another transformers or torch); empty when they agree."""
+    mixed = mixed_versions({run.label: run.versions for run in runs})
+    return [f"runs made with different versions of {line}" for line in mixed]
+
+
+def to_markdown(sections: list[Section], notes: list[str] | None = None) -> str:
     lines = ["# ce-bench leaderboard", ""]
+    lines += [f"> **Warning**: {note}" for note in notes or []] + ([""] if notes else [])
     lines.append(
         "Each cell: value ± lm-eval stderr (the unedited model's value, the change from it)."
         " Rows with method `unedited` are the base models."
@@ -341,14 +350,17 @@ document.body.dataset.ready = "yes";
 """
 
 
-def write_board(sections: list[Section], out: Path) -> dict[str, Path]:
-    """board.md, board.html, board.json and the plots of a built board, into `out`."""
+def write_board(
+    sections: list[Section], out: Path, notes: list[str] | None = None
+) -> dict[str, Path]:
+    """board.md, board.html, board.json and the plots of a built board, into `out`; `notes`
+    (warnings such as `version_notes`) head board.md."""
     from ce_bench.board.plots import embedded, write_plots
 
     out.mkdir(parents=True, exist_ok=True)
     written = write_plots(sections, out)
     files = {"markdown": out / "board.md", "html": out / "board.html", "json": out / "board.json"}
-    files["markdown"].write_text(to_markdown(sections))
+    files["markdown"].write_text(to_markdown(sections, notes))
     files["html"].write_text(to_html(sections, [embedded(p) for p in written]))
     files["json"].write_text(json.dumps(to_json(sections), indent=1) + "\n")
     return {**files, **{p.stem: p for p in written}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class Run:
     scores: dict[str, dict[str, Score]]  # task -> metric -> score
     samples: dict[str, int] = field(default_factory=dict)  # task -> documents evaluated
     groups: dict[str, list[str]] = field(default_factory=dict)  # group task -> its subtasks
+    versions: dict[str, str] = field(default_factory=dict)  # package -> version that ran it
 
     @property
     def edited(self) -> bool:
@@ -146,6 +148,7 @@ def read_run(path: Path) -> Run:
             for task, n in (data.get("n-samples") or {}).items()
         },
         groups={g: list(s) for g, s in (data.get("group_subtasks") or {}).items() if s},
+        versions=_versions(data, info),
         **described,
     )
 
@@ -214,6 +217,22 @@ def _describe_edit(info: dict[str, Any]) -> dict[str, str]:
         ),
         "artifact": "+".join(Path(e.get("artifact") or "").name for e in edits),
     }
+
+
+def _versions(data: dict[str, Any], info: dict[str, Any]) -> dict[str, str]:
+    """The stack versions a run recorded: edited_hf writes them all (`config.ce_bench.versions`);
+    for other models, what lm-eval itself records (transformers, lm-eval, torch in its env)."""
+    if isinstance(info.get("versions"), dict):
+        return {str(k): str(v) for k, v in info["versions"].items()}
+    found = {
+        name: str(data[key])
+        for name, key in (("transformers", "transformers_version"), ("lm_eval", "lm_eval_version"))
+        if data.get(key) not in (None, "", "N/A")
+    }
+    torch = re.search(r"^PyTorch version: (\S+)", str(data.get("pretty_env_info") or ""), re.M)
+    if torch:
+        found["torch"] = torch.group(1)
+    return found
 
 
 def _scores(metrics: dict[str, Any], higher: dict[str, Any]) -> dict[str, Score]:

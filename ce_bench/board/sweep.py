@@ -227,7 +227,7 @@ class Sweep:
         """Evaluate every unfinished cell, then write the leaderboard of all cells into
         `out/leaderboard/`; returns its files. `after_cell` is called after each evaluated cell
         (tests use it to stop a sweep midway)."""
-        from ce_bench.board.leaderboard import build_board, write_board
+        from ce_bench.board.leaderboard import build_board, version_notes, write_board
 
         self.check()
         self.after_cell = after_cell or (lambda cell: None)
@@ -249,7 +249,10 @@ class Sweep:
             for part in self.config.artifacts:
                 self._artifacts(part)
         runs = load_runs([self.config.out / "runs"])
-        return write_board(build_board(runs), self.config.out / "leaderboard")
+        notes = version_notes(runs)
+        for note in notes:
+            self.console.print(f"warning: {note}", style="yellow", markup=False)
+        return write_board(build_board(runs), self.config.out / "leaderboard", notes)
 
     # ------------------------------------------------------------------ the three parts
     def _unedited(self) -> None:

@@ -19,7 +19,7 @@ def leaderboard_cmd(
 ) -> None:
     """Compare runs side by side: every metric next to the unedited model's value and the delta,
     one section per task family, with Markdown, HTML and PNG output."""
-    from ce_bench.board.leaderboard import build_board, terminal_tables, write_board
+    from ce_bench.board.leaderboard import build_board, terminal_tables, version_notes, write_board
     from ce_bench.board.runs import BoardError, load_runs
 
     try:
@@ -27,11 +27,13 @@ def leaderboard_cmd(
     except BoardError as err:
         console.print(f"ce-bench leaderboard: {err}", style="red", markup=False)
         raise typer.Exit(2) from None
-    sections = build_board(runs)
+    sections, notes = build_board(runs), version_notes(runs)
     if not quiet:
         for table in terminal_tables(sections):
             console.print(table)
-    files = write_board(sections, out)
+    for note in notes:
+        console.print(f"warning: {note}", style="yellow", markup=False)
+    files = write_board(sections, out, notes)
     console.print(f"{len(runs)} runs -> " + ", ".join(str(p) for p in files.values()))
 
 

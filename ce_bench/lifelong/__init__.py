@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ce_bench.artifacts import Artifact
-from ce_bench.interventions import Intervention
+from ce_bench.interventions import INTERVENTIONS, Intervention
 from ce_bench.lifelong import ft, grace, microedit, wise  # noqa: F401  (registers the editors)
 from ce_bench.lifelong.editor import Editor, editor_class, new_editor
 from ce_bench.lifelong.records import EditStream, load_stream
@@ -21,17 +21,30 @@ __all__ = [
     "LifelongSession",
     "StreamMismatch",
     "load_stream",
+    "editor_parameters",
+    "editors_taking",
     "new_editor",
     "start_session",
     "take_editor_params",
 ]
 
 
+def editor_parameters(editor: str) -> list[str]:
+    """The names of an editor's parameters (model_args when `editor=` names it)."""
+    return [f.name for f in fields(editor_class(editor).Params)]
+
+
+def editors_taking(name: str) -> list[str]:
+    """The editors that have a parameter called `name`."""
+    editors = sorted(k for k, c in INTERVENTIONS.items() if issubclass(c, Editor))
+    return [e for e in editors if name in editor_parameters(e)]
+
+
 def take_editor_params(editor: str | None, model_args: dict[str, Any]) -> dict[str, Any]:
     """Remove the editor's parameters (e.g. `layer`, `lr`) from `model_args` and return them."""
     if not editor:
         return {}
-    names = {f.name for f in fields(editor_class(editor).Params)}
+    names = set(editor_parameters(editor))
     return {k: model_args.pop(k) for k in list(model_args) if k in names}
 
 

@@ -12,7 +12,11 @@ no hook changes anything, so results equal `--model hf` bit for bit.
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
+import inspect
 import json
+import re
 from collections.abc import Iterator, MutableMapping
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
@@ -26,9 +30,17 @@ from lm_eval.models.huggingface import HFLM
 from ce_bench import pairing
 from ce_bench.artifacts import Artifact, check_model, fingerprint, load_artifact, save_artifact
 from ce_bench.interventions import Switch, build_intervention, track_cache_offset
-from ce_bench.lifelong import LifelongSession, new_editor, start_session, take_editor_params
+from ce_bench.lifelong import (
+    LifelongSession,
+    editor_parameters,
+    editors_taking,
+    new_editor,
+    start_session,
+    take_editor_params,
+)
 from ce_bench.lifelong.scoring import score_tokens
 from ce_bench.models.embedded import EMBEDDED_NAME, resolve_pretrained
+from ce_bench.versions import stack_versions
 
 
 class EditedHFLM(HFLM):
@@ -76,6 +88,7 @@ class EditedHFLM(HFLM):
         **kwargs: Any,
     ) -> None:
         editor_params = take_editor_params(editor, kwargs)
+        check_model_args(kwargs, editor)
         artifacts = [load_artifact(p) for p in _split(intervention)]
         overrides = _overrides(strength, positions, len(artifacts))
         self.model_name = _name_of(pretrained)
@@ -306,6 +319,7 @@ class EditedHFLM(HFLM):
             "interventions": [
                 _describe(a, i) for a, i in zip(self._artifacts, self.interventions, strict=True)
             ],
+            "versions": stack_versions(),
         }
         if self.lifelong is not None:
             info["ce_bench"]["lifelong"] = self.lifelong.describe()
@@ -342,6 +356,50 @@ class ContextEnds:
             ends.append(self.table[tuple(row[:length])])
             lengths.append(length)
         return torch.tensor(ends, device=inps.device), torch.tensor(lengths, device=inps.device)
+
+
+def check_model_args(unclaimed: dict[str, Any], editor: str | None) -> None:
+    """Refuse, before anything loads, a model_arg that neither edited_hf, HFLM, the editor nor
+    `from_pretrained` takes: lm-eval would pass it on to transformers, which fails late or, for
+    a name that happens to be a config field, silently changes the model."""
+    unknown = sorted(set(unclaimed) - passed_on_model_args())
+    if not unknown:
+        return
+    own = [n for n in inspect.signature(EditedHFLM.__init__).parameters if n not in _NOT_ARGS]
+    editor_names = editor_parameters(editor) if editor else []
+    valid = sorted({*own, *editor_names, *passed_on_model_args()})
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1)
+        takers = editors_taking(name)
+        if close:
+            hints.append(f"{name!r} (did you mean {close[0]!r}?)")
+        elif takers and not editor:
+            hints.append(f"{name!r} (a parameter of editor={'|'.join(takers)}: name the editor)")
+        else:
+            hints.append(repr(name))
+    lines = [f"edited_hf: unknown model_args {', '.join(hints)}."]
+    if editor:
+        lines.append(f"The {editor} editor's parameters: {', '.join(editor_names)}.")
+    lines.append(f"edited_hf's own: {', '.join(own)}; HFLM's and from_pretrained's also apply.")
+    raise ValueError(" ".join(lines))
+
+
+_NOT_ARGS = {"self", "kwargs", "unedited_answers"}  # not model_args (unedited_answers: Python API)
+
+
+@functools.cache
+def passed_on_model_args() -> frozenset[str]:
+    """The model_args edited_hf hands to HFLM and on to `from_pretrained`: HFLM's parameters,
+    from_pretrained's keywords and the ones it takes out of its **kwargs (read from its source,
+    so a transformers release that adds one is followed without a change here)."""
+    from transformers import PreTrainedModel
+
+    load = PreTrainedModel.from_pretrained
+    names = set(inspect.signature(HFLM.__init__).parameters) - _NOT_ARGS
+    names |= set(inspect.signature(load).parameters) - {"model_args", "kwargs"}
+    names |= set(re.findall(r"kwargs\.pop\(\s*[\"'](\w+)[\"']", inspect.getsource(load)))
+    return frozenset(n for n in names if not n.startswith("_")) - {"pretrained_model_name_or_path"}
 
 
 def _name_of(pretrained: Any) -> str:
