@@ -226,6 +226,23 @@ def test_sweep_config_with_an_unknown_key_is_an_error_naming_it(tmp_path) -> Non
     assert result.exit_code == 2 and "layer" in result.output
 
 
+def test_sweep_config_with_yaml_aliases_is_refused_before_they_expand(tmp_path) -> None:
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    bomb += [
+        f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
+        for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    path = tmp_path / "bomb.yaml"
+    path.write_text(
+        "model: smollm2-135m\ngeneral_tasks: [ce_mini_arc_easy]\nmetadata:\n"
+        + "".join(f"  {line}\n" for line in bomb)
+    )
+    with pytest.raises(SweepConfigError, match=r"line 5: YAML alias \*a is not allowed"):
+        SweepConfig.from_yaml(path)
+    result = CliRunner().invoke(app, ["sweep", str(path)])
+    assert result.exit_code == 2 and "alias" in result.output
+
+
 # ---------------------------------------------------------------- the regression gate
 @pytest.fixture()
 def gate(runs, tmp_path):  # type: ignore[no-untyped-def]

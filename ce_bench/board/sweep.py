@@ -98,7 +98,7 @@ class SweepConfig:
     def from_yaml(cls, path: Path, out: Path | None = None) -> SweepConfig:
         """Read and check a config; unknown keys are errors, not silently ignored."""
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = _load_yaml_without_aliases(path) or {}
         except (OSError, yaml.YAMLError) as err:
             raise SweepConfigError(f"{path}: cannot read the sweep config ({err})") from err
         if not isinstance(raw, dict):
@@ -116,6 +116,21 @@ class SweepConfig:
         if not (config.concept or config.lifelong or config.artifacts or config.general_tasks):
             raise SweepConfigError(f"{path}: nothing to run (no concept, lifelong or artifacts)")
         return config
+
+
+def _load_yaml_without_aliases(path: Path) -> Any:
+    """The YAML document at `path`, refusing aliases: a few nested aliases expand a tiny file
+    into gigabytes (a 600-byte config once wrote a 184 MB results file), and a sweep config
+    has no need for them."""
+    text = path.read_text()
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise SweepConfigError(
+                f"{path}, line {event.start_mark.line + 1}: YAML alias *{event.anchor} is not"
+                " allowed in a sweep config (aliases can expand a small file without bound);"
+                " write the values out"
+            )
+    return yaml.safe_load(text)
 
 
 def _part(cls: type, raw: Any, where: str) -> Any:
