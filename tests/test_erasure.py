@@ -195,6 +195,19 @@ def test_the_task_rejects_an_unknown_target_and_needs_one() -> None:
     assert load_docs(dataset="agnews", target="all")["test"][0]["targets"] == list(AGNEWS.classes)
 
 
+def test_target_all_with_too_few_artifacts_fails_when_the_task_is_built(
+    tmp_path, tiny_llama_dir
+) -> None:
+    model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
+    art = locate_ranges(model, tokenizer, AGNEWS, "Sports", 1, str(tiny_llama_dir), per_class=2)
+    sports = str(save_artifact(art, tmp_path / "sports"))
+    with pytest.raises(ValueError, match="no artifact .* located for World, Business, Sci/Tech"):
+        load_docs(dataset="agnews", target="all", intervention=sports)
+    with pytest.raises(ValueError, match="located for World"):
+        load_docs(dataset="agnews", target="World", intervention=sports)
+    assert load_docs(dataset="agnews", target="sports", intervention=sports)["test"][0]["targets"]
+
+
 def test_class_metrics_average_per_class_then_trim_over_targets() -> None:
     targets = ("A", "B")
     items = [  # (class, targets, value per target)

@@ -62,15 +62,38 @@ def target_classes(data: ClassDataset, metadata: dict[str, Any]) -> list[int]:
 
 
 def _located_target(data: ClassDataset, intervention: str | None) -> str | None:
-    reports = [load_artifact(p).provenance.report for p in (intervention or "").split("+") if p]
-    targets = {r.get("target") for r in reports if r.get("dataset") == data.name}
+    targets = _located_targets(data, intervention)
     return targets.pop() if len(targets) == 1 else None
+
+
+def _located_targets(data: ClassDataset, intervention: str | None) -> set[str]:
+    """The classes of `data` that the artifacts of `intervention` (a+b+...) were located for."""
+    reports = [load_artifact(p).provenance.report for p in (intervention or "").split("+") if p]
+    return {r["target"] for r in reports if r.get("dataset") == data.name and r.get("target")}
+
+
+def check_located(data: ClassDataset, targets: list[str], intervention: str | None) -> None:
+    """Fail while the task is built, before any request is scored, when some erased class has
+    no artifact located for it (edited_hf would find out only after the unedited half ran).
+    Without `intervention` in the metadata (the Python API) the model checks at scoring."""
+    if not intervention:
+        return
+    located = {data.classes[data.class_index(t)] for t in _located_targets(data, intervention)}
+    missing = [t for t in targets if t not in located]
+    if missing:
+        raise ValueError(
+            f"erasure_{data.name}: no artifact in intervention= was located for"
+            f" {', '.join(missing)} ({len(targets)} class(es) to erase, artifacts located for"
+            f" {', '.join(sorted(located)) or 'none'}); give one artifact per class, joined by"
+            " '+' (ce-bench locate ... --target CLASS for each)"
+        )
 
 
 def load_docs(**metadata: Any) -> datasets.DatasetDict:
     """The test examples as few-shot prompts (`custom_dataset` loader; gets the metadata)."""
     data = dataset(metadata["dataset"])
     targets = [data.classes[t] for t in target_classes(data, metadata)]
+    check_located(data, targets, metadata.get("intervention"))
     source = metadata.get("data_source", "shipped")
     shots = choose_shots(
         data, load_examples(data, "train", source), int(metadata.get("shots", DEFAULT_SHOTS))
