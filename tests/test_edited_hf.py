@@ -60,6 +60,29 @@ def test_no_intervention_is_bit_identical_to_hf(tiny_llama_dir, plain) -> None:
     assert bare.generate_until(_gen(GREEDY)) == plain.generate_until(_gen(GREEDY))
 
 
+def test_paired_generation_with_nothing_attached_warns_once_and_generates_each_prompt_once(
+    tiny_llama_dir, plain, caplog, monkeypatch
+) -> None:
+    bare = EditedHFLM(pretrained=str(tiny_llama_dir), batch_size=2)
+    generated = []
+    original = HFLM.generate_until
+
+    def counting(self, requests, disable_tqdm=False):  # type: ignore[no-untyped-def]
+        generated.extend(r.args[0] for r in requests)
+        return original(self, requests, disable_tqdm)
+
+    monkeypatch.setattr(HFLM, "generate_until", counting)
+    paired = _gen(baseline_generation(GREEDY)) + _gen(GREEDY)
+    with caplog.at_level("WARNING", logger="ce_bench.models.edited_hf"):
+        texts = bare.generate_until(paired)
+        bare.generate_until(paired)
+    assert sorted(generated) == sorted(PROMPTS * 2)  # once per prompt per call, not twice
+    expected = plain.generate_until(_gen(GREEDY))
+    assert texts == expected + expected
+    warnings = [r for r in caplog.records if "0 by construction" in r.getMessage()]
+    assert len(warnings) == 1
+
+
 def test_switched_off_is_bit_identical_to_hf_and_on_differs(edited, plain) -> None:
     with edited.switch.set(False):
         assert edited.loglikelihood(_ll(PAIRS)) == plain.loglikelihood(_ll(PAIRS))

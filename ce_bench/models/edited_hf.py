@@ -16,6 +16,7 @@ import difflib
 import functools
 import inspect
 import json
+import logging
 import re
 from collections.abc import Iterator, MutableMapping
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -41,6 +42,8 @@ from ce_bench.lifelong import (
 from ce_bench.lifelong.scoring import score_tokens
 from ce_bench.models.embedded import EMBEDDED_NAME, resolve_pretrained
 from ce_bench.versions import stack_versions
+
+logger = logging.getLogger(__name__)
 
 
 class EditedHFLM(HFLM):
@@ -110,6 +113,7 @@ class EditedHFLM(HFLM):
         self._overrides = overrides
         self.unedited_answers = unedited_answers
         self.lifelong: LifelongSession | None = None
+        self._warned_unedited = False
         try:
             fresh = new_editor(editor, self.model, editor_params) if editor else None
             for item in [*built, *([fresh] if fresh else [])]:
@@ -155,6 +159,8 @@ class EditedHFLM(HFLM):
         )
 
     def _generate_now(self, requests: list[Instance], disable_tqdm: bool) -> list[str]:
+        if not self.interventions and self.lifelong is None:
+            return self._generate_each_once(requests, disable_tqdm)
         groups: dict[bool, list[int]] = {}
         for i, request in enumerate(requests):
             groups.setdefault(pairing.is_enabled(pairing.tag_of(request.args[1])), []).append(i)
@@ -172,6 +178,29 @@ class EditedHFLM(HFLM):
             for i, text in zip(indices, texts, strict=True):
                 results[i] = text
         return results
+
+    def _generate_each_once(self, requests: list[Instance], disable_tqdm: bool) -> list[str]:
+        """With nothing attached, ON is OFF: a paired task's two halves are one generation
+        (greedy requests only; sampled ones stay independent draws)."""
+        untagged = [_untagged(r) for r in requests]
+        keys = [
+            json.dumps(r.args, sort_keys=True, default=str)
+            if not r.args[1].get("do_sample")
+            else str(i)
+            for i, r in enumerate(untagged)
+        ]
+        if len(set(keys)) < len(keys) and not self._warned_unedited:
+            self._warned_unedited = True
+            logger.warning(
+                "edited_hf has no intervention=, editor= or edits=: the edited half of each paired"
+                " task is the unedited model, so edit metrics (concept_emotion's success_rate,"
+                " changed) are 0 by construction; each prompt is generated once"
+            )
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        unique = sorted(first.values())
+        texts = super().generate_until([untagged[i] for i in unique], disable_tqdm=disable_tqdm)
+        by_key = dict(zip((keys[i] for i in unique), texts, strict=True))
+        return [by_key[key] for key in keys]
 
     def _in_edit_order(self, requests: list[Instance], tags: list[dict], compute: Any) -> list:
         """`compute` the answers, each in the editor state the lifelong session asks for."""
