@@ -14,6 +14,7 @@ def _is_lm_eval_process(argv: list[str]) -> bool:
 
 
 if _is_lm_eval_process(list(getattr(sys, "orig_argv", sys.argv))):
-    from ce_bench.registration import register
+    from ce_bench.registration import print_input_errors_briefly, register
 
     register()
+    print_input_errors_briefly()

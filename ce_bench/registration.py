@@ -9,7 +9,10 @@ both and is idempotent; the `ce_bench_lm_eval.pth` hook and `ce-bench eval` call
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
+import os
+import sys
 from pathlib import Path
 
 MODEL_NAME = "edited_hf"
@@ -33,6 +36,56 @@ def register() -> None:
         model_registry.register(MODEL_NAME, target=MODEL_TARGET)
     if not getattr(TaskManager.__init__, "_ce_bench", False):
         TaskManager.__init__ = _with_our_tasks(TaskManager.__init__)
+        TaskManager.match_tasks = _with_preflight(TaskManager.match_tasks)
+
+
+# Checks a task can make from the metadata alone, run when lm-eval's CLI selects the task, before
+# it loads the model (minutes for a large one): task name prefix -> "module:function(metadata)".
+PREFLIGHT = {"concept_emotion": "ce_bench.tasks.concept_emotion.task:task_judge"}
+
+
+def _with_preflight(match):  # type: ignore[no-untyped-def]
+    """Wrap TaskManager.match_tasks (lm-eval's CLI calls it on --tasks before the model loads)."""
+
+    @functools.wraps(match)
+    def wrapped(self, task_list):  # type: ignore[no-untyped-def]
+        matched = match(self, task_list)
+        for prefix, target in PREFLIGHT.items():
+            if any(str(name).startswith(prefix) for name in matched):
+                module, _, function = target.partition(":")
+                getattr(importlib.import_module(module), function)(dict(self.metadata or {}))
+        return matched
+
+    return wrapped
+
+
+def print_input_errors_briefly() -> None:
+    """In lm-eval's CLI, print a ValueError that ce-bench raised on purpose (bad input: its
+    message names the file, the field and the fix) as that message alone, not a traceback.
+    CE_BENCH_TRACEBACK=1 shows the traceback."""
+    default = sys.excepthook
+
+    def hook(kind, error, trace):  # type: ignore[no-untyped-def]
+        if issubclass(kind, ValueError) and _raised_by_us(trace) and not _wants_traceback():
+            print(f"ce-bench: error: {error}", file=sys.stderr)
+            return
+        default(kind, error, trace)
+
+    sys.excepthook = hook
+
+
+def _raised_by_us(trace) -> bool:  # type: ignore[no-untyped-def]
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    if trace is None:
+        return False
+    where = Path(trace.tb_frame.f_code.co_filename).resolve()
+    ours = (Path(__file__).resolve().parent, task_dir().resolve())
+    return any(where.is_relative_to(folder) for folder in ours)
+
+
+def _wants_traceback() -> bool:
+    return os.environ.get("CE_BENCH_TRACEBACK", "") not in ("", "0")
 
 
 def _with_our_tasks(init):  # type: ignore[no-untyped-def]

@@ -61,8 +61,10 @@ def tokens(n: int = 7, batch: int = 2, vocab: int = 128, seed: int = 1) -> torch
 LM_EVAL = str(Path(sys.executable).parent / "lm_eval")
 
 
-def lm_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def lm_eval(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.run(
         [LM_EVAL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
     )

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from ce_bench.tasks.concept_emotion.task import Scored, load_docs, target_emotion
+from ce_bench.tasks.concept_emotion.task import Scored, load_docs, target_emotion, task_judge
 
 from ce_bench.artifacts import save_artifact
 from ce_bench.judge import PairVerdict
@@ -46,6 +46,15 @@ def test_target_emotion_comes_from_the_task_or_metadata_and_conflicts_are_errors
         target_emotion({"task_emotion": "fear", "emotion": "anger"})
     with pytest.raises(ValueError, match="target emotion None unknown"):
         target_emotion({})
+
+
+def test_a_judge_that_cannot_be_built_names_the_offline_lexicon_judge(monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"OPENAI_API_KEY.*\{\"judge\": \"lexicon\"\}"):
+        task_judge({})
+    with pytest.raises(ValueError, match="unknown judge 'gtp4'.*lexicon"):
+        task_judge({"judge": "gtp4"})
+    assert task_judge({"judge": "lexicon"}).name == "lexicon"
 
 
 def test_prompts_come_from_the_other_emotions_in_turn_and_splits_do_not_overlap() -> None:

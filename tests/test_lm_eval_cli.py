@@ -106,6 +106,30 @@ def test_bad_artifact_fails_before_evaluation_with_its_message(tmp_path, happy_s
     assert "Running loglikelihood requests" not in proc.stderr
 
 
+def test_concept_emotion_without_a_judge_key_fails_before_the_model_loads_naming_both_fixes(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    args = ["--model", "edited_hf", "--tasks", "concept_emotion", "--limit", "1"]
+    missing = str(tmp_path / "no-model")  # loading it would fail: the check must come first
+    proc = lm_eval(*args[:2], "--model_args", f"pretrained={missing}", *args[2:], cwd=tmp_path)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ce-bench: error: concept_emotion cannot build its judge")
+    assert "OPENAI_API_KEY" in last and '{"judge": "lexicon"}' in last
+    assert "Traceback" not in proc.stderr and "no-model" not in proc.stderr
+
+
+def test_bad_input_shows_its_traceback_when_asked(tmp_path, happy_sv) -> None:
+    proc = lm_eval(
+        "--model", "edited_hf",
+        "--model_args", f"intervention={happy_sv},positions=middle",
+        "--tasks", "ce_mini_arc_easy",
+        cwd=tmp_path, env={"CE_BENCH_TRACEBACK": "1"},
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
 def test_use_cache_never_returns_another_interventions_answer(tmp_path, happy_sv) -> None:
     cache = str(tmp_path / "cache" / "lm")
     common = ["--tasks", "ce_paired_mini_arc_easy", "--limit", "3", "--use_cache", cache]

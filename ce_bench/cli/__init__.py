@@ -24,8 +24,10 @@ def eval(ctx: typer.Context) -> None:  # noqa: A001 (the subcommand is called ev
     from lm_eval.__main__ import cli_evaluate
 
     from ce_bench import register
+    from ce_bench.registration import print_input_errors_briefly
 
     register()
+    print_input_errors_briefly()
     sys.argv = ["lm_eval", *ctx.args]
     cli_evaluate()
 

@@ -49,9 +49,10 @@ from ce_bench.emotions import (
     split_hash,
     split_scenarios,
 )
-from ce_bench.judge import PairItem, PairVerdict, judge_from_metadata
+from ce_bench.judge import Judge, PairItem, PairVerdict, judge_from_metadata
 
 DEFAULT_MAX_PPL = 200.0
+DEFAULT_JUDGE = "openai"  # GPT-4 judged in Unified Concept Editing 4.1
 NAN = float("nan")
 
 
@@ -70,6 +71,20 @@ def target_emotion(metadata: dict[str, Any]) -> str:
             f" {', '.join(EMOTIONS)}"
         )
     return emotion
+
+
+def task_judge(metadata: dict[str, Any]) -> Judge:
+    """The judge the metadata asks for; when it cannot be built (most often: no API key), an
+    error that also names the offline way out. `ce_bench.registration` calls this when the
+    tasks are selected, before lm-eval loads the model."""
+    try:
+        return judge_from_metadata(metadata, default=DEFAULT_JUDGE)
+    except ValueError as err:
+        raise ValueError(
+            f"concept_emotion cannot build its judge: {err}. To run without a judge API, use the"
+            ' offline lexicon judge: --metadata \'{"judge": "lexicon"}\' (or judge=lexicon'
+            " in --model_args)"
+        ) from err
 
 
 def _located_emotion(intervention: str | None) -> str | None:
@@ -156,7 +171,7 @@ class ConceptEmotion(PairedGeneration):
         metadata = dict(self.config.metadata or {})
         self.emotion = target_emotion(metadata)
         self.max_ppl = float(metadata.get("max_ppl", DEFAULT_MAX_PPL))
-        self.judge = judge_from_metadata(metadata, default="openai")
+        self.judge = task_judge(metadata)
         self._scored: dict[tuple[str, str, str], Scored] = {}
 
     def apply_filters(self) -> None:
