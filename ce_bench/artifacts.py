@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ce_bench.sites import Site, SiteError, model_dims
+from ce_bench.sites import ModelDims, Site, SiteError, model_dims
 
 FORMAT_VERSION = 1
 MANIFEST = "intervention.json"
@@ -61,6 +61,10 @@ class ModelIdentity:
         emb = model.get_input_embeddings().weight[:_SAMPLE_ROWS, :_SAMPLE_COLS]
         sample = [round(x, 6) for x in emb.detach().float().cpu().flatten().tolist()]
         return cls(name, dims.model_type, dims.num_layers, dims.hidden_size, dims.d_mlp, sample)
+
+    def dims(self) -> ModelDims:
+        """The recorded sizes, to check an artifact without loading its model (`ce-bench show`)."""
+        return ModelDims(self.model_type, self.num_layers, self.hidden_size, self.d_mlp)
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,8 @@ def load_artifact(directory: str | Path) -> Artifact:
         raise ArtifactError(manifest_path, MANIFEST, "file not found")
     if not tensors_path.is_file():
         raise ArtifactError(tensors_path, TENSORS, "file not found (every artifact has one)")
+    for path in (manifest_path, tensors_path):
+        _check_inside(root, path)
     try:
         raw = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as err:
@@ -161,7 +167,11 @@ def load_artifact(directory: str | Path) -> Artifact:
 
 
 def check_model(artifact: Artifact, model: torch.nn.Module) -> None:
-    """Fail unless `artifact` was located on a model with `model`'s shapes and weights."""
+    """Fail unless `artifact` was located on a model with `model`'s shapes and weights.
+
+    Whether the artifact fits those shapes (its layer, its tensors) is
+    `ce_bench.interventions.build_intervention`'s check.
+    """
     here = ModelIdentity.of(model, artifact.model.name)
     for name in ("model_type", "num_layers", "hidden_size", "d_mlp"):
         expected, actual = getattr(here, name), getattr(artifact.model, name)
@@ -172,12 +182,6 @@ def check_model(artifact: Artifact, model: torch.nn.Module) -> None:
                 f"artifact was located on a model with {name}={actual!r}, the loaded model has"
                 f" {expected!r}",
             )
-    if artifact.site.layer >= here.num_layers:
-        raise ArtifactError(
-            artifact.source,
-            "layer",
-            f"layer {artifact.site.layer} out of range: the model has {here.num_layers} layers",
-        )
     if artifact.model.embedding_sample and not torch.allclose(
         torch.tensor(artifact.model.embedding_sample),
         torch.tensor(here.embedding_sample),
@@ -211,6 +215,16 @@ def data_hash(*texts: str) -> str:
         digest.update(text.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:16]
+
+
+def _check_inside(root: Path, path: Path) -> None:
+    """Fail if `path` is a symlink to a file outside `root`: an artifact is its directory, and a
+    link out of it would load whatever file it points to."""
+    target = path.resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise ArtifactError(
+            path, path.name, f"a symlink to {target}, outside the artifact directory"
+        )
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -116,7 +116,12 @@ def layout(model: nn.Module) -> Layout:
 
 def site_width(model: nn.Module, site: Site) -> int:
     """Size of the last dimension of the activation at `site`."""
-    dims = model_dims(model)
+    return width_at(model_dims(model), site)
+
+
+def width_at(dims: ModelDims, site: Site) -> int:
+    """Size of the last dimension of the activation at `site` of a model of sizes `dims` (what
+    an artifact's manifest records, so it can be checked without the model)."""
     return dims.d_mlp if site.name == "mlp_act" else dims.hidden_size
 
 

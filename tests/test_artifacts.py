@@ -125,3 +125,39 @@ def test_bad_positions_value_is_an_error(tmp_path) -> None:
         ArtifactError, match="positions must be one of all, prompt, generated, last"
     ):
         _check(path)
+
+
+def test_tensor_file_symlinked_outside_the_artifact_is_an_error(tmp_path) -> None:
+    path = _steer_dir(tmp_path)
+    outside = tmp_path / "elsewhere.safetensors"
+    (path / "tensors.safetensors").rename(outside)
+    (path / "tensors.safetensors").symlink_to(outside)
+    with pytest.raises(ArtifactError, match="tensors.safetensors.*outside the artifact directory"):
+        load_artifact(path)
+
+
+def test_manifest_symlinked_outside_the_artifact_is_an_error(tmp_path) -> None:
+    path = _steer_dir(tmp_path)
+    outside = tmp_path / "elsewhere.json"
+    (path / "intervention.json").rename(outside)
+    (path / "intervention.json").symlink_to(outside)
+    with pytest.raises(ArtifactError, match="intervention.json.*outside the artifact directory"):
+        load_artifact(path)
+
+
+def test_symlinks_inside_the_artifact_and_a_symlinked_directory_load(tmp_path) -> None:
+    path = _steer_dir(tmp_path)
+    (path / "tensors.safetensors").rename(path / "vector.safetensors")
+    (path / "tensors.safetensors").symlink_to("vector.safetensors")
+    (tmp_path / "link").symlink_to(path)
+    _check(tmp_path / "link")
+
+
+def test_extra_tensor_inside_the_file_is_an_error_listing_the_expected_ones(tmp_path) -> None:
+    path = _steer_dir(tmp_path)
+    tensors = {"vector": torch.randn(32), "stowaway": torch.zeros(3)}
+    save_file(tensors, str(path / "tensors.safetensors"))
+    with pytest.raises(
+        ArtifactError, match=r"'stowaway': unexpected tensor.*steer stores exactly: vector"
+    ):
+        _check(path)

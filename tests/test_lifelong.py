@@ -19,7 +19,7 @@ from ce_bench.lifelong.editor import edit_batch
 from ce_bench.lifelong.records import EditDataError, EditRecord, load_records, shipped_dir
 from ce_bench.lifelong.report import LifelongReportConfig, parse_editor, run_lifelong_report
 from ce_bench.lifelong.scoring import TokenScore, score_tokens
-from ce_bench.lifelong.wise import ties_merge
+from ce_bench.lifelong.wise import NO_EDIT, ties_merge
 from ce_bench.models.edited_hf import EditedHFLM
 from ce_bench.models.embedded import load_model
 from ce_bench.pairing import baseline_loglikelihood, for_edit, tag_of
@@ -319,7 +319,7 @@ def test_wise_saves_a_shard_every_save_freq_edits_and_merges_every_merge_freq(ti
         first_mask = editor._shard_mask((8, 8))
         first = editor.apply_edit(model, tokenizer, RECORD)["in_scope"]
         assert editor.tensors["deltas"].shape[0] == 2  # the first shard, frozen, and a fresh one
-        assert editor.tensors["min_act"][1] == float("inf")
+        assert editor.tensors["min_act"][1] == NO_EDIT
         assert not torch.equal(editor._shard_mask((8, 8)), first_mask)  # a new shard, a new mask
         second = editor.apply_edit(model, tokenizer, RECORD)["in_scope"]
     finally:
@@ -327,6 +327,20 @@ def test_wise_saves_a_shard_every_save_freq_edits_and_merges_every_merge_freq(ti
             h.remove()
     assert editor.tensors["deltas"].shape[0] == 2  # the two shards merged, and a fresh one
     assert float(editor.tensors["min_act"][0]) == pytest.approx(min(first, second))
+
+
+def test_wise_state_saved_right_after_a_shard_is_frozen_loads_again(tiny, tmp_path) -> None:
+    model, tokenizer = tiny
+    editor = new_editor("wise", model, {"layer": 1, "steps": 1, "save_freq": 1, "merge_freq": 2})
+    handles = editor.attach(model, Switch())
+    try:
+        editor.apply_edit(model, tokenizer, RECORD)  # freezes the shard: a fresh, empty memory
+    finally:
+        for h in handles:
+            h.remove()
+    path = save_artifact(editor.to_artifact(model, "tiny", load_stream("zsre", 1)), tmp_path / "w")
+    loaded = build_intervention(load_artifact(path), model)
+    assert torch.equal(loaded.tensors["min_act"], editor.tensors["min_act"].cpu())
 
 
 # ---------------------------------------------------------------------- the session

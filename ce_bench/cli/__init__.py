@@ -34,10 +34,18 @@ def eval(ctx: typer.Context) -> None:  # noqa: A001 (the subcommand is called ev
 
 @app.command()
 def show(directory: Path) -> None:
-    """Print an artifact's manifest and tensor shapes."""
-    from ce_bench.artifacts import load_artifact
+    """Check an artifact as evaluation would, against the model sizes its manifest records (no
+    model is loaded), then print its manifest and tensor shapes; a problem exits with 1."""
+    import ce_bench.lifelong  # noqa: F401 (registers the editors' kinds)
+    from ce_bench.artifacts import ArtifactError, load_artifact
+    from ce_bench.interventions.base import checked_intervention
 
-    artifact = load_artifact(directory)
+    try:
+        artifact = load_artifact(directory)
+        checked_intervention(artifact, artifact.model.dims())
+    except ArtifactError as err:
+        typer.echo(f"ce-bench: error: {err}", err=True)
+        raise typer.Exit(1) from None
     table = Table(title=str(directory), show_header=False)
     table.add_row("kind", artifact.kind)
     table.add_row("site", str(artifact.site))

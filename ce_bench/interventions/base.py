@@ -10,6 +10,7 @@ checked in `__post_init__`) and an `edit(h)` method; registering it is one decor
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ce_bench.artifacts import Artifact, ArtifactError
 from ce_bench.kv_cache import cache_length, cache_reader
-from ce_bench.sites import Site, attach_hook, site_device, site_width
+from ce_bench.sites import ModelDims, Site, attach_hook, model_dims, site_device, width_at
 
 Positions = Literal["all", "prompt", "generated", "last"]
 POSITIONS: tuple[str, ...] = get_args(Positions)
@@ -165,19 +166,44 @@ def build_intervention(
     artifact: Artifact, model: nn.Module, overrides: dict[str, Any] | None = None
 ) -> Intervention:
     """Check `artifact` against `model` and build its intervention, with `overrides` applied."""
+    intervention = checked_intervention(artifact, model_dims(model), overrides)
+    intervention.check(model, artifact.source)
+    return intervention
+
+
+def checked_intervention(
+    artifact: Artifact, dims: ModelDims, overrides: dict[str, Any] | None = None
+) -> Intervention:
+    """Build `artifact`'s intervention after every check that needs only the model's sizes.
+
+    Evaluation runs this with the loaded model's sizes (then the checks that need its weights);
+    `ce-bench show` runs it alone with the sizes the manifest records, so both print one message.
+    """
+    source = artifact.source
     if artifact.kind not in INTERVENTIONS:
+        known = ", ".join(sorted(INTERVENTIONS))
+        raise ArtifactError(source, "kind", f"unknown kind {artifact.kind!r}; known kinds: {known}")
+    if artifact.site.layer >= dims.num_layers:
         raise ArtifactError(
-            artifact.source,
-            "kind",
-            f"unknown kind {artifact.kind!r}; known kinds: {', '.join(sorted(INTERVENTIONS))}",
+            source,
+            "layer",
+            f"layer {artifact.site.layer} out of range: the model has {dims.num_layers} layers",
         )
     cls = INTERVENTIONS[artifact.kind]
-    params = parse_params(cls.Params, {**artifact.params, **(overrides or {})}, artifact.source)
+    params = parse_params(cls.Params, {**artifact.params, **(overrides or {})}, source)
     missing = sorted(set(cls.tensor_names) - set(artifact.tensors))
     if missing:
-        raise ArtifactError(artifact.source, missing[0], "tensor missing from tensors.safetensors")
+        raise ArtifactError(source, missing[0], "tensor missing from tensors.safetensors")
+    extra = sorted(set(artifact.tensors) - set(cls.tensor_names))
+    if extra:
+        expected = ", ".join(cls.tensor_names) or "no tensors"
+        raise ArtifactError(
+            source,
+            extra[0],
+            f"unexpected tensor in tensors.safetensors; {artifact.kind} stores exactly: {expected}",
+        )
     intervention = cls(artifact.site, params, artifact.tensors)
-    intervention.check(model, artifact.source)
+    intervention.check_dims(dims, source)
     return intervention
 
 
@@ -202,14 +228,33 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def check_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+    """Raise ValueError unless `value` is a finite int or float (not a bool).
+
+    NaN and infinity arrive easily (JSON's `NaN` literal, `float("nan")` of a model_arg) and would
+    reach every metric as NaN, so they are refused like non-finite tensors are.
+    """
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite:
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def check_integer(name: str, value: Any, minimum: int) -> None:
     """Raise ValueError unless `value` is an integer (not a bool) of at least `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_indices(source: str, name: str, indices: torch.Tensor, width: int) -> None:
+    """Raise ArtifactError unless tensor `name` is a 1-D integer tensor of indices in [0, width)."""
+    if indices.dtype not in (torch.int32, torch.int64) or indices.dim() != 1:
+        raise ArtifactError(source, name, "expected a 1-D integer tensor of unit indices")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= width):
+        raise ArtifactError(
+            source,
+            name,
+            f"indices must lie in [0, {width}), got min {int(indices.min())}"
+            f" and max {int(indices.max())}",
+        )
 
 
 class Intervention(ABC):
@@ -224,8 +269,13 @@ class Intervention(ABC):
         self.tensors = {name: tensors[name] for name in self.tensor_names}
         self.target: str | None = None  # the class it erases, when several are loaded at once
 
+    def check_dims(self, dims: ModelDims, source: str) -> None:  # noqa: B027 (optional override)
+        """Raise ArtifactError if this intervention does not fit a model of sizes `dims` (tensor
+        shapes, indices, sites). It needs no model, so `ce-bench show` runs it too."""
+
     def check(self, model: nn.Module, source: str) -> None:  # noqa: B027 (optional override)
-        """Raise ArtifactError if this intervention does not fit `model` (shapes, indices)."""
+        """Raise ArtifactError if this intervention does not fit `model` in a way its sizes do not
+        tell (an SAE to load, a weight's layout); runs after `check_dims`."""
 
     @abstractmethod
     def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:
@@ -254,9 +304,9 @@ class ActivationIntervention(Intervention):
         """Move tensors next to the site's weights once, before any forward pass."""
         self.tensors = {k: v.to(device=device, dtype=dtype) for k, v in self.tensors.items()}
 
-    def check_vector(self, model: nn.Module, source: str, name: str) -> None:
+    def check_vector(self, dims: ModelDims, source: str, name: str) -> None:
         """Fail unless tensor `name` is a vector as wide as the site."""
-        width, tensor = site_width(model, self.site), self.tensors[name]
+        width, tensor = width_at(dims, self.site), self.tensors[name]
         if tensor.shape != (width,):
             raise ArtifactError(
                 source,

@@ -39,7 +39,7 @@ from torch import nn
 from ce_bench.artifacts import ArtifactError
 from ce_bench.interventions.base import check_number, register_intervention
 from ce_bench.interventions.weights import WeightEdit
-from ce_bench.sites import model_dims, module_path
+from ce_bench.sites import ModelDims, module_path
 
 DEFAULT_TAU_2 = 0.1
 
@@ -71,9 +71,9 @@ class FeatureEdit(WeightEdit):
     Params = FeatureEditParams
     tensor_names = ("directions",)
 
-    def check(self, model: nn.Module, source: str) -> None:
-        super().check(model, source)
-        directions, width = self.tensors["directions"], model_dims(model).hidden_size
+    def check_dims(self, dims: ModelDims, source: str) -> None:
+        super().check_dims(dims, source)
+        directions, width = self.tensors["directions"], dims.hidden_size
         if directions.dim() != 2 or directions.shape[0] == 0 or directions.shape[1] != width:
             raise ArtifactError(
                 source,
@@ -82,6 +82,10 @@ class FeatureEdit(WeightEdit):
             )
         if not directions.is_floating_point() or bool((directions.norm(dim=-1) == 0).any()):
             raise ArtifactError(source, "directions", "expected float rows, none of them zero")
+
+    def check(self, model: nn.Module, source: str) -> None:
+        """W_down must have an output axis as wide as the directions (its layout decides which)."""
+        width = self.tensors["directions"].shape[1]
         module = model.get_submodule(module_path(model, self.site))
         if module.weight.shape[_output_axis(module)] != width:
             raise ArtifactError(source, "site", f"W_down at {self.site} has no {width}-wide axis")

@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ce_bench.artifacts import ArtifactError
 from ce_bench.interventions.base import (
     ActivationIntervention,
     ActivationParams,
+    check_indices,
     check_number,
     register_intervention,
 )
-from ce_bench.sites import site_width
+from ce_bench.sites import ModelDims, width_at
 
 
 @dataclass(frozen=True)
@@ -37,23 +37,13 @@ class NeuronScale(ActivationIntervention):
     Params = NeuronScaleParams
     tensor_names = ("neurons",)
 
-    def check(self, model: nn.Module, source: str) -> None:
+    def check_dims(self, dims: ModelDims, source: str) -> None:
         if self.site.name != "mlp_act":
             raise ArtifactError(
                 source, "site", f"neuron_scale acts on mlp_act, got {self.site.name}"
             )
-        neurons, width = self.tensors["neurons"], site_width(model, self.site)
-        if neurons.dtype not in (torch.int32, torch.int64) or neurons.dim() != 1:
-            raise ArtifactError(
-                source, "neurons", "expected a 1-D integer tensor of neuron indices"
-            )
-        if neurons.numel() and (int(neurons.min()) < 0 or int(neurons.max()) >= width):
-            raise ArtifactError(
-                source,
-                "neurons",
-                f"indices must lie in [0, {width}) for {self.site}, got max {int(neurons.max())}",
-            )
-        self.width = width
+        self.width = width_at(dims, self.site)
+        check_indices(source, "neurons", self.tensors["neurons"], self.width)
 
     def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
         scale = torch.ones(self.width, dtype=dtype, device=device)

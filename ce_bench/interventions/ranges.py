@@ -27,11 +27,12 @@ from ce_bench.interventions.base import (
     ActivationIntervention,
     ActivationParams,
     check_choice,
+    check_indices,
     check_number,
     register_intervention,
 )
 from ce_bench.interventions.sae import load_sae
-from ce_bench.sites import site_width
+from ce_bench.sites import ModelDims, width_at
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -74,20 +75,15 @@ class RangeMask(ActivationIntervention):
     Params = RangeMaskParams
     tensor_names = ("neurons", "mu", "sigma", "direction")
 
-    def check(self, model: nn.Module, source: str) -> None:
-        p = self.params
-        self.sae: SAE | None = None
-        if p.sae_path or p.sae_release:
-            try:
-                self.sae = load_sae(p.sae_path, p.sae_release, p.sae_id)
-            except Exception as err:  # sae-lens raises many types for a missing or bad SAE
-                raise ArtifactError(source, "params.sae_path", f"cannot load ({err})") from err
-        width = self.sae.cfg.d_sae if self.sae is not None else site_width(model, self.site)
+    @property
+    def on_sae(self) -> bool:
+        """Whether the units are an SAE's latents (their count is known once it is loaded)."""
+        return bool(self.params.sae_path or self.params.sae_release)
+
+    def check_dims(self, dims: ModelDims, source: str) -> None:
         neurons = self.tensors["neurons"]
-        if neurons.dtype not in (torch.int32, torch.int64) or neurons.dim() != 1:
-            raise ArtifactError(source, "neurons", "expected a 1-D integer tensor of unit indices")
-        if neurons.numel() and (int(neurons.min()) < 0 or int(neurons.max()) >= width):
-            raise ArtifactError(source, "neurons", f"indices must lie in [0, {width})")
+        if not self.on_sae:
+            check_indices(source, "neurons", neurons, width_at(dims, self.site))
         for name in ("mu", "sigma", "direction"):
             if self.tensors[name].shape != neurons.shape:
                 raise ArtifactError(
@@ -98,6 +94,16 @@ class RangeMask(ActivationIntervention):
                 )
         if bool((self.tensors["sigma"] < 0).any()):
             raise ArtifactError(source, "sigma", "standard deviations must be >= 0")
+
+    def check(self, model: nn.Module, source: str) -> None:
+        p = self.params
+        self.sae: SAE | None = None
+        if self.on_sae:
+            try:
+                self.sae = load_sae(p.sae_path, p.sae_release, p.sae_id)
+            except Exception as err:  # sae-lens raises many types for a missing or bad SAE
+                raise ArtifactError(source, "params.sae_path", f"cannot load ({err})") from err
+            check_indices(source, "neurons", self.tensors["neurons"], self.sae.cfg.d_sae)
 
     def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
         super().prepare(device, dtype)

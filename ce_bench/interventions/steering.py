@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ce_bench.artifacts import ArtifactError
 from ce_bench.interventions.base import (
@@ -14,6 +13,7 @@ from ce_bench.interventions.base import (
     check_number,
     register_intervention,
 )
+from ce_bench.sites import ModelDims
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ class Steer(ActivationIntervention):
     Params = SteerParams
     tensor_names = ("vector",)
 
-    def check(self, model: nn.Module, source: str) -> None:
-        self.check_vector(model, source, "vector")
+    def check_dims(self, dims: ModelDims, source: str) -> None:
+        self.check_vector(dims, source, "vector")
 
     def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
         super().prepare(device, dtype)
@@ -64,8 +64,8 @@ class DirectionalAblation(ActivationIntervention):
     Params = AblationParams
     tensor_names = ("direction",)
 
-    def check(self, model: nn.Module, source: str) -> None:
-        self.check_vector(model, source, "direction")
+    def check_dims(self, dims: ModelDims, source: str) -> None:
+        self.check_vector(dims, source, "direction")
         norm = self.tensors["direction"].float().norm()
         if norm == 0:
             raise ArtifactError(source, "direction", "the direction has zero norm")

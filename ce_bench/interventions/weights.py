@@ -16,7 +16,7 @@ from ce_bench.interventions.base import (
     check_number,
     register_intervention,
 )
-from ce_bench.sites import module_path
+from ce_bench.sites import ModelDims, module_path
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class WeightEdit(Intervention):
     Weights act at every position, so weight edits take no `positions` parameter.
     """
 
-    def check(self, model: nn.Module, source: str) -> None:
+    def check_dims(self, dims: ModelDims, source: str) -> None:
         if self.site.name != "mlp_act":
             raise ArtifactError(
                 source, "site", f"{self.kind} edits the W_down reading mlp_act, got {self.site}"
@@ -64,7 +64,7 @@ class WeightDelta(WeightEdit):
     tensor_names = ("delta",)
 
     def check(self, model: nn.Module, source: str) -> None:
-        super().check(model, source)
+        """The delta's shape against W_down's own (GPT-2's Conv1D stores it transposed)."""
         weight = model.get_submodule(module_path(model, self.site)).weight
         delta = self.tensors["delta"]
         if delta.shape != weight.shape:

@@ -63,6 +63,9 @@ TEMPLATE_LENGTHS = (5, 10)  # new tokens: 5 templates of each length
 LONG_INPUT = 100  # tokens; longer forward passes are scored by their top-1 token
 STOP_LOSS, STOP_CHANGE = 0.02, 1e-4  # EasyEdit's early stop: loss low and no longer changing
 WEIGHT_DECAY = 1e-5  # EasyEdit's SGD
+# min_act of a memory that has no edit yet: no activation reaches it. Finite (not inf), because
+# a saved state must load, and artifacts refuse non-finite tensors.
+NO_EDIT = float(torch.finfo(torch.float32).max)
 IRRELEVANT = OPENERS + CHAT_REQUESTS
 
 
@@ -99,7 +102,8 @@ class WiseParams(EditorParams):
 @register_intervention
 class Wise(Editor):
     """State: `deltas` (m, d_model, d_mlp), each side memory minus W_down (the last one takes
-    the next edits), and `min_act` (m,), each memory's smallest in-scope score (inf: no edit)."""
+    the next edits), and `min_act` (m,), each memory's smallest in-scope score (NO_EDIT: none
+    yet)."""
 
     kind = "wise"
     Params = WiseParams
@@ -112,7 +116,7 @@ class Wise(Editor):
         dims = model_dims(model)
         return {
             "deltas": torch.zeros(1, dims.hidden_size, dims.d_mlp),
-            "min_act": torch.full((1,), float("inf")),
+            "min_act": torch.full((1,), NO_EDIT),
         }
 
     def check(self, model: nn.Module, source: str) -> None:
@@ -265,7 +269,7 @@ class Wise(Editor):
         deltas, min_act = self.tensors["deltas"], self.tensors["min_act"]
         self.tensors = {
             "deltas": torch.cat([deltas, torch.zeros_like(deltas[:1])]),
-            "min_act": torch.cat([min_act, torch.full_like(min_act[:1], float("inf"))]),
+            "min_act": torch.cat([min_act, torch.full_like(min_act[:1], NO_EDIT)]),
         }
 
     def _merge(self) -> None:
