@@ -11,6 +11,7 @@ from ce_bench.tasks.concept_emotion.task import Scored, load_docs, target_emotio
 
 from ce_bench.artifacts import save_artifact
 from ce_bench.judge import PairVerdict
+from ce_bench.judge.cache import ReplyCache
 from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
 from ce_bench.models.embedded import load_model
 from tests.helpers import lm_eval, results_of
@@ -119,7 +120,7 @@ def test_lm_eval_run_pairs_generations_and_logs_all_four_judge_scores(tmp_path, 
 
 
 @pytest.mark.slow
-def test_served_judge_asks_both_orders_caches_and_a_rerun_makes_no_calls(
+def test_served_judge_asks_both_orders_and_a_rerun_asks_only_for_unparsed_replies(
     tmp_path, anger_sv, served_model, embedded_dir
 ) -> None:
     metadata = {
@@ -135,7 +136,8 @@ def test_served_judge_asks_both_orders_caches_and_a_rerun_makes_no_calls(
     assert usage["pairs"] == pairs and usage["calls"] + usage["cache_hits"] == 2 * pairs
     failures = first["results"]["concept_emotion_target"]["judge_failures,none"]
     assert failures == usage["failed_pairs"]  # unparseable replies counted, not scored
+    cached = len(ReplyCache(tmp_path / "cache.sqlite"))  # only replies that parsed are kept
     again = _run(tmp_path / "again", anger_sv, metadata, limit=3)
     usage = again["configs"]["concept_emotion_target"]["metadata"]["judge_usage"]
-    assert (usage["calls"], usage["cache_hits"]) == (0, 2 * pairs)
-    assert again["results"] == first["results"]
+    assert (usage["calls"], usage["cache_hits"]) == (2 * pairs - cached, cached)
+    assert again["results"] == first["results"]  # a greedy judge answers the same again

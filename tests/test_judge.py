@@ -32,6 +32,7 @@ from ce_bench.judge import (
 )
 from ce_bench.judge.cache import Completion, ReplyCache, ReplyKey
 from ce_bench.judge.lexicon_judge import lexicon_score
+from ce_bench.judge.openai_judge import normalise_base_url
 
 FAST_RETRY = {"backoff_base": 0.001, "backoff_max": 0.01}
 CALM, FURIOUS = "I walked home and made tea.", "I was furious, I hated him and slammed the door."
@@ -117,7 +118,8 @@ def biased_reply(prompt: str) -> str:
 
 class ScriptedAPI:
     """A chat-completions endpoint on 127.0.0.1 whose responses follow `statuses` (one per
-    request), then `then` for every later request; a 200 carries `reply(prompt)`."""
+    request), then `then` for every later request; a 200 carries `reply(prompt)`, or the raw
+    body `raw` = (content type, bytes) when given."""
 
     def __init__(
         self,
@@ -125,8 +127,10 @@ class ScriptedAPI:
         then: int = 200,
         reply: Callable[[str], str] = biased_reply,
         delay: float = 0.0,
+        raw: tuple[str, bytes] | None = None,
     ) -> None:
         self.statuses, self.then, self.reply, self.delay = list(statuses or []), then, reply, delay
+        self.raw = raw
         self.prompts: list[str] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -146,18 +150,24 @@ class ScriptedAPI:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def _respond(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _respond(self, body: dict[str, Any]) -> tuple[int, str, bytes]:
         prompt = body["messages"][0]["content"]
         with self._lock:
             self.prompts.append(prompt)
             status = self.statuses.pop(0) if self.statuses else self.then
         if status != 200:
-            return status, {"error": {"message": f"scripted {status}", "type": "scripted"}}
-        return 200, {
+            error = {"error": {"message": f"scripted {status}", "type": "scripted"}}
+            return status, "application/json", json.dumps(error).encode()
+        if self.raw is not None:
+            return 200, *self.raw
+        return 200, "application/json", json.dumps(self._completion(body["model"], prompt)).encode()
+
+    def _completion(self, model: str, prompt: str) -> dict[str, Any]:
+        return {
             "id": "scripted",
             "object": "chat.completion",
             "created": 0,
-            "model": body["model"],
+            "model": model,
             "choices": [
                 {
                     "index": 0,
@@ -175,10 +185,9 @@ class ScriptedAPI:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 time.sleep(api.delay)
-                status, payload = api._respond(body)
-                data = json.dumps(payload).encode()
+                status, content_type, data = api._respond(body)
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -249,13 +258,17 @@ def test_timeouts_are_retried_then_recorded(tmp_path: Path):
     assert judge.usage()["failures"] == {"api: timeout": 2}
 
 
-def test_unreachable_server_is_a_recorded_connection_failure(tmp_path: Path):
-    with socket.socket() as sock:  # a port nobody listens on once the socket is closed
+def closed_port() -> int:
+    """A loopback port nobody listens on (its socket is closed on return)."""
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_is_a_recorded_connection_failure(tmp_path: Path):
     judge = make_judge(
         "openai",
-        base_url=f"http://127.0.0.1:{port}/v1",
+        base_url=f"http://127.0.0.1:{closed_port()}/v1",
         cache_path=str(tmp_path / "c.sqlite"),
         max_attempts=2,
         **FAST_RETRY,
@@ -272,6 +285,29 @@ def test_unparseable_reply_is_a_parse_failure_never_a_score(tmp_path: Path):
     assert verdict.failure == "parse"
     assert (verdict.original, verdict.edited, verdict.original_first) == (None, None, None)
     assert judge.usage()["failures"] == {"parse": 2}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html", b"<html>bad gateway</html>"),  # a proxy's error page
+        ("application/json", b"<html>bad gateway</html>"),  # ... mislabelled as JSON
+        ("application/json", b"[]"),  # JSON, but not a chat completion
+    ],
+)
+def test_a_200_reply_that_is_not_a_chat_completion_is_retried_then_a_counted_failure(
+    tmp_path: Path, content_type: str, body: bytes
+):
+    with ScriptedAPI(raw=(content_type, body)) as api:
+        judge = scripted_judge(api, tmp_path / "c.sqlite", max_attempts=3, **FAST_RETRY)
+        rating = judge.rate("anger", CALM, FURIOUS)
+        assert rating == Rating(None, "api: invalid response")
+        assert len(api.prompts) == 3
+        api.raw = None  # the proxy recovers: the run goes on and scores the next request
+        assert judge.rate("anger", CALM, FURIOUS).scores == (3, 8)
+    usage = judge.usage()
+    assert (usage["requests"], usage["retries"], usage["calls"]) == (4, 2, 1)
+    assert usage["failures"] == {"api: invalid response": 1}
 
 
 def test_compare_many_returns_verdicts_in_item_order_under_concurrency(tmp_path: Path):
@@ -295,8 +331,7 @@ def test_cached_replies_survive_a_new_judge_so_a_rerun_pays_nothing(tmp_path: Pa
         first = scripted_judge(api, cache)
         verdict = first.compare("anger", CALM, FURIOUS)
         # committed as they arrive: another connection sees them while the judge is alive
-        with sqlite3.connect(cache) as db:
-            assert db.execute("SELECT COUNT(*) FROM replies").fetchone()[0] == 2
+        assert len(ReplyCache(cache)) == 2
         again = scripted_judge(api, cache)
         assert again.compare("anger", CALM, FURIOUS) == verdict
     assert len(api.prompts) == 2
@@ -304,34 +339,123 @@ def test_cached_replies_survive_a_new_judge_so_a_rerun_pays_nothing(tmp_path: Pa
     assert (usage["calls"], usage["requests"], usage["cache_hits"]) == (0, 0, 2)
 
 
-def test_cache_is_keyed_by_order_emotion_model_and_prompt_version(tmp_path: Path):
+def test_cache_is_keyed_by_order_emotion_and_every_reply_setting(tmp_path: Path):
+    settings = {"model": "gpt-4o", "prompt_version": PROMPT_VERSION, "max_tokens": 512}
     cache = ReplyCache(tmp_path / "c.sqlite")
-    key = ReplyKey("gpt-4o", PROMPT_VERSION, "anger", CALM, FURIOUS)
-    cache.put(key, Completion("reply", prompt_tokens=5, completion_tokens=3))
+    cache.put(ReplyKey(settings, "anger", CALM, FURIOUS), Completion("reply", 5, 3))
+    reordered = dict(reversed(settings.items()))  # the order settings are listed in is no matter
+    key = ReplyKey(reordered, "anger", CALM, FURIOUS)
     assert ReplyCache(tmp_path / "c.sqlite").get(key) == Completion("reply", 5, 3)
     for other in (
-        ReplyKey("gpt-4o", PROMPT_VERSION, "anger", FURIOUS, CALM),
-        ReplyKey("gpt-4o", PROMPT_VERSION, "fear", CALM, FURIOUS),
-        ReplyKey("gpt-4o-mini", PROMPT_VERSION, "anger", CALM, FURIOUS),
-        ReplyKey("gpt-4o", "other-prompt", "anger", CALM, FURIOUS),
+        ReplyKey(settings, "anger", FURIOUS, CALM),
+        ReplyKey(settings, "fear", CALM, FURIOUS),
+        ReplyKey({**settings, "model": "gpt-4o-mini"}, "anger", CALM, FURIOUS),
+        ReplyKey({**settings, "prompt_version": "other"}, "anger", CALM, FURIOUS),
+        ReplyKey({**settings, "max_tokens": 1024}, "anger", CALM, FURIOUS),
+        ReplyKey({**settings, "base_url": "http://127.0.0.1:8000/v1"}, "anger", CALM, FURIOUS),
     ):
         assert cache.get(other) is None
 
 
-def test_parse_failures_are_cached_but_failed_requests_are_not(tmp_path: Path):
-    cache = tmp_path / "c.sqlite"
-    with ScriptedAPI(reply=lambda prompt: "no scores here") as garbage:
-        scripted_judge(garbage, cache).compare("anger", CALM, FURIOUS)
-        rerun = scripted_judge(garbage, cache)
-        assert rerun.compare("anger", CALM, FURIOUS).failure == "parse"
-    assert len(garbage.prompts) == 2 and rerun.usage()["failures"] == {"parse": 2}
+def test_openai_judge_keys_replies_by_its_normalised_server_and_sampling(tmp_path: Path):
+    def settings(base_url: str | None) -> Any:
+        return make_judge(
+            "openai", base_url=base_url, cache_path=str(tmp_path / "c.sqlite")
+        ).reply_settings()
 
-    with ScriptedAPI(then=503) as down:
-        failed = scripted_judge(down, cache, max_attempts=1).compare("fear", CALM, FURIOUS)
-    assert failed.failure == "api: status 503"
-    with ScriptedAPI() as up:
-        assert scripted_judge(up, cache).compare("fear", CALM, FURIOUS).ok
-    assert len(up.prompts) == 2
+    local = settings("HTTP://LocalHost:8000/v1//")
+    assert local["base_url"] == "http://localhost:8000/v1"
+    assert local == settings("http://localhost:8000/v1")
+    assert (local["temperature"], local["max_tokens"]) == (0.0, 512)
+    assert local["model"] == "gpt-4o" and local["prompt_version"] == PROMPT_VERSION
+    assert normalise_base_url(None) == "https://api.openai.com/v1"
+
+
+@pytest.mark.parametrize("garbage", ["no scores here", ""])
+def test_unparseable_or_empty_replies_are_not_cached_so_a_rerun_asks_again(
+    tmp_path: Path, garbage: str
+):
+    cache = tmp_path / "c.sqlite"
+    with ScriptedAPI(reply=lambda prompt: garbage) as api:
+        assert scripted_judge(api, cache).compare("anger", CALM, FURIOUS).failure == "parse"
+        api.reply = biased_reply  # the judge model answers in the A.5 format this time
+        rerun = scripted_judge(api, cache)
+        verdict = rerun.compare("anger", CALM, FURIOUS)
+    assert verdict.ok and (verdict.original, verdict.edited) == (2.5, 8.5)
+    assert len(api.prompts) == 4
+    assert (rerun.usage()["calls"], rerun.usage()["cache_hits"]) == (2, 0)
+
+
+def test_failed_requests_are_not_cached_so_a_rerun_asks_again(tmp_path: Path):
+    cache = tmp_path / "c.sqlite"
+    with ScriptedAPI(statuses=[503, 503]) as api:
+        failed = scripted_judge(api, cache, max_attempts=1).compare("fear", CALM, FURIOUS)
+        assert failed.failure == "api: status 503"
+        assert scripted_judge(api, cache).compare("fear", CALM, FURIOUS).ok
+    assert len(api.prompts) == 4
+
+
+def test_cached_replies_are_served_only_to_the_server_that_gave_them(tmp_path: Path):
+    cache = tmp_path / "c.sqlite"
+    with ScriptedAPI() as api:
+        url = api.url
+        verdict = scripted_judge(api, cache).compare("anger", CALM, FURIOUS)
+    # the same server, spelled with a trailing slash and an upper-case scheme: served, no request
+    same = make_judge(
+        "openai", model="scripted", base_url=url.upper()[:4] + url[4:] + "/", cache_path=str(cache)
+    )
+    assert same.compare("anger", CALM, FURIOUS) == verdict
+    usage = same.usage()
+    assert (usage["calls"], usage["requests"], usage["cache_hits"]) == (0, 0, 2)
+    # another server (closed): it is asked, and its failure is recorded, never a cached score
+    other = make_judge(
+        "openai",
+        model="scripted",
+        base_url=f"http://127.0.0.1:{closed_port()}/v1",
+        cache_path=str(cache),
+        max_attempts=2,
+        **FAST_RETRY,
+    )
+    failed = other.compare("anger", CALM, FURIOUS)
+    assert failed.failure == "api: connection" and failed.original is None
+    usage = other.usage()
+    assert (usage["requests"], usage["cache_hits"]) == (4, 0)
+    assert usage["failures"] == {"api: connection": 2}
+
+
+def test_a_different_reply_length_cap_is_asked_again_not_served_from_the_cache(tmp_path: Path):
+    cache = tmp_path / "c.sqlite"
+    with ScriptedAPI() as api:
+        scripted_judge(api, cache).compare("anger", CALM, FURIOUS)
+        longer = scripted_judge(api, cache, max_tokens=1024)
+        assert longer.compare("anger", CALM, FURIOUS).ok
+    assert len(api.prompts) == 4 and longer.usage()["cache_hits"] == 0
+
+
+def test_cache_file_of_the_old_schema_opens_but_its_replies_are_not_served(tmp_path: Path):
+    """Caches written before the key named the server: their replies could be any server's."""
+    cache = tmp_path / "c.sqlite"
+    with sqlite3.connect(cache) as db:
+        db.execute(
+            "CREATE TABLE replies (model TEXT NOT NULL, prompt_version TEXT NOT NULL, "
+            "emotion TEXT NOT NULL, first TEXT NOT NULL, second TEXT NOT NULL, "
+            "reply TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, "
+            "completion_tokens INTEGER NOT NULL, "
+            "created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, "
+            "PRIMARY KEY (model, prompt_version, emotion, first, second))"
+        )
+        stale = "The overall score of Sentence 1: 0\nThe overall score of Sentence 2: 0"
+        for first, second in ((CALM, FURIOUS), (FURIOUS, CALM)):
+            db.execute(
+                "INSERT INTO replies VALUES (?, ?, ?, ?, ?, ?, 1, 1, CURRENT_TIMESTAMP)",
+                ("scripted", PROMPT_VERSION, "anger", first, second, stale),
+            )
+    db.close()
+    with ScriptedAPI() as api:
+        judge = scripted_judge(api, cache)
+        verdict = judge.compare("anger", CALM, FURIOUS)
+    assert (verdict.original, verdict.edited) == (2.5, 8.5)
+    assert len(api.prompts) == 2 and judge.usage()["cache_hits"] == 0
 
 
 # --- building judges from options ---------------------------------------------------------------
@@ -454,42 +578,44 @@ def served_run(
 def test_served_judge_asks_in_both_orders_and_never_scores_unparseable_replies(
     served_run: ServedRun,
 ):
-    usage, model = served_run.judge.usage(), served_run.judge.options.model
+    judge, usage = served_run.judge, served_run.judge.usage()
     assert (usage["calls"], usage["requests"], usage["cache_hits"]) == (4, 4, 0)
     assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
     cache = ReplyCache(served_run.cache)
-    unparseable = 0
     for item, verdict in zip(SERVED_ITEMS, served_run.verdicts, strict=True):
         orders = [(item.original, item.edited), (item.edited, item.original)]
-        replies = [cache.get(ReplyKey(model, PROMPT_VERSION, item.emotion, *o)) for o in orders]
-        assert all(reply is not None for reply in replies)  # both orders were asked and kept
-        parsed = [_try_parse(reply.text) for reply in replies]
-        unparseable += parsed.count(None)
-        assert [verdict.original_first, verdict.edited_first] == parsed
-        if None in parsed:
+        kept = [cache.get(ReplyKey(judge.reply_settings(), item.emotion, *o)) for o in orders]
+        rated = [verdict.original_first, verdict.edited_first]
+        # exactly the replies that gave scores are kept, each with the scores it gave
+        assert [None if reply is None else parse_scores(reply.text) for reply in kept] == rated
+        if None in rated:
             assert verdict.failure == "parse" and verdict.original is None
         else:
             assert verdict.ok and 0 <= verdict.edited <= 10
+    unparseable = sum(rated.count(None) for rated in _ratings(served_run.verdicts))
     assert usage["failures"].get("parse", 0) == unparseable
     assert usage["failed_pairs"] == sum(not v.ok for v in served_run.verdicts)
 
 
 @pytest.mark.slow
-def test_served_judge_rerun_makes_zero_calls(served_run: ServedRun, served_model: str):
+def test_served_judge_rerun_asks_again_only_for_replies_that_did_not_parse(
+    served_run: ServedRun, served_model: str
+):
     again = make_judge(
         "openai",
         model=served_run.judge.options.model,
-        base_url=served_model,
+        base_url=served_model + "/",
         max_tokens=12,
         cache_path=str(served_run.cache),
     )
-    assert again.compare_many(SERVED_ITEMS, progress=False) == served_run.verdicts
+    verdicts = again.compare_many(SERVED_ITEMS, progress=False)
+    unparseable = sum(rated.count(None) for rated in _ratings(served_run.verdicts))
     usage = again.usage()
-    assert (usage["calls"], usage["requests"], usage["cache_hits"]) == (0, 0, 4)
+    assert (usage["calls"], usage["cache_hits"]) == (unparseable, 4 - unparseable)
+    for before, after in zip(served_run.verdicts, verdicts, strict=True):
+        if before.ok:  # served from the cache
+            assert after == before
 
 
-def _try_parse(reply: str) -> tuple[int, int] | None:
-    try:
-        return parse_scores(reply)
-    except JudgeParseError:
-        return None
+def _ratings(verdicts: list[PairVerdict]) -> list[list[tuple[int, int] | None]]:
+    return [[v.original_first, v.edited_first] for v in verdicts]

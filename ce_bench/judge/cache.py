@@ -1,16 +1,19 @@
-"""A persistent store of paid-for judge replies (sqlite), so no request is ever paid for twice.
+"""A persistent store of judge replies that gave scores (sqlite), so none is paid for twice.
 
-A reply is keyed by everything that determines it: judge model, prompt version, emotion and the
+A reply is keyed by everything that determines it: the judge's reply settings (model, prompt
+version, server, sampling: whatever its backend's `reply_settings()` names), the emotion and the
 two sentences in the order shown (the A.5 prompt is asked in both orders, and each order is its
-own reply). Every reply is committed as soon as it arrives, so a run killed half way and started
-again only asks for what it has not got. Replies that fail to parse are stored too (they were
-paid for); failed requests are not, so they are tried again next run.
+own reply). Only replies that parse into scores are stored, each as soon as it arrives, so a run
+killed half way and started again only asks for what it has not got. Failures (failed requests,
+empty or unparseable replies) are not stored, so they are asked again next run.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +21,13 @@ from ce_bench.models.embedded import ce_bench_home
 
 CACHE_FILE = "judge_cache.sqlite"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS replies (
-    model TEXT NOT NULL,
-    prompt_version TEXT NOT NULL,
+# Version 2 of the table: the key gained the judge's reply settings (server, temperature,
+# max_tokens). Version 1's `replies` table, still in older cache files, is never read: its rows
+# do not say which server answered them.
+_TABLE = "replies_v2"
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {_TABLE} (
+    settings TEXT NOT NULL,
     emotion TEXT NOT NULL,
     first TEXT NOT NULL,
     second TEXT NOT NULL,
@@ -29,9 +35,11 @@ CREATE TABLE IF NOT EXISTS replies (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    PRIMARY KEY (model, prompt_version, emotion, first, second)
+    PRIMARY KEY (settings, emotion, first, second)
 )
 """
+
+ReplySettings = Mapping[str, str | int | float]
 
 
 def default_cache_path() -> Path:
@@ -41,10 +49,10 @@ def default_cache_path() -> Path:
 
 @dataclass(frozen=True)
 class ReplyKey:
-    """What one judge reply depends on; `first` is shown as Sentence 1."""
+    """What one judge reply depends on: the judge's `settings` (see `LLMJudge.reply_settings`)
+    and the request; `first` is shown as Sentence 1."""
 
-    model: str
-    prompt_version: str
+    settings: ReplySettings
     emotion: str
     first: str
     second: str
@@ -65,6 +73,7 @@ class ReplyCache:
 
     Example:
         >>> cache = ReplyCache(tmp_path / "judge.sqlite")
+        >>> key = ReplyKey({"model": "gpt-4o"}, "anger", "I went home.", "I was furious.")
         >>> cache.put(key, Completion("The overall score of Sentence 1: 3 ..."))
         >>> cache.get(key).text
     """
@@ -83,8 +92,8 @@ class ReplyCache:
     def get(self, key: ReplyKey) -> Completion | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT reply, prompt_tokens, completion_tokens FROM replies WHERE model = ? "
-                "AND prompt_version = ? AND emotion = ? AND first = ? AND second = ?",
+                f"SELECT reply, prompt_tokens, completion_tokens FROM {_TABLE} "
+                "WHERE settings = ? AND emotion = ? AND first = ? AND second = ?",
                 _key_values(key),
             ).fetchone()
         return Completion(*row) if row is not None else None
@@ -92,8 +101,8 @@ class ReplyCache:
     def put(self, key: ReplyKey, completion: Completion) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO replies (model, prompt_version, emotion, first, second, "
-                "reply, prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO {_TABLE} (settings, emotion, first, second, reply, "
+                "prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     *_key_values(key),
                     completion.text,
@@ -104,8 +113,10 @@ class ReplyCache:
 
     def __len__(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+            return self._db.execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()[0]
 
 
-def _key_values(key: ReplyKey) -> tuple[str, str, str, str, str]:
-    return key.model, key.prompt_version, key.emotion, key.first, key.second
+def _key_values(key: ReplyKey) -> tuple[str, str, str, str]:
+    """The key as stored; settings as canonical JSON, so equal settings give equal text."""
+    settings = json.dumps(dict(key.settings), sort_keys=True, separators=(",", ":"))
+    return settings, key.emotion, key.first, key.second

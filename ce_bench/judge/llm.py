@@ -1,8 +1,9 @@
 """The part of an LLM judge that does not depend on the API: prompt, cache, parsing, counting.
 
-A backend for a new API subclasses `LLMJudge` and implements `complete(prompt)`; it inherits the
-A.5 prompt (seed 000), the persistent reply cache and the rule that an unparseable reply is a
-counted failure, never a score.
+A backend for a new API subclasses `LLMJudge`, implements `complete(prompt)` and extends
+`reply_settings()` with whatever else its replies depend on; it inherits the A.5 prompt (seed 000),
+the persistent reply cache and the rule that a failed request or an unparseable reply is a counted
+failure, never a score, and is not cached.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ce_bench.judge.base import PARSE_FAILURE, Judge, JudgeOptions, Rating
-from ce_bench.judge.cache import Completion, ReplyCache, ReplyKey
+from ce_bench.judge.cache import Completion, ReplyCache, ReplyKey, ReplySettings
 from ce_bench.judge.prompt import PROMPT_VERSION, JudgeParseError, build_prompt, parse_scores
 
 API_FAILURE_PREFIX = "api: "
@@ -63,22 +64,33 @@ class LLMJudge(Judge):
     def complete(self, prompt: str) -> Completion:
         """The model's reply to `prompt`; raises JudgeAPIError when the request fails for good."""
 
+    def reply_settings(self) -> ReplySettings:
+        """Everything besides the request that decides the reply: part of every cache key, so a
+        reply is only served to a judge that would be asked the same way. A backend extends it
+        (server, sampling) rather than the cache knowing about backends."""
+        return {"model": self.options.model, "prompt_version": PROMPT_VERSION}
+
     def rate(self, emotion: str, first: str, second: str) -> Rating:
-        key = ReplyKey(self.options.model, PROMPT_VERSION, emotion, first, second)
+        key = ReplyKey(self.reply_settings(), emotion, first, second)
         completion = self.cache.get(key)
         if completion is not None:
             self.count(cache_hits=1)
-        else:
-            try:
-                completion = self.complete(build_prompt(emotion, first, second))
-            except JudgeAPIError as err:
-                return self._failed(API_FAILURE_PREFIX + err.reason)
-            self.count(
-                calls=1,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-            )
-            self.cache.put(key, completion)  # paid for: kept even if it does not parse
+            return self._rating(completion)
+        try:
+            completion = self.complete(build_prompt(emotion, first, second))
+        except JudgeAPIError as err:
+            return self._failed(API_FAILURE_PREFIX + err.reason)
+        self.count(
+            calls=1,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+        )
+        rating = self._rating(completion)
+        if rating.scores is not None:  # a failure is not kept, so the next run asks again
+            self.cache.put(key, completion)
+        return rating
+
+    def _rating(self, completion: Completion) -> Rating:
         try:
             return Rating(parse_scores(completion.text))
         except JudgeParseError:
@@ -89,8 +101,4 @@ class LLMJudge(Judge):
         return Rating(None, reason)
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "model": self.options.model,
-            "prompt_version": PROMPT_VERSION,
-            "cache": str(self.cache.path),
-        }
+        return {**self.reply_settings(), "cache": str(self.cache.path)}

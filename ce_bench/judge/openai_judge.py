@@ -2,10 +2,11 @@
 `transformers serve`, ...) through the `openai` client.
 
 Seed 000 used GPT-4 as its judge (section 4.1); the default here is `gpt-4o`. Requests are greedy
-(temperature 0) with a bounded reply length. Rate limits (429), server errors (5xx), timeouts
-and dropped connections are retried with exponential backoff and jitter, a bounded number of
-times; any other error fails the item at once. The client's own retries are off so that every
-request is counted here.
+(temperature 0) with a bounded reply length. Rate limits (429), server errors (5xx), timeouts,
+dropped connections and a body that is not a chat completion (a proxy's HTML error page served
+with status 200) are retried with exponential backoff and jitter, a bounded number of times; any
+other error fails the item at once. The client's own retries are off so that every request is
+counted here. The server, temperature and max_tokens are part of the reply cache key.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import random
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from ce_bench.judge.base import check_positive
-from ce_bench.judge.cache import Completion
+from ce_bench.judge.cache import Completion, ReplySettings
 from ce_bench.judge.llm import JudgeAPIError, LLMJudge, LLMJudgeOptions
 from ce_bench.judge.registry import register_judge
 
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 OPENAI_URL = "https://api.openai.com/v1"
 MAX_REPLY_TOKENS = 4096
+TEMPERATURE = 0.0  # greedy: the reply is as repeatable as the server allows
+INVALID_RESPONSE = "invalid response"
 # Local servers ignore the key, but the client insists on having one.
 LOCAL_DUMMY_KEY = "unused-local-key"
 
@@ -82,13 +85,22 @@ class OpenAIJudge(LLMJudge):
 
         api_key = _api_key(options)
         super().__init__(options)
+        self.base_url = normalise_base_url(options.base_url)
         self._client = OpenAI(
-            base_url=options.base_url or OPENAI_URL,
+            base_url=self.base_url,
             api_key=api_key,
             max_retries=0,
             timeout=options.timeout,
         )
         self._jitter = random.Random()
+
+    def reply_settings(self) -> ReplySettings:
+        return {
+            **super().reply_settings(),
+            "base_url": self.base_url,
+            "temperature": TEMPERATURE,
+            "max_tokens": self.options.max_tokens,
+        }
 
     def complete(self, prompt: str) -> Completion:
         import openai
@@ -98,27 +110,22 @@ class OpenAIJudge(LLMJudge):
             attempt += 1
             self.count(requests=1)
             try:
-                response = self._client.chat.completions.create(
-                    model=self.options.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    temperature=0,
-                    max_tokens=self.options.max_tokens,
+                return _completion(
+                    self._client.chat.completions.create(
+                        model=self.options.model,
+                        messages=[{"role": "user", "content": prompt}],
+                        temperature=TEMPERATURE,
+                        max_tokens=self.options.max_tokens,
+                    )
                 )
-            except openai.APIError as err:
+            # ValueError: a body that does not decode (JSONDecodeError) or is not a completion
+            except (openai.APIError, ValueError) as err:
                 reason, retryable, retry_after = _classify(err)
                 if not retryable or attempt >= self.options.max_attempts:
                     logger.warning("judge request failed (%s) after %d attempt(s)", err, attempt)
                     raise JudgeAPIError(reason, str(err)) from err
-                self.count(retries=1)
-                time.sleep(self._backoff(attempt, retry_after))
-                continue
-            reply = response.choices[0].message.content if response.choices else None
-            usage = response.usage
-            return Completion(
-                text=reply or "",
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-            )
+            self.count(retries=1)
+            time.sleep(self._backoff(attempt, retry_after))
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait after failed attempt `attempt`: exponential with "equal jitter" (half
@@ -130,12 +137,43 @@ class OpenAIJudge(LLMJudge):
             delay = max(delay, min(retry_after, self.options.backoff_max))
         return delay
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "base_url": self.options.base_url or OPENAI_URL}
+
+def normalise_base_url(url: str | None) -> str:
+    """The API root as the cache key knows it: None is OpenAI, scheme and host lower-case, no
+    trailing slash, so `http://127.0.0.1:8000/v1/` and `http://127.0.0.1:8000/v1` share replies."""
+    parts = urlsplit(url or OPENAI_URL)
+    scheme, netloc, path = parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
+    return urlunsplit((scheme, netloc, path, parts.query, ""))
+
+
+def _completion(response: Any) -> Completion:
+    """The reply and usage in what the client made of a 200 body. It checks nothing: an HTML page
+    comes back as a str, other JSON as a ChatCompletion with fields missing. So a body without a
+    first choice whose content is text (or null) is a ValueError here; an empty reply is not, it
+    fails to parse."""
+    try:
+        choices = response.choices
+        if not isinstance(choices, list) or not choices:
+            raise TypeError("no choices")
+        reply = choices[0].message.content
+        usage = response.usage
+    except (AttributeError, TypeError) as err:
+        raise ValueError(f"not a chat completion: {response!r:.200}") from err
+    if reply is not None and not isinstance(reply, str):
+        raise ValueError(f"not a chat completion: content {reply!r:.200}")
+    return Completion(
+        reply or "", _tokens(usage, "prompt_tokens"), _tokens(usage, "completion_tokens")
+    )
+
+
+def _tokens(usage: object, name: str) -> int:
+    value = getattr(usage, name, None)
+    return value if isinstance(value, int) else 0
 
 
 def _classify(err: Exception) -> tuple[str, bool, float | None]:
-    """(reason, retryable, Retry-After seconds) for an error raised by the openai client."""
+    """(reason, retryable, Retry-After seconds) for an error raised by the openai client or by
+    `_completion`. An invalid body is retried like a 5xx: it is usually a proxy's passing error."""
     import openai
 
     if isinstance(err, openai.APITimeoutError):
@@ -146,7 +184,7 @@ def _classify(err: Exception) -> tuple[str, bool, float | None]:
         status = err.status_code
         retryable = status in (408, 429) or status >= 500
         return f"status {status}", retryable, _retry_after(err.response.headers.get("retry-after"))
-    return "invalid response", False, None
+    return INVALID_RESPONSE, True, None
 
 
 def _retry_after(header: str | None) -> float | None:
