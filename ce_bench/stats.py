@@ -1,0 +1,157 @@
+"""How ce-bench decides: paired tests and intervals over the same documents.
+
+An edit is measured on the same documents as the unedited model (a paired task, or two runs with
+`--log_samples`), so the question "did it get worse" is asked of the per-document differences,
+not of two means with their own standard errors. 0/1 metrics (acc, exact_match) use the exact
+McNemar test, i.e. a binomial test on the discordant documents; continuous per-document metrics
+a sign-flip permutation test (exact up to `EXACT_UP_TO` documents). Intervals are seeded
+percentile bootstrap intervals of the mean difference. Several metrics in one decision are
+corrected with Holm's step-down method.
+
+Example:
+    >>> result = compare_paired([1, 1, 0, 1], [0, 1, 0, 1], higher_is_better=True)
+    >>> result.delta, result.discordant, result.p_worse
+    (-0.25, (1, 0), 0.5)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 2000
+PERMUTATIONS = 10_000  # Monte Carlo sign flips when exact enumeration is too large
+EXACT_UP_TO = 16  # documents with a nonzero difference: 2**16 sign patterns, enumerated
+LEVEL = 0.95
+SEED = 0
+
+
+def binomial_tail(successes: int, trials: int) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, 1/2), exactly."""
+    if successes <= 0:
+        return 1.0
+    return sum(math.comb(trials, k) for k in range(successes, trials + 1)) / 2**trials
+
+
+def mcnemar(worse: int, better: int) -> tuple[float, float]:
+    """Exact McNemar p-values (one-sided "worse", two-sided) from the discordant counts: `worse`
+    documents right before and wrong after, `better` the other way round."""
+    n = worse + better
+    one_sided = binomial_tail(worse, n)
+    two_sided = min(1.0, 2 * binomial_tail(max(worse, better), n)) if n else 1.0
+    return one_sided, two_sided
+
+
+def sign_flip(differences: np.ndarray, seed: int = SEED) -> tuple[float, float]:
+    """Permutation p-values (one-sided "mean below 0", two-sided) of paired differences: under
+    no effect each difference is as likely negative as positive. Exact over every sign pattern
+    up to EXACT_UP_TO nonzero differences, else PERMUTATIONS seeded random patterns."""
+    d = differences[differences != 0]
+    if d.size == 0:
+        return 1.0, 1.0
+    observed = d.sum()
+    if d.size <= EXACT_UP_TO:
+        signs = np.array(list(itertools.product((1, -1), repeat=d.size)), dtype=float)
+        sums = signs @ d
+        below = np.mean(sums <= observed + 1e-12)
+        apart = np.mean(np.abs(sums) >= abs(observed) - 1e-12)
+        return float(below), float(apart)
+    rng = np.random.default_rng(seed)
+    sums = (rng.choice((1.0, -1.0), size=(PERMUTATIONS, d.size)) * d).sum(axis=1)
+    below = (np.sum(sums <= observed + 1e-12) + 1) / (PERMUTATIONS + 1)
+    apart = (np.sum(np.abs(sums) >= abs(observed) - 1e-12) + 1) / (PERMUTATIONS + 1)
+    return float(below), float(apart)
+
+
+def bootstrap_ci(
+    differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = SEED
+) -> tuple[float, float]:
+    """Percentile bootstrap interval (LEVEL) of the mean paired difference, resampling
+    documents with replacement; seeded, so a board is reproducible."""
+    if differences.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, differences.size, size=(resamples, differences.size))
+    means = differences[index].mean(axis=1)
+    tail = (1 - LEVEL) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values: reject where adjusted <= alpha controls the chance
+    of any false rejection among the metrics at alpha."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """A metric of the same documents, unedited (base) vs edited (candidate).
+
+    `delta` is candidate - base (negative: lower). `p_worse` tests "the candidate is worse" in
+    the metric's direction, `p_two_sided` "they differ"; `discordant` is (worse, better) for
+    0/1 metrics, None for continuous ones.
+    """
+
+    n: int
+    base: float
+    candidate: float
+    delta: float
+    ci: tuple[float, float]
+    p_worse: float
+    p_two_sided: float
+    discordant: tuple[int, int] | None
+    test: str  # "mcnemar" or "sign-flip"
+
+
+def compare_paired(
+    base: Sequence[float], candidate: Sequence[float], higher_is_better: bool = True
+) -> PairedComparison:
+    """Paired test and interval of one metric over documents given in the same order."""
+    a, b = np.asarray(base, dtype=float), np.asarray(candidate, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(
+            f"paired values need one value per document each, got {a.shape}, {b.shape}"
+        )
+    keep = np.isfinite(a) & np.isfinite(b)  # a document scored in only one state is not paired
+    a, b = a[keep], b[keep]
+    differences = b - a
+    oriented = differences if higher_is_better else -differences  # negative: worse
+    if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
+        worse, better = int(np.sum(oriented < 0)), int(np.sum(oriented > 0))
+        p_worse, p_two = mcnemar(worse, better)
+        discordant: tuple[int, int] | None = (worse, better)
+        test = "mcnemar"
+    else:
+        p_worse, p_two = sign_flip(oriented)
+        discordant, test = None, "sign-flip"
+    return PairedComparison(
+        n=int(a.size),
+        base=_mean(a),
+        candidate=_mean(b),
+        delta=_mean(differences),
+        ci=bootstrap_ci(differences),
+        p_worse=p_worse,
+        p_two_sided=p_two,
+        discordant=discordant,
+        test=test,
+    )
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else math.nan
+
+
+def unpaired_detectable_drop(stderr_base: float | None, stderr_candidate: float | None) -> float:
+    """The smallest drop the unpaired rule (more than two combined standard errors) can see: a
+    gate without per-document samples is blind to anything smaller. A missing stderr counts 0."""
+    return 2 * math.hypot(stderr_base or 0.0, stderr_candidate or 0.0)
