@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,13 +72,25 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval (LEVEL) of the mean paired difference, resampling
     documents with replacement; seeded, so a board is reproducible."""
-    if differences.size == 0:
+    return bootstrap_interval(
+        lambda index: float(differences[index].mean()), differences.size, resamples, seed
+    )
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval (LEVEL) of `statistic(document indices)` over `n` paired
+    documents resampled with replacement (both states of a document move together)."""
+    if n == 0:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    index = rng.integers(0, differences.size, size=(resamples, differences.size))
-    means = differences[index].mean(axis=1)
+    values = [statistic(rng.integers(0, n, size=n)) for _ in range(resamples)]
     tail = (1 - LEVEL) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
+    low, high = np.quantile(values, [tail, 1 - tail])
     return float(low), float(high)
 
 
@@ -144,6 +156,40 @@ def compare_paired(
         p_two_sided=p_two,
         discordant=discordant,
         test=test,
+    )
+
+
+def compare_weighted(
+    base: np.ndarray,
+    candidate: np.ndarray,
+    weights: np.ndarray,
+    aggregate: Callable[[float, float], float],
+) -> PairedComparison:
+    """Paired comparison of a corpus-level metric such as perplexity, built from per-document
+    log-likelihoods and weights (words, bytes): `aggregate(sum of loglikelihoods, sum of
+    weights)`. Worse means the texts became less likely. The test is the sign flip on the
+    per-document change in loglikelihood per word or byte; the interval is the bootstrap of the
+    aggregate's difference over resampled documents."""
+    a, b, w = (np.asarray(x, dtype=float) for x in (base, candidate, weights))
+    keep = np.isfinite(a) & np.isfinite(b) & (w > 0)
+    a, b, w = a[keep], b[keep], w[keep]
+
+    def delta(index: np.ndarray) -> float:
+        total = w[index].sum()
+        return aggregate(b[index].sum(), total) - aggregate(a[index].sum(), total)
+
+    everything = np.arange(a.size)
+    p_worse, p_two = sign_flip((b - a) / w)  # negative: the edited model finds a text less likely
+    return PairedComparison(
+        n=int(a.size),
+        base=aggregate(a.sum(), w.sum()) if a.size else math.nan,
+        candidate=aggregate(b.sum(), w.sum()) if a.size else math.nan,
+        delta=delta(everything) if a.size else math.nan,
+        ci=bootstrap_interval(delta, a.size),
+        p_worse=p_worse,
+        p_two_sided=p_two,
+        discordant=None,
+        test="sign-flip",
     )
 
 

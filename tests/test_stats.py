@@ -11,6 +11,7 @@ from ce_bench.stats import (
     binomial_tail,
     bootstrap_ci,
     compare_paired,
+    compare_weighted,
     holm,
     mcnemar,
     sign_flip,
@@ -94,3 +95,18 @@ def test_documents_scored_in_only_one_state_are_left_out() -> None:
     assert result.n == 2 and result.discordant == (1, 0)
     with pytest.raises(ValueError, match="one value per document"):
         compare_paired([1.0, 0.0], [1.0])
+
+
+def test_perplexity_comparison_bootstraps_the_corpus_metric_and_tests_per_word_change() -> None:
+    base_ll = np.array([-100.0, -50.0, -80.0, -120.0])
+    words = np.array([40.0, 20.0, 30.0, 50.0])
+    edited_ll = base_ll - words * 0.1  # every text 0.1 nats per word less likely
+
+    def perplexity(ll: float, n: float) -> float:
+        return float(np.exp(-ll / n))
+
+    result = compare_weighted(base_ll, edited_ll, words, perplexity)
+    expected = perplexity(edited_ll.sum(), words.sum()) - perplexity(base_ll.sum(), words.sum())
+    assert result.delta == pytest.approx(expected) and result.delta > 0
+    assert result.ci[0] > 0 and result.p_worse == pytest.approx(1 / 16)
+    assert compare_weighted(base_ll, base_ll, words, perplexity).p_worse == 1.0

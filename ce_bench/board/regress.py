@@ -2,26 +2,35 @@
 
 `ce-bench regress --baseline A --candidate B` compares the general-ability tasks (ce_general,
 ce_general_mini, ce_perplexity, lm-eval's own; see `runs.family`) of two results files of the
-same base model. A metric fails when it got worse by more than the allowed drop (absolute,
-default 0.02) AND by more than two combined standard errors, sqrt(se_A^2 + se_B^2); a metric
-without a stderr (lm-eval writes "N/A") contributes 0 to that sum. Which way is "worse" comes
-from lm-eval's `higher_is_better`.
+same base model; `ce-bench regress --paired RUN` compares the unedited and edited halves of the
+paired tasks in one run. Which way is "worse" comes from lm-eval's `higher_is_better`.
+
+With per-document samples (`lm_eval --log_samples`) the documents are paired (ce_bench.stats): a
+metric fails when its drop exceeds the allowed drop (absolute, default 0.02) AND the one-sided
+paired test ("the candidate is worse": exact McNemar for 0/1 metrics, a sign-flip test for
+continuous ones) rejects at alpha (default 0.05) after Holm's correction over the paired metrics
+checked. Without samples the unpaired rule applies: the drop must exceed the allowed drop AND two
+combined standard errors, sqrt(se_A^2 + se_B^2) (a missing stderr counts 0); the table shows that
+threshold, the smallest drop such a gate can see at that n.
 
 Exit codes: 0 pass, 1 a metric failed, 2 the two files cannot be compared.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
 from ce_bench.board.runs import GENERAL, BoardError, Run, Score, family, load_runs
+from ce_bench.board.samples import SamplesMismatch, compare_in_run, compare_runs, samples_of
+from ce_bench.stats import PairedComparison, holm, unpaired_detectable_drop
 
 PASS, FAIL, UNUSABLE = 0, 1, 2
 DEFAULT_MAX_DROP = 0.02
+DEFAULT_ALPHA = 0.05
 
 
 class UnusableInput(BoardError):
@@ -30,30 +39,51 @@ class UnusableInput(BoardError):
 
 @dataclass(frozen=True)
 class Check:
-    """One metric of one task, baseline against candidate."""
+    """One metric of one task, baseline against candidate; `paired` when per-document samples
+    pair them, with `p_adjusted` its Holm-adjusted one-sided p-value."""
 
     task: str
     metric: str
     baseline: Score
     candidate: Score
     max_drop: float
+    paired: PairedComparison | None = None
+    p_adjusted: float | None = None
+    alpha: float = DEFAULT_ALPHA
+
+    @property
+    def higher_is_better(self) -> bool | None:
+        return self.baseline.higher_is_better
 
     @property
     def drop(self) -> float | None:
         """How much worse the candidate is (negative: better); None if the direction is unknown."""
-        if self.baseline.higher_is_better is None:
+        if self.higher_is_better is None:
             return None
-        change = self.candidate.value - self.baseline.value
-        return -change if self.baseline.higher_is_better else change
+        change = self.paired.delta if self.paired else self.candidate.value - self.baseline.value
+        return -change if self.higher_is_better else change
 
     @property
-    def combined_stderr(self) -> float:
-        return math.hypot(self.baseline.stderr or 0.0, self.candidate.stderr or 0.0)
+    def drop_ci(self) -> tuple[float, float] | None:
+        """The 95% interval of the drop (paired only)."""
+        if self.paired is None or self.higher_is_better is None:
+            return None
+        low, high = self.paired.ci
+        return (-high, -low) if self.higher_is_better else (low, high)
+
+    @property
+    def detectable(self) -> float:
+        """The unpaired rule's threshold: the smallest drop it can fail."""
+        return unpaired_detectable_drop(self.baseline.stderr, self.candidate.stderr)
 
     @property
     def failed(self) -> bool:
         drop = self.drop
-        return drop is not None and drop > self.max_drop and drop > 2 * self.combined_stderr
+        if drop is None or drop <= self.max_drop:
+            return False
+        if self.paired is not None:
+            return self.p_adjusted is not None and self.p_adjusted <= self.alpha
+        return drop > self.detectable
 
 
 def parse_max_drop(values: list[str]) -> tuple[float, dict[str, float]]:
@@ -88,11 +118,13 @@ def compare(
     candidate: Run,
     tasks: list[str] | None = None,
     max_drop: tuple[float, dict[str, float]] = (DEFAULT_MAX_DROP, {}),
+    alpha: float = DEFAULT_ALPHA,
 ) -> list[Check]:
-    """Every comparable metric of the chosen tasks (default: both runs' general-ability tasks).
+    """Every comparable metric of the chosen tasks (default: both runs' general-ability tasks),
+    paired by document where both runs logged samples.
 
     Raises UnusableInput for different base models, a task missing from one run, different
-    sample counts, or nothing to compare.
+    sample counts or documents, or nothing to compare.
     """
     if baseline.base_model != candidate.base_model:
         raise UnusableInput(
@@ -123,24 +155,83 @@ def compare(
     unknown = sorted(set(per_task) - set(chosen) - set(baseline.groups))
     if unknown:
         raise UnusableInput(f"--max-drop names {', '.join(unknown)}: not a compared task or group")
-    checks = [
-        Check(
-            task,
-            metric,
-            score,
-            candidate.scores[task][metric],
-            _limit(task, baseline, default, per_task),
-        )
-        for task in chosen
-        for metric, score in baseline.scores[task].items()
-        if metric in candidate.scores[task]
-    ]
+    base_samples, cand_samples = samples_of(baseline), samples_of(candidate)
+    checks = []
+    for task in chosen:
+        for metric, score in baseline.scores[task].items():
+            if metric not in candidate.scores[task]:
+                continue
+            paired = None
+            if task in base_samples and task in cand_samples and score.higher_is_better is not None:
+                try:
+                    paired = compare_runs(
+                        base_samples[task], cand_samples[task], task, metric, score.higher_is_better
+                    )
+                except SamplesMismatch as err:
+                    raise UnusableInput(str(err)) from err
+            limit = _limit(task, baseline, default, per_task)
+            checks.append(
+                Check(
+                    task, metric, score, candidate.scores[task][metric], limit, paired, None, alpha
+                )
+            )
     if not any(c.drop is not None for c in checks):
         raise UnusableInput(
             "no overlap: the two files share no general-ability metric with a known direction"
             + (f" (tasks compared: {', '.join(chosen)})" if chosen else "")
         )
-    return checks
+    return _holm(checks)
+
+
+def compare_paired_run(
+    run: Run,
+    tasks: list[str] | None = None,
+    max_drop: tuple[float, dict[str, float]] = (DEFAULT_MAX_DROP, {}),
+    alpha: float = DEFAULT_ALPHA,
+) -> list[Check]:
+    """The unedited (`<metric>_base`) against the edited half of every paired general-ability
+    task in one run (default: all of them), paired by document where the run logged samples."""
+    paired_tasks = sorted(
+        t
+        for t, metrics in run.scores.items()
+        if family(t) == GENERAL and any(s.base is not None for s in metrics.values())
+    )
+    chosen = tasks or paired_tasks
+    unknown = [t for t in chosen if t not in paired_tasks]
+    if unknown or not chosen:
+        raise UnusableInput(
+            f"{run.path}: no paired general-ability task"
+            + (f" named {', '.join(unknown)}" if unknown else "")
+            + " (it holds both states only for tasks such as ce_paired_general_mini, run with"
+            " --model edited_hf)"
+        )
+    default, per_task = max_drop
+    samples = samples_of(run)
+    checks = []
+    for task in chosen:
+        for metric, score in run.scores[task].items():
+            if score.base is None:
+                continue
+            base = Score(score.base, score.base_stderr, score.higher_is_better)
+            direction = score.higher_is_better
+            paired = (
+                compare_in_run(samples[task], metric, direction)
+                if task in samples and direction is not None
+                else None
+            )
+            limit = _limit(task, run, default, per_task)
+            checks.append(Check(task, metric, base, score, limit, paired, None, alpha))
+    return _holm(checks)
+
+
+def _holm(checks: list[Check]) -> list[Check]:
+    """Each paired check with its Holm-adjusted p-value over all paired checks of the gate."""
+    tested = [i for i, c in enumerate(checks) if c.paired is not None and c.drop is not None]
+    adjusted = holm([checks[i].paired.p_worse for i in tested])  # type: ignore[union-attr]
+    out = list(checks)
+    for i, p in zip(tested, adjusted, strict=True):
+        out[i] = replace(checks[i], p_adjusted=p)
+    return out
 
 
 def _limit(task: str, run: Run, default: float, per_task: dict[str, float]) -> float:
@@ -154,34 +245,55 @@ def _limit(task: str, run: Run, default: float, per_task: dict[str, float]) -> f
 
 
 def checks_table(checks: list[Check]) -> Table:
-    """The gate's verdict per metric, failing ones first."""
-    table = Table(title="ce-bench regress: candidate vs baseline")
-    for column in (
-        "task",
-        "metric",
-        "baseline",
-        "candidate",
-        "drop",
-        "max drop",
-        "2 x se",
-        "verdict",
-    ):
-        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
-    for c in sorted(checks, key=lambda c: (not c.failed, c.task, c.metric)):
-        drop = c.drop
-        verdict = "[red]FAIL[/red]" if c.failed else ("ok" if drop is not None else "no direction")
-        table.add_row(
-            c.task,
-            c.metric,
-            _with_stderr(c.baseline),
-            _with_stderr(c.candidate),
-            "" if drop is None else f"{drop:+.4f}",
-            f"{c.max_drop:.4f}",
-            f"{2 * c.combined_stderr:.4f}",
-            verdict,
-        )
+    """The gate's verdict per metric, failing tasks first, in 80 columns. Paired rows: the
+    drop with its 95% interval, the discordant documents (worse/better) of a 0/1 metric and the
+    Holm-adjusted p; unpaired rows: the smallest drop the unpaired rule can fail."""
+    table = Table(
+        title="ce-bench regress: candidate vs baseline",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for column in ("task / metric", "n", "drop [95% CI]", "w/b", "p", "verdict"):
+        left = column == "task / metric"
+        table.add_column(column, justify="left" if left else "right", no_wrap=not left)
+    tasks = sorted({c.task for c in checks}, key=lambda t: (not _any_failed(checks, t), t))
+    for task in tasks:
+        table.add_row(task)
+        for c in sorted((c for c in checks if c.task == task), key=lambda c: c.metric):
+            table.add_row("  " + c.metric, *_cells(c))
     return table
 
 
-def _with_stderr(score: Score) -> str:
-    return f"{score.value:.4f}" + (f" ± {score.stderr:.4f}" if score.stderr is not None else "")
+def _any_failed(checks: list[Check], task: str) -> bool:
+    return any(c.failed for c in checks if c.task == task)
+
+
+def _cells(c: Check) -> tuple[str, str, str, str, str]:
+    """n, drop [CI] or the unpaired threshold, w/b, p, verdict."""
+    drop, ci = c.drop, c.drop_ci
+    verdict = "[red]FAIL[/red]" if c.failed else "ok" if drop is not None else "no direction"
+    shown = "" if drop is None else _signed(drop)
+    if c.paired is None:
+        return "", f"{shown} (needs >{c.detectable:.3f})", "", "unpaired", verdict
+    if ci is not None:
+        shown += f" [{_signed(ci[0])}, {_signed(ci[1])}]"
+    counts = "{}/{}".format(*c.paired.discordant) if c.paired.discordant else ""
+    p = "" if c.p_adjusted is None else f"{c.p_adjusted:.2g}"
+    return str(c.paired.n), shown, counts, p, verdict
+
+
+def _signed(value: float) -> str:
+    return f"{value + 0.0:+.3f}" if abs(value) >= 5e-4 else "0.000"  # no "-0.000"
+
+
+def unpaired_note(checks: list[Check]) -> str | None:
+    """What a gate without samples cannot see, or None when every checked metric was paired."""
+    blind = sorted({c.task for c in checks if c.paired is None and c.drop is not None})
+    if not blind:
+        return None
+    return (
+        f"unpaired (no per-document samples) for {', '.join(blind)}: a metric there fails only"
+        " at a drop beyond the 'needs' column (two combined standard errors); run both with"
+        " --log_samples for the paired test"
+    )

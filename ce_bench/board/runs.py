@@ -54,6 +54,7 @@ class Score:
     stderr: float | None = None
     higher_is_better: bool | None = None
     base: float | None = None
+    base_stderr: float | None = None
 
 
 @dataclass
@@ -259,6 +260,7 @@ def _scores(metrics: dict[str, Any], higher: dict[str, Any]) -> dict[str, Score]
             stderrs.get(metric),
             None if direction is None else bool(direction),
             values.get(_with_suffix(metric, "_base")),
+            stderrs.get(_with_suffix(metric, "_base")),
         )
     return scores
 

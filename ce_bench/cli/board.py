@@ -39,19 +39,32 @@ def leaderboard_cmd(
 
 @app.command("regress")
 def regress_cmd(
-    baseline: Path = typer.Option(..., help="Results of the unedited model (file or directory)."),
-    candidate: Path = typer.Option(..., help="Results of the edited model (file or directory)."),
+    baseline: Path | None = typer.Option(
+        None, help="Results of the unedited model (file or directory)."
+    ),
+    candidate: Path | None = typer.Option(
+        None, help="Results of the edited model (file or directory)."
+    ),
+    paired: Path | None = typer.Option(
+        None,
+        help="Instead of --baseline/--candidate: one edited_hf run of paired tasks"
+        " (ce_paired_general_mini ...), which holds both states.",
+    ),
     max_drop: list[str] | None = typer.Option(
         None,
         help="Allowed absolute drop: NUMBER (default 0.02) or TASK=NUMBER for a task or group;"
         " repeatable.",
     ),
+    alpha: float = typer.Option(
+        0.05, help="Significance level of the paired test, after Holm's correction."
+    ),
     task: list[str] | None = typer.Option(
         None, help="Compare these tasks (repeatable); default every general-ability task."
     ),
 ) -> None:
-    """The CI gate: exit 1 when a general-ability metric dropped by more than --max-drop AND more
-    than 2 combined standard errors, 2 when the files cannot be compared, else 0."""
+    """The CI gate: exit 1 when a general-ability metric dropped by more than --max-drop AND the
+    drop is significant (paired test over documents with --log_samples samples, else more than
+    2 combined standard errors), 2 when the input cannot be compared, else 0."""
     from ce_bench.board.regress import (
         FAIL,
         PASS,
@@ -59,20 +72,36 @@ def regress_cmd(
         UnusableInput,
         checks_table,
         compare,
+        compare_paired_run,
         one_run,
         parse_max_drop,
+        unpaired_note,
     )
 
     try:
+        if paired is not None and (baseline or candidate):
+            raise UnusableInput("give either --paired RUN or --baseline A --candidate B")
+        if paired is None and not (baseline and candidate):
+            raise UnusableInput("give --baseline A --candidate B, or --paired RUN")
+        if not 0 < alpha < 1:
+            raise UnusableInput(f"--alpha {alpha}: expected a level between 0 and 1")
         limits = parse_max_drop(max_drop or [])
-        base, cand = one_run(baseline, "baseline"), one_run(candidate, "candidate")
-        checks = compare(base, cand, task or None, limits)
+        if paired is not None:
+            runs = [("paired:   ", one_run(paired, "paired run"))]
+            checks = compare_paired_run(runs[0][1], task or None, limits, alpha)
+        else:
+            base, cand = one_run(baseline, "baseline"), one_run(candidate, "candidate")
+            runs = [("baseline: ", base), ("candidate:", cand)]
+            checks = compare(base, cand, task or None, limits, alpha)
     except UnusableInput as err:
         console.print(f"ce-bench regress: unusable input: {err}", style="red", markup=False)
         raise typer.Exit(UNUSABLE) from None
-    for role, run in (("baseline: ", base), ("candidate:", cand)):
+    for role, run in runs:
         console.print(f"{role} {run.path} ({run.label})", markup=False)
     console.print(checks_table(checks))
+    note = unpaired_note(checks)
+    if note:
+        console.print(note, style="yellow", markup=False)
     failed = [c for c in checks if c.failed]
     if failed:
         names = ", ".join(f"{c.task}/{c.metric}" for c in failed)
