@@ -39,6 +39,7 @@ EDIT_KEY, STREAM_KEY = "ce_bench_edit", "ce_bench_stream"
 DETAIL_KEY, TOKENS = "ce_bench_detail", "tokens"
 TAG_KEYS = (SWITCH_KEY, TARGET_KEY, EDIT_KEY, STREAM_KEY, DETAIL_KEY)
 OFF = "off"
+BASE_SUFFIX = "_base"  # a paired task reports metric m of the unedited model as m_base
 _live_models: weakref.WeakSet[Any] = weakref.WeakSet()
 
 

@@ -20,6 +20,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -72,9 +73,11 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval (LEVEL) of the mean paired difference, resampling
     documents with replacement; seeded, so a board is reproducible."""
-    return bootstrap_interval(
-        lambda index: float(differences[index].mean()), differences.size, resamples, seed
-    )
+    if differences.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)  # the same draws as bootstrap_interval, all at once
+    means = differences[rng.integers(0, differences.size, size=(resamples, differences.size))]
+    return _percentiles(means.mean(axis=1))
 
 
 def bootstrap_interval(
@@ -88,7 +91,10 @@ def bootstrap_interval(
     if n == 0:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    values = [statistic(rng.integers(0, n, size=n)) for _ in range(resamples)]
+    return _percentiles(np.array([statistic(rng.integers(0, n, size=n)) for _ in range(resamples)]))
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
     tail = (1 - LEVEL) / 2
     low, high = np.quantile(values, [tail, 1 - tail])
     return float(low), float(high)
@@ -195,6 +201,23 @@ def compare_weighted(
 
 def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
+
+
+def unpaired_interval(
+    delta: float, stderr_a: float | None, stderr_b: float | None
+) -> tuple[tuple[float, float], float | None]:
+    """The normal-approximation LEVEL interval of a difference of two independent means and
+    its two-sided p-value: the fallback where documents are not paired. Without both stderrs
+    (lm-eval writes "N/A" for one document, or for perplexity) nothing can be said: a NaN
+    interval and p None, never a spuriously small p."""
+    if stderr_a is None or stderr_b is None or not math.isfinite(stderr_a + stderr_b):
+        return (math.nan, math.nan), None
+    se = math.hypot(stderr_a, stderr_b)
+    if se == 0:
+        return (delta, delta), None
+    z = NormalDist().inv_cdf(1 - (1 - LEVEL) / 2)
+    p = 2 * (1 - NormalDist().cdf(abs(delta) / se))
+    return (delta - z * se, delta + z * se), p
 
 
 def unpaired_detectable_drop(stderr_base: float | None, stderr_candidate: float | None) -> float:

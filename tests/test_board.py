@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ce_bench.board.leaderboard import SELECTION, build_board, write_board
+from ce_bench.board.leaderboard import SELECTION, build_board, to_markdown, write_board
 from ce_bench.board.regress import FAIL, PASS, UNUSABLE
 from ce_bench.board.runs import GENERAL, UNEDITED, BoardError, load_runs, read_run
 from ce_bench.board.sweep import Cell, Sweep, SweepConfig, SweepConfigError
@@ -399,3 +399,33 @@ def test_plain_hf_results_keep_the_versions_lm_eval_records(runs, tmp_path) -> N
         "transformers": "4.57.0",
         "lm_eval": "0.4.9",
     }
+
+
+def test_every_delta_carries_its_interval_p_value_and_whether_documents_were_paired(
+    runs, tmp_path
+) -> None:
+    files = write_board(build_board(runs), tmp_path)
+    board = json.loads(files["json"].read_text())
+    cells = [
+        c for s in board for r in s["rows"] for c in r["cells"].values() if c["delta"] is not None
+    ]
+    assert cells and all({"delta_ci", "p_value", "n_paired", "paired"} <= set(c) for c in cells)
+    general = next(s for s in board if s["section"] == GENERAL)
+    paired = [c for r in general["rows"] for c in r["cells"].values() if c.get("paired")]
+    assert paired and all(c["n_paired"] == 3 for c in paired)  # the sweep's limit, by doc_id
+    markdown = files["markdown"].read_text()
+    assert "95% interval" in markdown and "Ranked by acc on ce_mini_arc_easy:" in markdown
+    assert all("significant" in step for s in board for step in s["ranking"])
+
+
+def test_without_samples_a_delta_falls_back_to_the_stderrs_and_says_so(runs, tmp_path) -> None:
+    (unedited,) = [r for r in runs if not r.edited]
+    copy = tmp_path / "unedited" / unedited.path.name
+    copy.parent.mkdir()
+    shutil.copy(unedited.path, copy)  # the results file alone: no samples beside it
+    edited = [r for r in runs if r.edited and "ce_mini_arc_easy" in r.scores]
+    sections = build_board([read_run(copy), *edited])
+    general = next(s for s in sections if s.title == GENERAL)
+    cells = [c for r in general.rows for c in r.cells.values() if c.delta is not None]
+    assert cells and all(c.uncertainty is not None and not c.uncertainty.paired for c in cells)
+    assert "~" in to_markdown(sections)

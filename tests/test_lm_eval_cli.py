@@ -27,20 +27,52 @@ def happy_sv(tmp_path_factory, embedded_dir) -> Path:  # type: ignore[no-untyped
 
 @pytest.fixture(scope="module")
 def three_runs(tmp_path_factory, embedded_dir, happy_sv):  # type: ignore[no-untyped-def]
-    """hf, edited_hf without and with a steer artifact, on ce_general_mini --limit 4."""
+    """hf, edited_hf without and with a steer artifact, on ce_general_mini --limit 4; and the
+    steer artifact on ce_paired_general_mini with --log_samples ("paired", in out["dir"])."""
     work = tmp_path_factory.mktemp("runs")
-    common = ["--tasks", "ce_general_mini", "--limit", "4", "--batch_size", "8"]
+    common = ["--limit", "4", "--batch_size", "8"]
+    steer = ["--model", "edited_hf", "--model_args", f"intervention={happy_sv}"]
     runs = {
         "hf": ["--model", "hf", "--model_args", f"pretrained={embedded_dir}"],
         "bare": ["--model", "edited_hf"],
-        "steer": ["--model", "edited_hf", "--model_args", f"intervention={happy_sv}"],
+        "steer": steer,
+        "paired": [*steer, "--log_samples"],
     }
-    out = {}
+    out = {"dir": work}
     for name, args in runs.items():
-        proc = lm_eval(*args, *common, "--output_path", str(work / name), cwd=work)
+        tasks = "ce_paired_general_mini" if name == "paired" else "ce_general_mini"
+        where = ["--tasks", tasks, "--output_path", str(work / name)]
+        proc = lm_eval(*args, *common, *where, cwd=work)
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[name] = results_of(work / name)
     return out
+
+
+def test_one_paired_run_holds_what_an_unedited_and_an_edited_run_measure(three_runs) -> None:
+    paired, hf, steer = (three_runs[k]["results"] for k in ("paired", "hf", "steer"))
+    for task, metrics in hf.items():
+        if task == "ce_general_mini":
+            continue
+        twin = paired[task.replace("ce_mini_", "ce_paired_mini_")]
+        for key in (k for k in metrics if k.startswith("acc") and "stderr" not in k):
+            name, _, filt = key.partition(",")
+            assert twin[f"{name}_base,{filt}"] == pytest.approx(metrics[key], abs=1e-9), task
+            assert twin[key] == pytest.approx(steer[task][key], abs=1e-9), task
+    assert len(paired) == 6 + 1  # the six tasks and their group
+
+
+def test_regress_gates_a_paired_run_alone_over_its_documents(three_runs) -> None:
+    from typer.testing import CliRunner
+
+    from ce_bench.cli import app
+
+    run = str(three_runs["dir"] / "paired")
+    result = CliRunner().invoke(app, ["regress", "--paired", run], env={"COLUMNS": "80"})
+    assert result.exit_code in (0, 1), result.output
+    assert "ce_paired_mini_truthfulqa_mc2" in result.output and "unpaired" not in result.output
+    plain = str(three_runs["dir"] / "hf")
+    result = CliRunner().invoke(app, ["regress", "--paired", plain])
+    assert result.exit_code == 2 and "no paired general-ability task" in result.output
 
 
 def _metrics(results: dict) -> dict:

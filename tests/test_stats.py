@@ -16,6 +16,7 @@ from ce_bench.stats import (
     mcnemar,
     sign_flip,
     unpaired_detectable_drop,
+    unpaired_interval,
 )
 
 
@@ -110,3 +111,12 @@ def test_perplexity_comparison_bootstraps_the_corpus_metric_and_tests_per_word_c
     assert result.delta == pytest.approx(expected) and result.delta > 0
     assert result.ci[0] > 0 and result.p_worse == pytest.approx(1 / 16)
     assert compare_weighted(base_ll, base_ll, words, perplexity).p_worse == 1.0
+
+
+def test_unpaired_interval_is_the_normal_interval_and_needs_both_stderrs() -> None:
+    (low, high), p = unpaired_interval(0.1, 0.05, 0.05)
+    half = 1.959964 * (0.05**2 * 2) ** 0.5
+    assert (low, high) == pytest.approx((0.1 - half, 0.1 + half))
+    assert p == pytest.approx(scipy.stats.norm.sf(0.1 / (0.05 * 2**0.5)) * 2)
+    (low, high), p = unpaired_interval(0.4, None, 0.1)  # one document: lm-eval has no stderr
+    assert np.isnan(low) and np.isnan(high) and p is None

@@ -13,8 +13,11 @@ of `ce_bench.board.plots`.
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +25,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from ce_bench.board.runs import FAMILIES, GENERAL, Run, Score, family, headline
+from ce_bench.board.samples import SamplesCache, SamplesMismatch, compare_in_run, compare_runs
+from ce_bench.stats import unpaired_interval
 from ce_bench.versions import mixed_versions
 
 SELECTION = "validation split (strength selection)"
+ALPHA = 0.05  # a delta or a ranking step is marked significant below this two-sided p
 IDENTITY = ("model", "method", "layer", "target", "strength", "split", "settings", "artifact")
 
 
@@ -40,9 +46,25 @@ class Column:
 
 
 @dataclass(frozen=True)
+class Uncertainty:
+    """How sure a cell's delta is: its 95% interval and two-sided p-value, from the documents
+    paired (`n_paired` of them) where samples allow, else from the two stderrs (`paired` False)."""
+
+    ci: tuple[float, float]
+    p_value: float | None
+    n_paired: int | None
+    paired: bool
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value is not None and self.p_value < ALPHA
+
+
+@dataclass(frozen=True)
 class Cell:
     score: Score
     base: float | None
+    uncertainty: Uncertainty | None = None
 
     @property
     def delta(self) -> float | None:
@@ -64,11 +86,37 @@ class Row:
         }
 
 
+@dataclass(frozen=True)
+class Step:
+    """Two neighbours in a section's ranking by its headline metric: `above` scored better than
+    `below` on `task`; `p_value` (two-sided, paired over `n_paired` shared documents where
+    samples allow) says whether the data supports that order."""
+
+    task: str
+    above: str
+    below: str
+    p_value: float | None
+    n_paired: int | None
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value is not None and self.p_value < ALPHA
+
+    def text(self) -> str:
+        if self.p_value is None:
+            return f"{self.above} ? {self.below} (no stderr: untested)"
+        how = f"p = {self.p_value:.2g}" + (f", n = {self.n_paired} paired" if self.n_paired else "")
+        if self.significant:
+            return f"{self.above} > {self.below} ({how})"
+        return f"{self.above} ≈ {self.below} ({how}: not significant)"
+
+
 @dataclass
 class Section:
     title: str
     columns: list[Column]
     rows: list[Row] = field(default_factory=list)
+    ranking: list[Step] = field(default_factory=list)
 
     @property
     def rank_by(self) -> Column:
@@ -92,6 +140,7 @@ def build_board(runs: list[Run]) -> list[Section]:
     their family's, so the family's table holds only reported (test) numbers.
     """
     unedited = [r for r in runs if not r.edited]
+    deltas = Deltas(unedited)
     ordered = sorted(runs, key=lambda r: (r.edited, r.key, r.path.name))
     selection = [r for r in ordered if r.split == "validation"]
     reported = [r for r in ordered if r.split != "validation"]
@@ -100,12 +149,14 @@ def build_board(runs: list[Run]) -> list[Section]:
         if title == GENERAL:
             tasks = _tasks(reported, title)
             if tasks:
-                sections.append(_general_section(reported, tasks, unedited))
+                sections.append(_general_section(reported, tasks, deltas))
             continue
         for chosen, name in ((reported, title), (selection, f"{title}: {SELECTION}")):
             tasks = _tasks(chosen, title)
             if tasks:
-                sections.append(_family_section(name, chosen, tasks, unedited))
+                sections.append(_family_section(name, chosen, tasks, deltas))
+    for section in sections:
+        section.ranking = deltas.ranking(section)
     return sections
 
 
@@ -118,7 +169,7 @@ def _tasks(runs: list[Run], title: str) -> list[str]:
     return sorted(seen)
 
 
-def _family_section(title: str, runs: list[Run], tasks: list[str], unedited: list[Run]) -> Section:
+def _family_section(title: str, runs: list[Run], tasks: list[str], deltas: Deltas) -> Section:
     metrics: dict[str, None] = {}
     for task in tasks:
         names = _metrics(runs, task)
@@ -129,14 +180,12 @@ def _family_section(title: str, runs: list[Run], tasks: list[str], unedited: lis
     for run in runs:
         for task in tasks:
             if task in run.scores:
-                cells = {
-                    m: Cell(s, _base(run, task, m, unedited)) for m, s in run.scores[task].items()
-                }
+                cells = {m: deltas.cell(run, task, m) for m in run.scores[task]}
                 section.rows.append(Row(run, task, cells))
     return section
 
 
-def _general_section(runs: list[Run], tasks: list[str], unedited: list[Run]) -> Section:
+def _general_section(runs: list[Run], tasks: list[str], deltas: Deltas) -> Section:
     columns = []
     for task in tasks:
         metric = headline(task, _metrics(runs, task))
@@ -144,7 +193,7 @@ def _general_section(runs: list[Run], tasks: list[str], unedited: list[Run]) -> 
     section = Section(GENERAL, columns)
     for run in runs:
         cells = {
-            c.title: Cell(run.scores[c.task][c.metric], _base(run, c.task, c.metric, unedited))
+            c.title: deltas.cell(run, c.task, c.metric)
             for c in columns
             if c.metric in run.scores.get(c.task, {})
         }
@@ -168,19 +217,91 @@ def _direction(runs: list[Run], tasks: list[str], metric: str) -> bool | None:
     return None
 
 
-def _base(run: Run, task: str, metric: str, unedited: list[Run]) -> float | None:
-    """The unedited value: measured in the same run, else by an unedited run of the same model
-    (one with the same number of documents first)."""
-    if not run.edited:
-        return None
-    own = run.scores[task][metric]
-    if own.base is not None:
-        return own.base
-    matching = [
-        u for u in unedited if u.base_model == run.base_model and metric in u.scores.get(task, {})
-    ]
-    matching.sort(key=lambda u: (u.samples.get(task) != run.samples.get(task), u.path.name))
-    return matching[0].scores[task][metric].value if matching else None
+class Deltas:
+    """Each edited cell's unedited value and how sure its delta is (ce_bench.stats): paired over
+    the documents where the run's samples hold both states (a paired task) or an unedited run of
+    the same model logged the same documents; else from the two stderrs."""
+
+    def __init__(self, unedited: list[Run]) -> None:
+        self.unedited = unedited
+        self.samples = SamplesCache()
+
+    def cell(self, run: Run, task: str, metric: str) -> Cell:
+        score = run.scores[task][metric]
+        base, source = self._base(run, task, metric)
+        if base is None or source is None:
+            return Cell(score, None)
+        return Cell(score, base, self._uncertainty(run, source, task, metric, base))
+
+    def _base(self, run: Run, task: str, metric: str) -> tuple[float | None, Run | None]:
+        """The unedited value and the run that measured it: the same run, else an unedited run
+        of the same model (one with the same number of documents first)."""
+        if not run.edited:
+            return None, None
+        own = run.scores[task][metric]
+        if own.base is not None:
+            return own.base, run
+        matching = [
+            u
+            for u in self.unedited
+            if u.base_model == run.base_model and metric in u.scores.get(task, {})
+        ]
+        matching.sort(key=lambda u: (u.samples.get(task) != run.samples.get(task), u.path.name))
+        return (matching[0].scores[task][metric].value, matching[0]) if matching else (None, None)
+
+    def _uncertainty(
+        self, run: Run, source: Run, task: str, metric: str, base: float
+    ) -> Uncertainty:
+        score = run.scores[task][metric]
+        direction = score.higher_is_better is not False
+        mine = self.samples.of(run).get(task)
+        paired = None
+        if mine is not None and source is run:
+            paired = compare_in_run(mine, metric, direction)
+        elif mine is not None and task in self.samples.of(source):
+            try:
+                paired = compare_runs(self.samples.of(source)[task], mine, task, metric, direction)
+            except SamplesMismatch:
+                paired = None  # not the same documents: the stderrs are all there is
+        if paired is not None:
+            return Uncertainty(paired.ci, paired.p_two_sided, paired.n, True)
+        base_se = score.base_stderr if source is run else source.scores[task][metric].stderr
+        ci, p = unpaired_interval(score.value - base, score.stderr, base_se)
+        return Uncertainty(ci, p, None, False)
+
+    def ranking(self, section: Section) -> list[Step]:
+        """The edited rows of each task ranked by the section's headline metric, best first,
+        each neighbouring pair tested on the documents both evaluated."""
+        column = section.rank_by
+        steps = []
+        for task in dict.fromkeys(column.task or r.task for r in section.rows):
+            title = column.title
+            rows = [
+                r
+                for r in section.rows
+                if r.run.edited and (column.task or r.task) == task and title in r.cells
+            ]
+            better = column.higher_is_better is not False
+            rows.sort(key=lambda r: r.cells[title].score.value, reverse=better)
+            for above, below in itertools.pairwise(rows):
+                steps.append(self._step(task, column, above, below, better))
+        return steps
+
+    def _step(self, task: str, column: Column, above: Row, below: Row, better: bool) -> Step:
+        first, second = self.samples.of(above.run).get(task), self.samples.of(below.run).get(task)
+        paired = None
+        if first is not None and second is not None:
+            try:
+                paired = compare_runs(second, first, task, column.metric, better)
+            except SamplesMismatch:
+                paired = None
+        if paired is not None:
+            p, n = paired.p_two_sided, paired.n
+        else:
+            a, b = above.cells[column.title], below.cells[column.title]
+            _, p = unpaired_interval(a.score.value - b.score.value, a.score.stderr, b.score.stderr)
+            n = None
+        return Step(task, above.run.label, below.run.label, p, n)
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -191,16 +312,32 @@ def number(value: float | None) -> str:
 
 
 def cell_text(cell: Cell | None) -> str:
-    """'0.450 ± 0.031 (unedited 0.400, +0.050)': the value, its stderr and the unedited value
-    with the delta, each when known."""
+    """'0.450 ± 0.031 (unedited 0.400, +0.050 [+0.010, +0.090]*)': the value, its stderr, the
+    unedited value and the delta with its 95% interval, each when known; `*` marks a delta
+    whose p < ALPHA, `~` an interval from the stderrs (documents not paired)."""
     if cell is None:
         return ""
     text = number(cell.score.value)
     if cell.score.stderr is not None:
         text += f" ± {number(cell.score.stderr)}"
     if cell.delta is not None:
-        text += f" (unedited {number(cell.base)}, {cell.delta:+.3f})"
+        text += f" (unedited {number(cell.base)}, {delta_text(cell)})"
     return text
+
+
+def delta_text(cell: Cell) -> str:
+    """'+0.050 [+0.010, +0.090]*': the delta, its interval and its marks."""
+    text = signed(cell.delta)
+    u = cell.uncertainty
+    if u is not None and all(map(math.isfinite, u.ci)):
+        text += f" [{signed(u.ci[0])}, {signed(u.ci[1])}]" + ("" if u.paired else "~")
+    return text + ("*" if u is not None and u.significant else "")
+
+
+def signed(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value + 0.0:+.3f}" if abs(value) < 100 else f"{value:+.1f}"
 
 
 def version_notes(runs: list[Run]) -> list[str]:
@@ -213,10 +350,7 @@ def version_notes(runs: list[Run]) -> list[str]:
 def to_markdown(sections: list[Section], notes: list[str] | None = None) -> str:
     lines = ["# ce-bench leaderboard", ""]
     lines += [f"> **Warning**: {note}" for note in notes or []] + ([""] if notes else [])
-    lines.append(
-        "Each cell: value ± lm-eval stderr (the unedited model's value, the change from it)."
-        " Rows with method `unedited` are the base models."
-    )
+    lines.append(LEGEND)
     for section in sections:
         ident = section.identity_columns()
         lines += ["", f"## {section.title}", ""]
@@ -229,7 +363,28 @@ def to_markdown(sections: list[Section], notes: list[str] | None = None) -> str:
                 cell_text(row.cells.get(c.title)) for c in section.columns
             ]
             lines.append("| " + " | ".join(v.replace("|", "\\|") for v in cells) + " |")
+        lines += ranking_lines(section)
     return "\n".join(lines) + "\n"
+
+
+LEGEND = (
+    "Each cell: value ± lm-eval stderr (the unedited model's value, the change from it with its"
+    " 95% interval). The interval is a paired bootstrap over the documents both states"
+    " evaluated (seeded, 2000 resamples) where the samples allow, else (marked ~) the normal"
+    f" interval from the two stderrs; * marks a change with two-sided p < {ALPHA} (exact"
+    " McNemar for 0/1 metrics, sign-flip test otherwise). Rows with method `unedited` are the"
+    " base models. Under each table, the ranking by its first metric says which neighbours"
+    " differ significantly."
+)
+
+
+def ranking_lines(section: Section) -> list[str]:
+    """'Ranked by success_rate on concept_emotion_target: a > b (p = 0.01), b ≈ c (...)'."""
+    lines = []
+    for task in dict.fromkeys(step.task for step in section.ranking):
+        steps = [step.text() for step in section.ranking if step.task == task]
+        lines += ["", f"Ranked by {section.rank_by.metric} on {task}: " + "; ".join(steps) + "."]
+    return lines
 
 
 def terminal_tables(sections: list[Section], metrics: int = 5) -> list[Table]:
@@ -252,7 +407,8 @@ def terminal_tables(sections: list[Section], metrics: int = 5) -> list[Table]:
             texts = [
                 ""
                 if c is None
-                else number(c.score.value) + ("" if c.delta is None else f" ({c.delta:+.3f})")
+                else number(c.score.value)
+                + ("" if c.delta is None else f" ({signed(c.delta)}{_mark(c)})")
                 for c in cells
             ]
             table.add_row(
@@ -263,6 +419,10 @@ def terminal_tables(sections: list[Section], metrics: int = 5) -> list[Table]:
             )
         tables.append(table)
     return tables
+
+
+def _mark(cell: Cell) -> str:
+    return "*" if cell.uncertainty is not None and cell.uncertainty.significant else ""
 
 
 def to_html(sections: list[Section], plots: list[str]) -> str:
@@ -288,17 +448,18 @@ def to_html(sections: list[Section], plots: list[str]) -> str:
                 tds += f'<td class="num" data-v="{value}">{html.escape(cell_text(cell))}</td>'
             pin = "" if row.run.edited else ' class="unedited"'
             rows.append(f"<tr{pin}>{tds}</tr>")
+        ranked = "".join(f"<p>{html.escape(line)}</p>" for line in ranking_lines(section) if line)
         body.append(
             f'<section id="s{number_}"><h2>{html.escape(section.title)}</h2>'
             f'<table data-rank="{rank}" data-order="{order}"><thead><tr>{heads}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></section>"
+            f"<tbody>{''.join(rows)}</tbody></table>{ranked}</section>"
         )
     images = "".join(
         f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
         f"<figcaption>{html.escape(name)}</figcaption></figure>"
         for name, data in (p.split(":", 1) for p in plots)
     )
-    return _PAGE.format(body="".join(body), plots=images)
+    return _PAGE.format(legend=html.escape(LEGEND), body="".join(body), plots=images)
 
 
 _PAGE = """<!DOCTYPE html>
@@ -314,8 +475,7 @@ figure {{ display: inline-block; margin: 0 1em 1em 0; }}
 img {{ max-width: 640px; }}
 </style></head>
 <body><h1>ce-bench leaderboard</h1>
-<p>Each cell: value ± lm-eval stderr (the unedited model's value, the change from it).
-Click a column to sort.</p>
+<p>{legend} Click a column to sort.</p>
 {body}
 <h2>Plots</h2>{plots}
 <script>
@@ -382,12 +542,24 @@ def to_json(sections: list[Section]) -> list[dict]:
                             "stderr": c.score.stderr,
                             "unedited": c.base,
                             "delta": c.delta,
+                            **_uncertainty_json(c.uncertainty),
                         }
                         for title, c in r.cells.items()
                     },
                 }
                 for r in s.rows
             ],
+            "ranking": [
+                {**dataclasses.asdict(step), "significant": step.significant} for step in s.ranking
+            ],
         }
         for s in sections
     ]
+
+
+def _uncertainty_json(u: Uncertainty | None) -> dict[str, object]:
+    """delta_ci, p_value, n_paired and paired of a cell with a delta; nothing otherwise."""
+    if u is None:
+        return {}
+    ci = [v if math.isfinite(v) else None for v in u.ci]
+    return {"delta_ci": ci, "p_value": u.p_value, "n_paired": u.n_paired, "paired": u.paired}

@@ -1,15 +1,17 @@
-"""The leaderboard's PNG plots (matplotlib, no display needed).
+"""The leaderboard's PNG plots (matplotlib, no display needed), each with 95% error bars.
 
 - dose_response.png: each edit family's headline metric against strength (T edits for lifelong
-  editors), one line per method and target;
+  editors), one line per method and target, bars 1.96 lm-eval stderrs;
 - per_target.png: concept editing's success rate per emotion, one bar per method, on the test
-  split when the board has one;
-- side_effects.png: each edited run's change in every general-ability task from the unedited model.
+  split when the board has one, bars 1.96 stderrs;
+- side_effects.png: each edited run's change in every general-ability task from the unedited
+  model, bars its 95% interval (paired where the samples allow), faded where not significant.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +20,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend is chosen first)
+from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ce_bench.board.leaderboard import Row, Section  # noqa: E402
+from ce_bench.board.leaderboard import Cell, Row, Section  # noqa: E402
 from ce_bench.board.runs import GENERAL  # noqa: E402
 
 PER_TARGET = "Concept editing"  # the family whose targets (emotions) get bars
+Z95 = 1.959964  # half-width of a 95% normal interval, in standard errors
 
 
 def write_plots(sections: list[Section], out: Path) -> list[Path]:
@@ -54,15 +58,26 @@ def _edit_sections(sections: list[Section]) -> list[Section]:
     return [s for s in sections if s.title != GENERAL]
 
 
-def _headline(section: Section, row: Row) -> float | None:
+def _headline(section: Section, row: Row) -> tuple[float, float] | None:
+    """The row's headline value and half its 95% normal interval (0 without a stderr)."""
     cell = row.cells.get(section.rank_by.title)
-    return None if cell is None else cell.score.value
+    if cell is None:
+        return None
+    return cell.score.value, Z95 * (cell.score.stderr or 0.0)
+
+
+def _mean_and_error(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Several runs at one dose: their mean, and an error bar only for a single run."""
+    values = [v for v, _ in points]
+    return sum(values) / len(values), points[0][1] if len(points) == 1 else 0.0
 
 
 def _dose_response(sections: list[Section]) -> Figure | None:
     panels = []
     for section in _edit_sections(sections):
-        lines: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        lines: dict[str, dict[float, list[tuple[float, float]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
         for row in section.rows:
             value, dose = _headline(section, row), _float(row.run.strength)
             if row.run.edited and value is not None and dose is not None:
@@ -76,7 +91,8 @@ def _dose_response(sections: list[Section]) -> Figure | None:
     for ax, (section, lines) in zip(axes[0], panels, strict=True):
         for method, points in sorted(lines.items()):
             doses = sorted(points)
-            ax.plot(doses, [sum(points[d]) / len(points[d]) for d in doses], "o-", label=method)
+            means, errors = zip(*(_mean_and_error(points[d]) for d in doses), strict=True)
+            ax.errorbar(doses, means, yerr=errors, fmt="o-", capsize=3, label=method)
         lifelong = section.title.startswith("Lifelong")
         ax.set_xlabel("edits T" if lifelong else "strength")
         if lifelong:
@@ -95,7 +111,9 @@ def _per_target(sections: list[Section]) -> Figure | None:
             continue
         rows = [r for r in section.rows if r.run.edited and r.run.target]
         tested = [r for r in rows if r.run.split == "test"]
-        bars: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        bars: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
         for row in tested or rows:
             value = _headline(section, row)
             if value is not None:
@@ -109,8 +127,12 @@ def _per_target(sections: list[Section]) -> Figure | None:
         targets = sorted({t for per in bars.values() for t in per})
         width = 0.8 / len(bars)
         for i, (method, per) in enumerate(sorted(bars.items())):
-            heights = [sum(per[t]) / len(per[t]) if per.get(t) else 0.0 for t in targets]
-            ax.bar([x + i * width for x in range(len(targets))], heights, width, label=method)
+            heights, errors = zip(
+                *(_mean_and_error(per[t]) if per.get(t) else (0.0, 0.0) for t in targets),
+                strict=True,
+            )
+            x = [x + i * width for x in range(len(targets))]
+            ax.bar(x, heights, width, yerr=errors, capsize=3, label=method)
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(targets))], targets, rotation=20)
         ax.set_ylabel(section.rank_by.metric)
         ax.set_title(f"{section.title}: {section.rank_by.metric} per target")
@@ -128,11 +150,11 @@ def _side_effects(sections: list[Section]) -> Figure | None:
     panels = []
     for column in general.columns:
         bars = [
-            (row.run.label, row.cells[column.title].delta)
+            (row.run.label, row.cells[column.title])
             for row in general.rows
             if row.run.edited and column.title in row.cells
         ]
-        bars = [(label, delta) for label, delta in bars if delta is not None]
+        bars = [(label, cell) for label, cell in bars if cell.delta is not None]
         if bars:
             panels.append((column, bars))
     if not panels:
@@ -144,16 +166,34 @@ def _side_effects(sections: list[Section]) -> Figure | None:
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (column, bars) in zip(axes.flat, panels, strict=False):
-        labels, deltas = zip(*bars, strict=True)
+        labels, cells = zip(*bars, strict=True)
+        deltas = [c.delta for c in cells]
         worse = [(d < 0) if column.higher_is_better is not False else (d > 0) for d in deltas]
-        ax.barh(range(len(bars)), deltas, color=["tab:red" if w else "tab:blue" for w in worse])
+        sure = [c.uncertainty is not None and c.uncertainty.significant for c in cells]
+        colors = [
+            to_rgba("tab:red" if w else "tab:blue", 1.0 if s else 0.4)
+            for w, s in zip(worse, sure, strict=True)
+        ]
+        arms = list(zip(*(_interval_arms(c) for c in cells), strict=True))  # (2, bars)
+        ax.barh(range(len(bars)), deltas, xerr=arms, capsize=2, color=colors)
         ax.set_yticks(range(len(bars)), labels, fontsize="x-small")
         ax.invert_yaxis()
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_title(f"{column.title} (change)", fontsize="small")
-    figure.suptitle("Side effects on general ability: edited minus unedited (red: worse)")
+    figure.suptitle(
+        "Side effects on general ability: edited minus unedited (red: worse; bars: 95%"
+        " interval; faded: not significant)"
+    )
     figure.tight_layout()
     return figure
+
+
+def _interval_arms(cell: Cell) -> tuple[float, float]:
+    """(below, above) the delta to its interval's ends; (0, 0) where there is none."""
+    u = cell.uncertainty
+    if u is None or not all(math.isfinite(v) for v in u.ci):
+        return 0.0, 0.0
+    return max(cell.delta - u.ci[0], 0.0), max(u.ci[1] - cell.delta, 0.0)
 
 
 def _float(text: str) -> float | None:

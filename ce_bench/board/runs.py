@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ce_bench.models.embedded import EMBEDDED_NAME, ce_bench_home
+from ce_bench.pairing import BASE_SUFFIX
 
 UNEDITED = "unedited"
 RESULTS_GLOB = "results_*.json"
@@ -259,8 +260,8 @@ def _scores(metrics: dict[str, Any], higher: dict[str, Any]) -> dict[str, Score]
             value,
             stderrs.get(metric),
             None if direction is None else bool(direction),
-            values.get(_with_suffix(metric, "_base")),
-            stderrs.get(_with_suffix(metric, "_base")),
+            values.get(_with_suffix(metric, BASE_SUFFIX)),
+            stderrs.get(_with_suffix(metric, BASE_SUFFIX)),
         )
     return scores
 
@@ -268,7 +269,7 @@ def _scores(metrics: dict[str, Any], higher: dict[str, Any]) -> dict[str, Score]
 def _paired_part(metric: str, values: dict[str, float]) -> bool:
     """True for `m_base` / `m_delta` when `m` itself is reported: they belong to m's Score."""
     name, _, filt = metric.partition(",")
-    for suffix in ("_base", "_delta"):
+    for suffix in (BASE_SUFFIX, "_delta"):
         if name.endswith(suffix):
             own = name[: -len(suffix)] + ("," + filt if filt else "")
             if own in values:

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from ce_bench.board.runs import BoardError, Run
+from ce_bench.pairing import BASE_SUFFIX
 from ce_bench.stats import PairedComparison, compare_paired, compare_weighted
-
-BASE_SUFFIX = "_base"
 
 # Corpus-level metrics lm-eval aggregates from per-document (loglikelihood, weight) pairs.
 RATIO_METRICS = {
@@ -56,6 +55,18 @@ def samples_of(run: Run) -> dict[str, TaskSamples]:
         if task in run.scores:
             found[task] = read_samples(path)
     return found
+
+
+class SamplesCache:
+    """`samples_of` each run once (a board asks for the same run's samples many times)."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[Path, dict[str, TaskSamples]] = {}
+
+    def of(self, run: Run) -> dict[str, TaskSamples]:
+        if run.path not in self._by_path:
+            self._by_path[run.path] = samples_of(run)
+        return self._by_path[run.path]
 
 
 def read_samples(path: Path) -> TaskSamples:

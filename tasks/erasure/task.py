@@ -38,7 +38,7 @@ from ce_bench.classification import (
     few_shot_prompt,
     load_examples,
 )
-from ce_bench.pairing import for_target
+from ce_bench.pairing import BASE_SUFFIX, for_target
 
 NAN = float("nan")
 
@@ -158,7 +158,7 @@ def doc_metrics(
     for i, name in enumerate(("acc", "conf")):
         for suffix, values in (
             ("", [e[i] for e in edited]),
-            ("_base", [base[i]] * len(edited)),
+            (BASE_SUFFIX, [base[i]] * len(edited)),
             ("_delta", [e[i] - base[i] for e in edited]),
         ):
             metrics[f"{name}{suffix}"] = metrics[f"c{name}{suffix}"] = (*key, tuple(values))

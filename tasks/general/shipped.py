@@ -17,10 +17,7 @@ from lm_eval.tasks._yaml_loader import load_yaml
 
 LM_EVAL_TASKS = Path(lm_eval.tasks.__file__).parent
 DATA = Path(__file__).parent / "data"
-_DROP_FROM_BUILTIN = (
-    "tag",
-    "group",
-    "task_alias",
+_DROP_FROM_BUILTIN = (  # where the built-in's data comes from, replaced by the shipped file
     "dataset_name",
     "training_split",
     "validation_split",
@@ -32,28 +29,36 @@ _DROP_FROM_BUILTIN = (
 )
 
 
-class BuiltinTaskOnShippedData(ConfigurableTask):
-    """A built-in lm-eval task (metadata `builtin`: its YAML under lm_eval/tasks) on `data/<data>`.
+def builtin_task_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A task config built on lm-eval's own: the built-in YAML (metadata `builtin`, a path under
+    lm_eval/tasks) under this task's keys (without `class`). With metadata `data`, the dataset is
+    swapped for `data/<data>` (the built-in's splits and few-shot source dropped); without it
+    the built-in's hub dataset stays. Few-shot examples then come from the same file (lm-eval
+    excludes the scored item)."""
+    meta = config["metadata"]
+    builtin = load_yaml(LM_EVAL_TASKS / meta["builtin"], resolve_func=True)
+    ours = {key: value for key, value in config.items() if key != "class"}
+    for key in ("tag", "group", "task_alias"):
+        builtin.pop(key, None)
+    if "data" not in meta:
+        return {**builtin, **ours}
+    for key in _DROP_FROM_BUILTIN:
+        builtin.pop(key, None)
+    data_file = DATA / meta["data"]
+    if not data_file.is_file():
+        raise FileNotFoundError(f"{config['task']}: shipped data file {data_file} is missing")
+    return {
+        **builtin,
+        **ours,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "fewshot_split": "test",
+    }
 
-    Few-shot examples, if asked for, come from the same file (lm-eval excludes the scored item).
-    """
+
+class BuiltinTaskOnShippedData(ConfigurableTask):
+    """A built-in lm-eval task on a shipped data file (`builtin_task_config`)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        meta = config["metadata"]
-        builtin = load_yaml(LM_EVAL_TASKS / meta["builtin"], resolve_func=True)
-        for key in _DROP_FROM_BUILTIN:
-            builtin.pop(key, None)
-        data_file = DATA / meta["data"]
-        if not data_file.is_file():
-            raise FileNotFoundError(f"{config['task']}: shipped data file {data_file} is missing")
-        ours = {key: value for key, value in config.items() if key != "class"}
-        super().__init__(
-            config={
-                **builtin,
-                **ours,
-                "dataset_path": "json",
-                "dataset_kwargs": {"data_files": {"test": str(data_file)}},
-                "test_split": "test",
-                "fewshot_split": "test",
-            }
-        )
+        super().__init__(config=builtin_task_config(config))

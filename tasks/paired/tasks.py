@@ -5,9 +5,9 @@ concept-editing, erasure and lifelong tasks follow:
 
 - `ce_paired_generation` (generation route): how often the edited continuation differs from the
   unedited one, and the two outputs side by side in `--log_samples`.
-- `ce_paired_mini_arc_easy` (loglikelihood route): lm-eval's ARC-Easy metrics for the unedited
-  (`*_base`) and edited model from one run, plus `agree`, the share of items whose predicted
-  answer is unchanged.
+- `ce_paired_general_mini` / `ce_paired_general` (loglikelihood route): every task of
+  ce_general_mini / ce_general with lm-eval's own metrics for the unedited (`*_base`) and edited
+  model from one run, plus `agree`, the share of items whose predicted answer is unchanged.
 """
 
 from __future__ import annotations
@@ -18,11 +18,16 @@ from typing import Any
 
 import datasets
 import numpy as np
-from ce_bench.tasks.general.shipped import BuiltinTaskOnShippedData
+from ce_bench.tasks.general.shipped import builtin_task_config
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
-from ce_bench.pairing import baseline_generation, baseline_loglikelihood, require_edited_hf
+from ce_bench.pairing import (
+    BASE_SUFFIX,
+    baseline_generation,
+    baseline_loglikelihood,
+    require_edited_hf,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -65,19 +70,43 @@ class PairedScoring(ConfigurableTask):
         return base + [copy_request(r, idx=r.idx + n) for r in edited]
 
 
-class PairedMultipleChoice(PairedScoring, BuiltinTaskOnShippedData):
-    """A built-in multiple-choice task scored OFF and ON per item."""
+class PairedBuiltin(PairedScoring):
+    """A built-in lm-eval loglikelihood task (`builtin_task_config`: on shipped data or its hub
+    dataset) scored OFF and ON per document. It reports every metric of the built-in task for
+    the edited model, the same for the unedited one (`<metric>_base`), and, for multiple
+    choice, `agree` (the predicted answer is unchanged). The built-in's own scorer is used when
+    it has one (truthfulqa_mc2's mc2); the metric list is derived, not written per task."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        built = builtin_task_config(config)
+        scorer = built.pop("process_results", None)
+        self._scorer = scorer if callable(scorer) else None
+        built["metric_list"] = paired_metric_list(
+            built.get("metric_list") or [], built.get("output_type") == "multiple_choice"
+        )
+        super().__init__(built)
 
     def process_results(self, doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
         n = len(results) // 2
-        base = super().process_results(doc, results[:n])
-        edited = super().process_results(doc, results[n:])
-        agree = np.argmax([ll for ll, _ in results[:n]]) == np.argmax([ll for ll, _ in results[n:]])
-        return {
-            **{k: edited[k] for k in ("acc", "acc_norm")},
-            **{f"{k}_base": base[k] for k in ("acc", "acc_norm")},
-            "agree": float(agree),
-        }
+        base, edited = self._score(doc, results[:n]), self._score(doc, results[n:])
+        paired = {**edited, **{f"{k}{BASE_SUFFIX}": v for k, v in base.items()}}
+        if self.config.output_type == "multiple_choice":
+            lls = [ll for ll, _ in results]
+            paired["agree"] = float(np.argmax(lls[:n]) == np.argmax(lls[n:]))
+        return paired
+
+    def _score(self, doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
+        if self._scorer is not None:
+            return self._scorer(doc, results)
+        return ConfigurableTask.process_results(self, doc, results)
+
+
+def paired_metric_list(metrics: list[dict[str, Any]], choices: bool) -> list[dict[str, Any]]:
+    """Each metric entry, then its `_base` twin (same aggregation and direction), then `agree`
+    for multiple choice."""
+    twins = [{**m, "metric": m["metric"] + BASE_SUFFIX} for m in metrics]
+    agree = [{"metric": "agree", "aggregation": "mean", "higher_is_better": True}]
+    return [*metrics, *twins, *(agree if choices else [])]
 
 
 def own_metrics(config: dict[str, Any]) -> dict[str, Any]:

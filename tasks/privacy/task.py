@@ -43,7 +43,7 @@ from lm_eval.api.task import ConfigurableTask
 
 from ce_bench.artifacts import load_artifact
 from ce_bench.lifelong.scoring import TokenScore
-from ce_bench.pairing import baseline_loglikelihood, per_token, require_edited_hf
+from ce_bench.pairing import BASE_SUFFIX, baseline_loglikelihood, per_token, require_edited_hf
 from ce_bench.private_facts import Fact, load_fact_set
 
 FACT, CONTROL, PARAPHRASE = "fact", "control", "paraphrase"
@@ -52,7 +52,7 @@ METRICS = (
     "reliability",
     "generalization",
     "locality",
-    *(name + suffix for name in RECALLS.values() for suffix in ("", "_base")),
+    *(name + suffix for name in RECALLS.values() for suffix in ("", BASE_SUFFIX)),
 )
 Share = tuple[int, int]  # (successes, counted prompts)
 
