@@ -33,11 +33,23 @@ def test_success_needs_a_higher_edited_score_and_a_sound_output() -> None:
     assert empty["degenerate_rate"] == 1.0
 
 
+def test_the_judge_is_measured_by_order_agreement_and_position_bias() -> None:
+    good = Scored(OK, repetitive=False, perplexity=12.0, max_ppl=200).metrics()
+    # (2, 6) original first, (7, 3) edited first: both orders put the edited one above
+    assert (good["order_agreement"], good["consistent_success_rate"]) == (1.0, 1.0)
+    assert good["position_bias"] == ((2 - 3) + (7 - 6)) / 2
+    torn = PairVerdict((5, 4), (6, 2), original=3.5, edited=5.0, failure=None)
+    metrics = Scored(torn, repetitive=False, perplexity=12.0, max_ppl=200).metrics()
+    assert metrics["success_rate"] == 1.0 and metrics["order_agreement"] == 0.0
+    assert math.isnan(metrics["consistent_success_rate"])  # left out: the orders disagree
+    assert metrics["position_bias"] == ((5 - 2) + (6 - 4)) / 2  # shown first scores 2.5 higher
+
+
 def test_a_judge_failure_is_counted_and_never_scored() -> None:
     metrics = Scored(FAILED, repetitive=False, perplexity=5.0, max_ppl=200).metrics()
     assert metrics["judge_failures"] == 1.0
     assert math.isnan(metrics["success_rate"]) and math.isnan(metrics["score_gain"])
-    assert math.isnan(metrics["edited_shown_first"])
+    assert math.isnan(metrics["edited_shown_first"]) and math.isnan(metrics["order_agreement"])
 
 
 def test_target_emotion_comes_from_the_task_or_metadata_and_conflicts_are_errors() -> None:

@@ -14,6 +14,14 @@ mean of its two. Per prompt:
 - judge_failure: the judge's reply could not be parsed or the call failed; such a prompt gets
   no success and no gain (NaN, left out of their means), never an invented score.
 
+How far the judge itself can be trusted, from the two orders it already answers:
+
+- order_agreement: each order alone gives the same verdict (edited rated above original, or
+  not);
+- position_bias: a sentence's score when shown first minus when shown second, averaged over
+  the original and the edited sentence (0: no preference for either position);
+- consistent_success_rate: success counted only over the prompts whose two orders agree.
+
 Judging happens once for all prompts, concurrently, in `apply_filters` (lm-eval's step between
 the model's responses and per-document scoring); `process_results` only reads the verdicts.
 
@@ -149,8 +157,26 @@ class Scored:
         gain = NAN if failed else verdict.edited - verdict.original
         original_first = verdict.original_first or (NAN, NAN)
         edited_first = verdict.edited_first or (NAN, NAN)
+        success = NAN if failed else float(gain > 0 and not self.degenerate)
+        # The judge, measured from the two orders it was asked: does each order alone reach the
+        # same verdict (edited above original), and how much does being shown first add?
+        agree = (
+            NAN
+            if failed
+            else float(
+                (original_first[1] > original_first[0]) == (edited_first[0] > edited_first[1])
+            )
+        )
+        bias = (
+            NAN
+            if failed
+            else ((original_first[0] - edited_first[1]) + (edited_first[0] - original_first[1])) / 2
+        )
         return {
-            "success_rate": NAN if failed else float(gain > 0 and not self.degenerate),
+            "success_rate": success,
+            "consistent_success_rate": success if agree == 1.0 else NAN,
+            "order_agreement": agree,
+            "position_bias": bias,
             "score_gain": gain,
             "degenerate_rate": float(self.degenerate),
             "judge_failures": float(failed),
