@@ -429,3 +429,47 @@ def test_without_samples_a_delta_falls_back_to_the_stderrs_and_says_so(runs, tmp
     cells = [c for r in general.rows for c in r.cells.values() if c.delta is not None]
     assert cells and all(c.uncertainty is not None and not c.uncertainty.paired for c in cells)
     assert "~" in to_markdown(sections)
+
+
+SEEDED = """
+model: smollm2-135m
+general_tasks: []
+concept:
+  methods: [steering]
+  layers: [27]
+  concepts: [anger]
+  strengths: [4.0]
+  seeds: [1, 2]
+  locate_limit: 1
+  validation_limit: 2
+  test_limit: 2
+  max_gen_toks: 6
+"""
+
+
+def test_a_sweep_over_seeds_locates_on_each_split_and_the_board_shows_mean_and_sd(
+    tmp_path, embedded_dir
+) -> None:
+    (tmp_path / "seeds.yaml").write_text(SEEDED)
+    config = SweepConfig.from_yaml(tmp_path / "seeds.yaml", out=tmp_path / "out")
+    files = Sweep(config).run()
+    seeds = {
+        json.loads((d / "intervention.json").read_text())["provenance"]["report"]["split_seed"]
+        for d in (tmp_path / "out" / "artifacts").iterdir()
+    }
+    assert seeds == {1, 2}
+    tested = [r for r in load_runs([tmp_path / "out" / "runs"]) if r.split == "test"]
+    assert sorted(r.seed for r in tested) == ["1", "2"] and all("seed" in r.label for r in tested)
+    board = json.loads(files["json"].read_text())
+    concept = next(s for s in board if s["section"] == "Concept editing")
+    (summary,) = concept["across_seeds"]
+    assert summary["seeds"] == ["1", "2"]
+    assert set(summary["cells"]["success_rate"]) == {"mean", "sd"}
+    assert "Across seeds (mean ± sd): steering L27 anger test" in files["markdown"].read_text()
+
+
+def test_sweep_seeds_must_be_distinct_non_negative_integers(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(SEEDED.replace("seeds: [1, 2]", "seeds: [1, 1, -2]"))
+    with pytest.raises(SweepConfigError, match="seeds must be distinct integers >= 0"):
+        Sweep(SweepConfig.from_yaml(path, out=tmp_path / "out")).check()

@@ -18,6 +18,7 @@ import html
 import itertools
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,9 @@ from ce_bench.versions import mixed_versions
 
 SELECTION = "validation split (strength selection)"
 ALPHA = 0.05  # a delta or a ranking step is marked significant below this two-sided p
-IDENTITY = ("model", "method", "layer", "target", "strength", "split", "settings", "artifact")
+IDENTITY = (
+    "model", "method", "layer", "target", "strength", "seed", "split", "settings", "artifact"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,9 @@ class Row:
     def identity(self) -> dict[str, str]:
         """What the row is: IDENTITY's fields of its run, and its task."""
         run = self.run
-        fields = (run.base_model, run.method, run.layer, run.target, run.strength, run.split)
-        return dict(zip(IDENTITY, fields + (run.settings, run.artifact), strict=True)) | {
-            "task": self.task
-        }
+        fields = (run.base_model, run.method, run.layer, run.target, run.strength, run.seed)
+        rest = (run.split, run.settings, run.artifact)
+        return dict(zip(IDENTITY, (*fields, *rest), strict=True)) | {"task": self.task}
 
 
 @dataclass(frozen=True)
@@ -111,12 +113,52 @@ class Step:
         return f"{self.above} ≈ {self.below} ({how}: not significant)"
 
 
+@dataclass(frozen=True)
+class AcrossSeeds:
+    """One method's runs that differ only in their seed (and so in the strength chosen on each
+    seed's validation split): per column, the mean and standard deviation over the seeds."""
+
+    label: str
+    task: str
+    seeds: list[str]
+    cells: dict[str, tuple[float, float]]  # column title -> (mean, sd)
+
+    def text(self) -> str:
+        values = "; ".join(f"{t} {m:.3f} ± {sd:.3f}" for t, (m, sd) in self.cells.items())
+        where = f" on {self.task}" if self.task else ""
+        return f"{self.label}{where}, seeds {', '.join(self.seeds)}: {values}"
+
+
 @dataclass
 class Section:
     title: str
     columns: list[Column]
     rows: list[Row] = field(default_factory=list)
     ranking: list[Step] = field(default_factory=list)
+
+    def across_seeds(self) -> list[AcrossSeeds]:
+        """Mean ± sd over seeds of each group of rows that differ only in seed and strength."""
+        groups: dict[tuple[str, ...], list[Row]] = {}
+        for row in self.rows:
+            run = row.run
+            if run.seed:
+                key = (run.base_model, run.method, run.layer, run.target, run.split, row.task)
+                groups.setdefault((*key, run.settings), []).append(row)
+        summaries = []
+        for rows in groups.values():
+            seeds = sorted({r.run.seed for r in rows}, key=lambda s: (len(s), s))
+            if len(seeds) < 2:
+                continue
+            cells = {}
+            for column in self.columns:
+                values = [r.cells[c].score.value for r in rows if (c := column.title) in r.cells]
+                if len(values) == len(rows):
+                    cells[column.title] = (statistics.mean(values), statistics.stdev(values))
+            run = rows[0].run
+            parts = (run.method, f"L{run.layer}" if run.layer else "", run.target, run.split)
+            label = " ".join(p for p in parts if p)
+            summaries.append(AcrossSeeds(label, rows[0].task, seeds, cells))
+        return summaries
 
     @property
     def rank_by(self) -> Column:
@@ -363,7 +405,7 @@ def to_markdown(sections: list[Section], notes: list[str] | None = None) -> str:
                 cell_text(row.cells.get(c.title)) for c in section.columns
             ]
             lines.append("| " + " | ".join(v.replace("|", "\\|") for v in cells) + " |")
-        lines += ranking_lines(section)
+        lines += ranking_lines(section) + seed_lines(section)
     return "\n".join(lines) + "\n"
 
 
@@ -376,6 +418,14 @@ LEGEND = (
     " base models. Under each table, the ranking by its first metric says which neighbours"
     " differ significantly."
 )
+
+
+def seed_lines(section: Section) -> list[str]:
+    """'Across seeds (mean ± sd): steering L27 anger test, seeds 0, 1, 2: success_rate ...'."""
+    lines = []
+    for summary in section.across_seeds():
+        lines += ["", f"Across seeds (mean ± sd): {summary.text()}."]
+    return lines
 
 
 def ranking_lines(section: Section) -> list[str]:
@@ -448,7 +498,8 @@ def to_html(sections: list[Section], plots: list[str]) -> str:
                 tds += f'<td class="num" data-v="{value}">{html.escape(cell_text(cell))}</td>'
             pin = "" if row.run.edited else ' class="unedited"'
             rows.append(f"<tr{pin}>{tds}</tr>")
-        ranked = "".join(f"<p>{html.escape(line)}</p>" for line in ranking_lines(section) if line)
+        notes = ranking_lines(section) + seed_lines(section)
+        ranked = "".join(f"<p>{html.escape(line)}</p>" for line in notes if line)
         body.append(
             f'<section id="s{number_}"><h2>{html.escape(section.title)}</h2>'
             f'<table data-rank="{rank}" data-order="{order}"><thead><tr>{heads}</tr></thead>'
@@ -551,6 +602,15 @@ def to_json(sections: list[Section]) -> list[dict]:
             ],
             "ranking": [
                 {**dataclasses.asdict(step), "significant": step.significant} for step in s.ranking
+            ],
+            "across_seeds": [
+                {
+                    "label": a.label,
+                    "task": a.task,
+                    "seeds": a.seeds,
+                    "cells": {t: {"mean": m, "sd": sd} for t, (m, sd) in a.cells.items()},
+                }
+                for a in s.across_seeds()
             ],
         }
         for s in sections

@@ -70,6 +70,7 @@ class Run:
     strength: str  # the intervention strength, or T for a lifelong editor
     settings: str  # the remaining parameters, "k=v" joined by spaces
     artifact: str  # the artifact directories' names ("anger", "fact_neurons_60"), "+"-joined
+    seed: str  # the seed the artifact was located with (its data split), "" when none
     fingerprint: str
     split: str  # the concept tasks' data split ("test", "validation"), "" when none
     scores: dict[str, dict[str, Score]]  # task -> metric -> score
@@ -100,6 +101,7 @@ class Run:
             return UNEDITED
         parts = [self.method, f"L{self.layer}" if self.layer else "", self.target]
         parts.append(f"x{self.strength}" if self.strength else "")
+        parts.append(f"seed {self.seed}" if self.seed not in ("", "0") else "")
         parts.append(f"[{self.artifact}]" if self.artifact not in ("", self.target) else "")
         return " ".join(p for p in parts if p)
 
@@ -196,12 +198,12 @@ def _describe_edit(info: dict[str, Any]) -> dict[str, str]:
             "strength": _text(lifelong.get("num_edits")),
             "settings": f"eval_at={lifelong.get('eval_at', 'end')}",
             "artifact": "",
+            "seed": "",
         }
     edits = info.get("interventions") or []
     if not edits:
-        return dict.fromkeys(("layer", "target", "strength", "settings", "artifact"), "") | {
-            "method": UNEDITED
-        }
+        empty = ("layer", "target", "strength", "settings", "artifact", "seed")
+        return dict.fromkeys(empty, "") | {"method": UNEDITED}
     reports = [(e.get("provenance") or {}).get("report") or {} for e in edits]
     methods = [
         r.get("locate_method") or (e.get("provenance") or {}).get("method") or e.get("kind", "?")
@@ -218,6 +220,7 @@ def _describe_edit(info: dict[str, Any]) -> dict[str, str]:
             f"{k}={_text(v)}" for p in params for k, v in sorted(p.items()) if _text(v) != ""
         ),
         "artifact": "+".join(Path(e.get("artifact") or "").name for e in edits),
+        "seed": "+".join(_text(r.get("split_seed", r.get("seed"))) for r in reports).strip("+"),
     }
 
 

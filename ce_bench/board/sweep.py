@@ -52,6 +52,7 @@ class ConceptPart:
     test_limit: int | None = None
     max_gen_toks: int = 48
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> locate kwargs
+    seeds: list[int] = field(default_factory=lambda: [0])  # data split (and SFT order) per run
 
 
 @dataclass
@@ -204,6 +205,11 @@ class Sweep:
                          for m in c.concept.methods if m not in LOCATORS]  # fmt: skip
             problems += [f"concept: unknown concept {e!r}; known: {', '.join(EMOTIONS)}"
                          for e in c.concept.concepts if e not in EMOTIONS]  # fmt: skip
+            seeds = c.concept.seeds
+            if len(set(map(str, seeds))) != len(seeds) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+            ):
+                problems.append(f"concept: seeds must be distinct integers >= 0, got {seeds}")
         if c.lifelong:
             for spec in c.lifelong.editors:
                 try:
@@ -231,7 +237,8 @@ class Sweep:
         c = self.config
         count = 1  # the unedited model
         if c.concept:
-            combos = len(c.concept.methods) * len(c.concept.layers) * len(c.concept.concepts)
+            part = c.concept
+            combos = len(part.methods) * len(part.layers) * len(part.concepts) * len(part.seeds)
             count += combos * (1 + len(c.concept.strengths or []))
         if c.lifelong:
             count += len(c.lifelong.editors) * len(c.lifelong.num_edits)
@@ -276,19 +283,26 @@ class Sweep:
         self._cell(cell, {}, [(c.general_tasks, c.limit)])
 
     def _concept(self, part: ConceptPart) -> None:
-        for method, layer, concept in product(part.methods, part.layers, part.concepts):
-            self._concept_combo(part, method, layer, concept)
+        combos = product(part.methods, part.layers, part.concepts, part.seeds)
+        for method, layer, concept, seed in combos:
+            self._concept_combo(part, method, layer, concept, seed)
 
-    def _concept_combo(self, part: ConceptPart, method: str, layer: int, concept: str) -> None:
-        """Locate; every strength on the validation split; the chosen one on the test split."""
+    def _concept_combo(
+        self, part: ConceptPart, method: str, layer: int, concept: str, seed: int
+    ) -> None:
+        """Locate; every strength on the validation split; the chosen one on the test split;
+        all on the data split of `seed`."""
         from ce_bench.concept_benchmark import MAX_DEGENERATE, choose_strength, strength_grid
 
         c = self.config
         locate = {"limit": part.locate_limit, "options": part.options.get(method, {})}
+        # seed 0 is what every cell used before seeds existed: its cells keep their fingerprints
+        seeded = {"seed": seed} if seed else {}
         base = {"model": c.model, "method": method, "layer": layer, "concept": concept,
-                "locate": locate}  # fmt: skip
-        where = c.out / "artifacts" / f"{method}-L{layer}-{concept}-{_digest(base)}"
-        artifact = self._locate(method, layer, concept, part, where)
+                "locate": locate, **seeded}  # fmt: skip
+        name = f"{method}-L{layer}-{concept}" + (f"-s{seed}" if seed else "")
+        where = c.out / "artifacts" / f"{name}-{_digest(base)}"
+        artifact = self._locate(method, layer, concept, part, where, seed)
         if artifact is None:
             return
         grid = part.strengths or strength_grid(artifact)
@@ -299,7 +313,7 @@ class Sweep:
         validation = []
         for strength in grid:
             cell = Cell(
-                f"{method}-L{layer}-{concept}-x{strength:g}-validation",
+                f"{name}-x{strength:g}-validation",
                 {**judged, "strength": strength, "split": "validation",
                  "limit": part.validation_limit},
             )  # fmt: skip
@@ -309,6 +323,7 @@ class Sweep:
                 [([task], part.validation_limit)],
                 split="validation",
                 max_gen_toks=part.max_gen_toks,
+                seed=seed,
             )
             metrics = _metrics(cell.directory(c.out), task)
             validation.append(
@@ -316,7 +331,7 @@ class Sweep:
             )
         chosen = choose_strength(validation, MAX_DEGENERATE)
         cell = Cell(
-            f"{method}-L{layer}-{concept}-test",
+            f"{name}-test",
             {**judged, "strength": chosen, "split": "test", "limit": part.test_limit,
              "general": c.general_tasks, "general_limit": c.limit},
         )  # fmt: skip
@@ -326,9 +341,12 @@ class Sweep:
             [([task], part.test_limit), (c.general_tasks, c.limit)],
             split="test",
             max_gen_toks=part.max_gen_toks,
+            seed=seed,
         )
 
-    def _locate(self, method: str, layer: int, concept: str, part: ConceptPart, where: Path) -> Any:
+    def _locate(
+        self, method: str, layer: int, concept: str, part: ConceptPart, where: Path, seed: int
+    ) -> Any:
         """The cell's artifact: read back when a previous run saved it, else located now."""
         from ce_bench.artifacts import ArtifactError, load_artifact, save_artifact
         from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
@@ -339,7 +357,8 @@ class Sweep:
         except ArtifactError:
             pass
         model, tokenizer = self._model()
-        job = EmotionJob(model, tokenizer, self.config.model, EmotionData.load(), concept, layer)
+        data = EmotionData.load(seed=seed)
+        job = EmotionJob(model, tokenizer, self.config.model, data, concept, layer)
         job.limit, job.residuals = part.locate_limit, self._residuals
         job.options = dict(part.options.get(method, {}))
         if method == "sae-features":
@@ -435,6 +454,7 @@ class Sweep:
         split: str | None = None,
         max_gen_toks: int | None = None,
         fresh_model: bool = False,
+        seed: int = 0,
     ) -> None:
         """lm-eval runs of one edited model, (tasks, limit) each, written into `directory` as
         `lm_eval --output_path DIR --log_samples` writes them. The model is built once, so a
@@ -446,6 +466,8 @@ class Sweep:
         # artifact's class from `intervention`, lifelong tasks the edit stream).
         given = {k: v for k, v in model_args.items() if v is not None}
         meta = {**given, **self.config.metadata, **({"split": split} if split else {})}
+        if seed:
+            meta["seed"] = seed  # the concept task's data split
         if fresh_model:
             pretrained: dict[str, Any] = {"pretrained": self.config.model}
         else:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -80,12 +81,12 @@ class EmotionJob:
     limit: int | None = None  # locate scenarios per emotion (all if None)
     sae: SAESource | None = None  # for sae-features
     options: dict[str, Any] = field(default_factory=dict)  # method-specific keyword arguments
-    # Residuals per (layer, limit, aggregate, emotion): jobs on one model and data may share it,
-    # so that steering for six emotions reads each emotion's prompts once, not five times.
+    # Residuals per (data split, layer, limit, aggregate, emotion): jobs on one model may share
+    # it, so that steering for six emotions reads each emotion's prompts once, not five times.
     residuals: dict[tuple[Any, ...], torch.Tensor] = field(default_factory=dict)
 
     def residuals_of(self, emotion: str, aggregate: Aggregate) -> torch.Tensor:
-        key = (self.layer, self.limit, aggregate, emotion)
+        key = (self.data.source, self.data.seed, self.layer, self.limit, aggregate, emotion)
         if key not in self.residuals:
             texts = [p.text for p in self.data.prompts(emotion, self.limit)]
             site = Site("resid_post", self.layer)
@@ -167,9 +168,13 @@ def _sae_features(job: EmotionJob) -> Artifact:
 def _on_prompts(locate: Callable[..., Artifact]) -> Callable[[EmotionJob], Artifact]:
     """A locator for methods called as locate(model, tokenizer, prompts, layer, name, **options)."""
 
+    seeded = "seed" in inspect.signature(locate).parameters
+
     def run(job: EmotionJob) -> Artifact:
         prompts = job.data.prompts(job.emotion, job.limit)
-        return locate(job.model, job.tokenizer, prompts, job.layer, job.model_name, **job.options)
+        # one seed per run: the split's seed also orders a method's own randomness (SFT batches)
+        options = {"seed": job.data.seed, **job.options} if seeded else job.options
+        return locate(job.model, job.tokenizer, prompts, job.layer, job.model_name, **options)
 
     return run
 

@@ -91,6 +91,7 @@ def locate_sft(
                 "lr": lr,
                 "epochs": epochs,
                 "batch_size": batch_size,
+                "seed": seed,
                 "prompts": len(prompts),
                 "first_loss": losses[0],
                 "last_loss": losses[-1],
