@@ -377,9 +377,10 @@ def delta_text(cell: Cell) -> str:
 
 
 def signed(value: float | None) -> str:
+    """'+0.050', '-12.3': a change with its sign (never '-0.000')."""
     if value is None:
         return ""
-    return f"{value + 0.0:+.3f}" if abs(value) < 100 else f"{value:+.1f}"
+    return f"{round(value, 3) + 0.0:+.3f}" if abs(value) < 100 else f"{value:+.1f}"
 
 
 def version_notes(runs: list[Run]) -> list[str]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
+from ce_bench.board.leaderboard import signed
 from ce_bench.board.runs import GENERAL, BoardError, Run, Score, family, load_runs
 from ce_bench.board.samples import SamplesMismatch, compare_in_run, compare_runs, samples_of
 from ce_bench.stats import PairedComparison, holm, unpaired_detectable_drop
@@ -273,18 +274,14 @@ def _cells(c: Check) -> tuple[str, str, str, str, str]:
     """n, drop [CI] or the unpaired threshold, w/b, p, verdict."""
     drop, ci = c.drop, c.drop_ci
     verdict = "[red]FAIL[/red]" if c.failed else "ok" if drop is not None else "no direction"
-    shown = "" if drop is None else _signed(drop)
+    shown = "" if drop is None else signed(drop)
     if c.paired is None:
         return "", f"{shown} (needs >{c.detectable:.3f})", "", "unpaired", verdict
     if ci is not None:
-        shown += f" [{_signed(ci[0])}, {_signed(ci[1])}]"
+        shown += f" [{signed(ci[0])}, {signed(ci[1])}]"
     counts = "{}/{}".format(*c.paired.discordant) if c.paired.discordant else ""
     p = "" if c.p_adjusted is None else f"{c.p_adjusted:.2g}"
     return str(c.paired.n), shown, counts, p, verdict
-
-
-def _signed(value: float) -> str:
-    return f"{value + 0.0:+.3f}" if abs(value) >= 5e-4 else "0.000"  # no "-0.000"
 
 
 def unpaired_note(checks: list[Check]) -> str | None:
