@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
@@ -91,7 +93,13 @@ def test_reinforcer_picks_the_planted_feature_and_reports_the_candidates(tiny, t
     assert chosen["feature"] == PLANTED and "anger" in chosen["interpretation"]
     assert report["top10_hit_rate"] == 1.0
     assert len(report["candidates"]) == 10
+    assert "sae_seed" not in report  # not an SAE ce-bench trained: no training report
     build_intervention(load_artifact(save_artifact(art, tmp_path / "art")), model)
+    (path / "training_report.json").write_text(json.dumps({"settings": {"seed": 7}}))
+    again = locate_sae_feature(
+        model, tokenizer, _prompts("anger", "anger"), probes, SAESource(str(path)), "tiny"
+    )
+    assert again.provenance.report["sae_seed"] == 7  # every seed the artifact depends on
 
 
 def test_no_matching_interpretation_means_the_sae_fails_to_locate(tiny, tmp_path):  # type: ignore[no-untyped-def]

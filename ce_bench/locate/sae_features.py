@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -238,6 +239,7 @@ def locate_sae_feature(
             "top10_hit_rate": hit_rate,
             "strength_unit": strength,
             "reinforce_scale": reinforce_scale,
+            **_sae_seed(source),
         },
     )
     identity = ModelIdentity.of(model, model_name)
@@ -261,3 +263,14 @@ def _residual_unit(
     """Per feature, the C at which C * |W_dec[k]| equals the mean residual norm at the site."""
     h = collect_activations(model, tokenizer, [p.text for p in prompts], site, "last")
     return h.norm(dim=-1).mean() / sae.W_dec.detach().float().norm(dim=-1).cpu()
+
+
+def _sae_seed(source: SAESource) -> dict[str, int]:
+    """{"sae_seed": N} for an SAE ce-bench trained (its training report holds the seed), so the
+    artifact names every seed it depends on; nothing for a published SAE."""
+    from ce_bench.sae_training.train import REPORT_FILE, load_report
+
+    if not source.sae_path or not (Path(source.sae_path) / REPORT_FILE).is_file():
+        return {}
+    seed = load_report(source.sae_path).get("settings", {}).get("seed")
+    return {"sae_seed": seed} if isinstance(seed, int) else {}
