@@ -415,7 +415,7 @@ LEGEND = (
     " 95% interval). The interval is a paired bootstrap over the documents both states"
     " evaluated (seeded, 2000 resamples) where the samples allow, else (marked ~) the normal"
     f" interval from the two stderrs; * marks a change with two-sided p < {ALPHA} (exact"
-    " McNemar for 0/1 metrics, sign-flip test otherwise). Rows with method `unedited` are the"
+    ' McNemar for 0/1 metrics, sign-flip test otherwise). Rows with method "unedited" are the'
     " base models. Under each table, the ranking by its first metric says which neighbours"
     " differ significantly."
 )
