@@ -1,4 +1,4 @@
-"""Speed overhead of range masking (seed 001) against plain lm-eval `hf` on classification.
+"""Speed overhead of range masking (NeuronLens) against plain lm-eval `hf` on classification.
 
 Not a test: a benchmark to run by hand on CPU with the embedded model (smollm2-135m):
 

@@ -5,9 +5,9 @@ Not a test: a benchmark to run by hand on CPU with the embedded model (smollm2-1
     .venv/bin/python bench/ig_speed.py [--prompts N] [--layer L] [--steps M] [--threads T]
 
 For the first N anger prompts of the shipped locate split, `neuron_attributions` (one forward and
-backward over a batch of M rows, seed 000 A.8) and `neuron_attributions_reference` (M forwards
-and backwards of one row) are timed in turn after one warm-up call each; the two must agree.
-Then `locate_knowledge_neurons` runs on the same prompts and its time per prompt is printed.
+backward over a batch of M rows, Unified Concept Editing A.8) and `neuron_attributions_reference` (M
+forwards and backwards of one row) are timed in turn after one warm-up call each; the two must
+agree. Then `locate_knowledge_neurons` runs on the same prompts and its time per prompt is printed.
 
 The last line printed is machine-readable:
     batched_vs_loop=R

@@ -1,4 +1,4 @@
-"""Time per edit and peak memory of each lifelong editor (seed 003) at T edits.
+"""Time per edit and peak memory of each lifelong editor (MicroEdit) at T edits.
 
 Not a test: a benchmark to run by hand on CPU with the embedded model (smollm2-135m):
 

@@ -1,4 +1,5 @@
-"""Locate time per concept-editing method (seed 000 Table 8's "Train/Locate" column), on CPU.
+"""Locate time per concept-editing method (Unified Concept Editing Table 8's "Train/Locate" column),
+on CPU.
 
 Not a test: a benchmark to run by hand with the embedded model (smollm2-135m):
 

@@ -1,8 +1,8 @@
-"""Few-shot classification data for class erasure (seed 001): datasets, classes, prompts.
+"""Few-shot classification data for class erasure (NeuronLens): datasets, classes, prompts.
 
 Five datasets, each with its hub id (DESIGN.md section 5) and a small offline set the project
 wrote in the same schema (`tasks/erasure/data/<name>/{train,test}.jsonl`, 24 + 16 examples per
-class; 20 + 12 for DBpedia-14). A decoder LM classifies by continuing a few-shot prompt (seed 001
+class; 20 + 12 for DBpedia-14). A decoder LM classifies by continuing a few-shot prompt (NeuronLens
 Appendix H) with a label word; the prediction is the most likely label. The erasure task, the
 range locator and the report all build their prompts here, so the hidden state a range was
 measured on is the one the task edits.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SHOTS = 4  # labelled examples in each prompt (seed 001 H: "a small number")
+DEFAULT_SHOTS = 4  # labelled examples in each prompt (NeuronLens H: "a small number")
 SHOT_SEED = 0
 
 
@@ -183,7 +183,7 @@ def choose_shots(
 
 
 def few_shot_prompt(data: ClassDataset, text: str, shots: list[Example]) -> str:
-    """The prompt whose last token predicts the label word (seed 001 Appendix H)."""
+    """The prompt whose last token predicts the label word (NeuronLens Appendix H)."""
     header = f"Classify each {data.item.lower()}. Answer with one of: {', '.join(data.words)}."
     blocks = [f"{data.item}: {s.text}\n{data.answer}: {data.words[s.label]}" for s in shots]
     return "\n\n".join([header, *blocks, f"{data.item}: {text}\n{data.answer}:"])

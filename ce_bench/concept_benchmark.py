@@ -1,11 +1,12 @@
-"""Seed 000's concept-editing benchmark in one call: locate, choose strengths, test (Table 2).
+"""Unified Concept Editing's concept-editing benchmark in one call: locate, choose strengths, test
+(Table 2).
 
 For every method (NE, SAE, SV, SFT) and emotion at one layer:
 
 1. locate from the locate split (`ce_bench.locate.emotion`) and save the artifact;
 2. evaluate `concept_emotion_<emotion>` on the validation split at each strength of the
    method's grid, and keep the strength with the best success rate among those whose
-   degenerate rate stays under a bound (seed 000 A.8, as AxBench does);
+   degenerate rate stays under a bound (Unified Concept Editing A.8, as AxBench does);
 3. evaluate the chosen strength on the test split.
 
 Evaluation goes through lm-eval (`simple_evaluate` with an `edited_hf` model built on the one
@@ -45,9 +46,9 @@ GRIDS: dict[str, tuple[float, ...]] = {
     "neuron_scale": (2.0, 5.0, 10.0),
     "weight_delta": (1.0, 2.0, 4.0),
 }
-# A deep layer of the embedded model's 30 (seed 000 Table 1: concepts form in deep layers, and
-# Gemma-2-2B's SAE finds them only there, at 24 of 26). At layer 20 the project's SAE gave no
-# emotion feature for any emotion; at 27 it gives some (README, "Results").
+# A deep layer of the embedded model's 30 (Unified Concept Editing Table 1: concepts form in deep
+# layers, and Gemma-2-2B's SAE finds them only there, at 24 of 26). At layer 20 the project's SAE
+# gave no emotion feature for any emotion; at 27 it gives some (README, "Results").
 DEEP_LAYER = 27
 MAX_DEGENERATE = 0.5  # a strength whose edited outputs are mostly degenerate is not eligible
 BOOTSTRAP_ITERS = 1000  # stderr of the nanmean metrics; lm-eval's 100000 costs seconds per run
@@ -222,7 +223,7 @@ def own_sae(model: str, layer: int) -> SAESource:
 
 
 def table2(cells: list[Cell], config: BenchmarkConfig) -> Table:
-    """Seed 000 Table 2: % of test prompts successfully edited, emotion x method."""
+    """Unified Concept Editing Table 2: % of test prompts successfully edited, emotion x method."""
     methods = config.methods
     table = Table(title=f"Editing success (%) at layer {config.layer}, {config.model}")
     table.add_column("emotion")

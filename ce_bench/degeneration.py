@@ -1,4 +1,4 @@
-"""Is a generation degenerate? The repetition half of seed 000 A.8's quality check.
+"""Is a generation degenerate? The repetition half of Unified Concept Editing A.8's quality check.
 
 An edit pushed too hard makes a model repeat one word or phrase ("anger anger anger"); such an
 output may well read as the target emotion to a judge, so the benchmark counts it as a failed

@@ -1,4 +1,5 @@
-"""`make demo`: seed 000's concept-editing benchmark on the embedded model, end to end.
+"""`make demo`: Unified Concept Editing's concept-editing benchmark on the embedded model, end to
+end.
 
 1. Train (or load the cached) SAE of the embedded model at the layer (`ce-bench train-sae`).
 2. Locate NE, SAE, SV and SFT for the six emotions from the locate split.
@@ -6,10 +7,10 @@
    split through lm-eval, judged by the offline lexicon judge (a proxy for the paper's GPT-4).
 4. Print and write Table 2 (editing success), Table 4 (output generalisation, anger) and Table 5
    (neuron overlap) under `--out` (default `results/concept_editing/`), with the command.
-5. Seed 001's class erasure on one small offline dataset (SST-2 by default): neuron masking vs
+5. NeuronLens's class erasure on one small offline dataset (SST-2 by default): neuron masking vs
    activation range masking per class with the PPL and MMLU side effects, under
    `results/erasure/<dataset>/`.
-6. Seed 003's lifelong editing: FT, GRACE, WISE and MicroEdit after T = 10 sequential ZsRE
+6. MicroEdit's lifelong editing: FT, GRACE, WISE and MicroEdit after T = 10 sequential ZsRE
    edits (Rel, Gen, Loc, Avg), under `results/lifelong/demo/`.
 7. A small `ce-bench sweep` (steering for the first emotion, GRACE at T = 10, the erasure
    artifacts of step 5, ce_general_mini side effects) and its leaderboard, under
@@ -48,10 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-limit", type=int, default=8, help="test prompts per emotion")
     parser.add_argument("--max-gen-toks", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("results/concept_editing"))
-    parser.add_argument("--erasure-dataset", default="sst2", help="seed 001 part; none: skip")
+    parser.add_argument("--erasure-dataset", default="sst2", help="NeuronLens part; none: skip")
     parser.add_argument("--erasure-limit", type=int, default=16, help="test examples per run")
     parser.add_argument("--erasure-out", type=Path, default=Path("results/erasure"))
-    parser.add_argument("--lifelong-edits", type=int, default=10, help="seed 003 part; 0: skip")
+    parser.add_argument("--lifelong-edits", type=int, default=10, help="MicroEdit part; 0: skip")
     parser.add_argument("--lifelong-out", type=Path, default=Path("results/lifelong/demo"))
     parser.add_argument("--board-out", default="results/leaderboard/demo", help="none: skip")
     args = parser.parse_args(argv)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_erasure_part(args: argparse.Namespace, command: str, console: Console, loaded) -> None:  # type: ignore[no-untyped-def]
-    """Seed 001 Table 3/4 on one dataset, every class (`ce-bench erasure-report`)."""
+    """NeuronLens Table 3/4 on one dataset, every class (`ce-bench erasure-report`)."""
     from ce_bench.erasure_report import ErasureConfig, run_erasure_report
 
     started = time.monotonic()
@@ -111,7 +112,7 @@ def run_erasure_part(args: argparse.Namespace, command: str, console: Console, l
 
 
 def run_lifelong_part(args: argparse.Namespace, command: str, console: Console) -> None:
-    """Seed 003 Table 1 at one T (`ce-bench lifelong-report`), run afresh."""
+    """MicroEdit Table 1 at one T (`ce-bench lifelong-report`), run afresh."""
     from ce_bench.lifelong.report import LifelongReportConfig, run_lifelong_report
 
     started = time.monotonic()
@@ -215,8 +216,8 @@ def write_analyses(
 
 
 def sae_hit_rate(cells: list[Cell]) -> str:
-    """Seed 000 4.2's check of the SAE localisation: how often the chosen feature is among a
-    locate prompt's top 10 by attribution (the paper: 79.8%)."""
+    """Unified Concept Editing 4.2's check of the SAE localisation: how often the chosen feature is
+    among a locate prompt's top 10 by attribution (the paper: 79.8%)."""
     from ce_bench.artifacts import load_artifact
 
     sae = [c for c in cells if c.method == "sae-features"]
@@ -227,7 +228,8 @@ def sae_hit_rate(cells: list[Cell]) -> str:
         return f"SAE: no emotion's feature found among {len(sae)} tried"
     return (
         f"SAE: feature found for {len(rates)} of {len(sae)} emotions; chosen feature in a locate"
-        f" prompt's top 10: {100 * sum(rates) / len(rates):.1f}% on average (seed 000: 79.8%)"
+        f" prompt's top 10: {100 * sum(rates) / len(rates):.1f}% on average"
+        " (Unified Concept Editing: 79.8%)"
     )
 
 
@@ -241,7 +243,8 @@ def _tuned(cell: Cell):  # type: ignore[no-untyped-def]
 
 
 def overlap_table(rows: dict[str, dict[str, float | None]], layer: int) -> tuple[Table, str]:
-    """Seed 000 Table 5: overlap (%) per emotion and method pair, with the average."""
+    """Unified Concept Editing Table 5: overlap (%) per emotion and method pair, with the
+    average."""
     table = Table(title=f"Neuron overlap (%) at layer {layer}")
     table.add_column("emotion")
     for pair in PAIRS:

@@ -1,4 +1,5 @@
-"""The emotion concept data of seed 000: scenarios, prompt templates, golden answers and the split.
+"""The emotion concept data of Unified Concept Editing: scenarios, prompt templates, golden answers
+and the split.
 
 Scenarios come in the RepE format (one JSON list of strings per emotion, `{emotion}.json`): the
 project ships its own set under `ce_bench/data/emotions/`, and any RepE-format directory or URL
@@ -25,7 +26,8 @@ DATA_DIR = Path(__file__).parent / "data" / "emotions"
 WORDS_FILE = Path(__file__).parent / "data" / "emotion_words.json"
 WORD_KINDS = ("concept", "synonyms", "antonyms", "related", "unrelated")
 
-# Golden answers (seed 000 A.4 "prompt + golden answer"): the word a template asks for.
+# Golden answers (Unified Concept Editing A.4 "prompt + golden answer"): the word a template asks
+# for.
 ADJECTIVES = {
     "happiness": "happy",
     "sadness": "sad",
@@ -50,7 +52,7 @@ class Template:
         return emotion if self.answer == "noun" else ADJECTIVES[emotion]
 
 
-# Seed 000 A.4 gives the first two; the rest are ours, in the same spirit.
+# Unified Concept Editing A.4 gives the first two; the rest are ours, in the same spirit.
 TEMPLATES = (
     Template("{scenario}. You feel", "adjective"),
     Template("The scenario is: {scenario}. The emotion in the above scenario is", "noun"),
@@ -72,7 +74,8 @@ class Prompt:
 
 @dataclass(frozen=True)
 class Split:
-    """One emotion's scenarios split locate:validation:test = 1:1:2 (seed 000 A.8)."""
+    """One emotion's scenarios split locate:validation:test = 1:1:2 (Unified Concept Editing
+    A.8)."""
 
     locate: tuple[str, ...]
     validation: tuple[str, ...]
@@ -139,8 +142,8 @@ def emotion_prompts(
 
 
 def emotion_words(emotion: str) -> dict[str, list[str]]:
-    """The shipped word lists of an emotion (seed 000 Table 3): concept word forms, synonyms,
-    antonyms, related and unrelated words."""
+    """The shipped word lists of an emotion (Unified Concept Editing Table 3): concept word forms,
+    synonyms, antonyms, related and unrelated words."""
     if emotion not in EMOTIONS:
         raise ValueError(f"unknown emotion {emotion!r}; expected one of {', '.join(EMOTIONS)}")
     words = json.loads(WORDS_FILE.read_text())[emotion]

@@ -1,4 +1,4 @@
-"""Seed 001 Table 3/4 in one call: erase each class by neuron masking and by range masking.
+"""NeuronLens Table 3/4 in one call: erase each class by neuron masking and by range masking.
 
 For every target class of one dataset, at one layer (the penultimate by default, 5.3):
 
@@ -38,7 +38,7 @@ from ce_bench.locate.ranges import (
 )
 from ce_bench.models.embedded import EMBEDDED_NAME
 
-GATES = {"neuron masking": "always", "range masking": "range"}  # seed 001 Table 3's columns
+GATES = {"neuron masking": "always", "range masking": "range"}  # NeuronLens Table 3's columns
 BASELINES = {"steering": "steer", "directional ablation": "directional_ablation"}  # Appendix M
 SHORT = {
     "neuron masking": "NM",
@@ -52,7 +52,7 @@ SIDE_TASKS = ("ce_perplexity", "ce_paired_mini_mmlu")
 
 @dataclass
 class ErasureConfig:
-    """What to run; the defaults are seed 001's protocol on the embedded model."""
+    """What to run; the defaults are NeuronLens's protocol on the embedded model."""
 
     model: str = EMBEDDED_NAME
     dataset: str = "agnews"
@@ -203,7 +203,7 @@ def _slug(name: str) -> str:
 
 
 def trimmed_row(rows: list[Row]) -> Row:
-    """Seed 001's 10% trimmed mean over classes, per value."""
+    """NeuronLens's 10% trimmed mean over classes, per value."""
     from ce_bench.tasks.erasure.task import trimmed_mean
 
     mean = Row("trimmed mean")
@@ -233,7 +233,7 @@ def _cells(row: Row) -> list[str]:
 
 
 def report_table(rows: list[Row], config: ErasureConfig, layer: int) -> Table:
-    """Seed 001 Table 3 with Table 4's side effects: base values, then deltas per method."""
+    """NeuronLens Table 3 with Table 4's side effects: base values, then deltas per method."""
     table = Table(title=f"Class erasure, {config.dataset}, {config.model}, layer {layer}")
     table.add_column("class")
     for k in CLASS_METRICS:

@@ -1,10 +1,10 @@
 """`ce-bench inject-facts`: fine-tune a model until it has memorised the private facts.
 
-Seed 002 erases private knowledge that was first put into the model by incremental fine-tuning
-on PrivacyParaRel. This module does the same with the project's fact set (`ce_bench.private_facts`):
-it trains on "training prompt + ' ' + value" of every fact and of every control (so that Locality
-is measured on facts the model knows too) until the greedy continuation of every training prompt
-is its value, or a step limit.
+Knowledge Microscope erases private knowledge that was first put into the model by incremental
+fine-tuning on PrivacyParaRel. This module does the same with the project's fact set
+(`ce_bench.private_facts`): it trains on "training prompt + ' ' + value" of every fact and of every
+control (so that Locality is measured on facts the model knows too) until the greedy continuation of
+every training prompt is its value, or a step limit.
 
 How, and why (numbers measured on SmolLM2-135M with one CPU thread, the machine shared):
 - Only the MLP (gate, up and down projections) of one layer trains by default, layer 20 of 30

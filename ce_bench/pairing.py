@@ -23,8 +23,9 @@ arguments, so lm-eval's `--use_cache` keys OFF and ON answers apart. Tasks call
 `require_edited_hf` when they build requests: any other model type gets a clear error.
 
 Some scores need the unedited model on text that exists only after generation (the perplexity
-of an edited output, seed 000 A.8). `unedited_perplexity` asks this process's `edited_hf` model
-for them while the task scores its results (each process of a multi-process run has its own).
+of an edited output, Unified Concept Editing A.8). `unedited_perplexity` asks this process's
+`edited_hf` model for them while the task scores its results (each process of a multi-process run
+has its own).
 """
 
 from __future__ import annotations

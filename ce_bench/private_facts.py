@@ -1,4 +1,5 @@
-"""The synthetic private-fact set of the privacy-erasure benchmark (seed 002's PrivacyParaRel).
+"""The synthetic private-fact set of the privacy-erasure benchmark (Knowledge Microscope's
+PrivacyParaRel).
 
 The project ships `tasks/lifelong/data/privacy_facts.json` (schema in that folder's README):
 `facts`, invented people's phone numbers, email addresses and home addresses, each with five

@@ -1,4 +1,5 @@
-"""The seed 000 analyses: output generalisation (Table 4) and neuron-level overlap (Table 5)."""
+"""The Unified Concept Editing analyses: output generalisation (Table 4) and neuron-level overlap
+(Table 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The concept-editing benchmark (seed 000 Table 2): strength selection, then one test run."""
+"""The concept-editing benchmark (Unified Concept Editing Table 2): strength selection, then one
+test run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Seed 000's locate methods for one emotion: SAE attribution + Reinforcer, SFT, steering."""
+"""Unified Concept Editing's locate methods for one emotion: SAE attribution + Reinforcer, SFT,
+steering."""
 
 from __future__ import annotations
 

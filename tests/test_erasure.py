@@ -1,4 +1,4 @@
-"""Class erasure (seed 001): range arithmetic, locating ranges, and the erasure task's metrics."""
+"""Class erasure (NeuronLens): range arithmetic, locating ranges, and the erasure task's metrics."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The judge: A.5 reply parsing (seed 000), both-orders verdicts, retries, the reply cache, the
-lexicon proxy, and a real OpenAI-compatible server (`transformers serve` of the embedded model)."""
+"""The judge: A.5 reply parsing (Unified Concept Editing), both-orders verdicts, retries, the reply
+cache, the lexicon proxy, and a real OpenAI-compatible server (`transformers serve` of the embedded
+model)."""
 
 from __future__ import annotations
 

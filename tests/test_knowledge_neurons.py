@@ -1,4 +1,5 @@
-"""Knowledge-neuron localisation by integrated gradients (seed 000 Eq. 1-3, A.8), on tiny models."""
+"""Knowledge-neuron localisation by integrated gradients (Unified Concept Editing Eq. 1-3, A.8), on
+tiny models."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Privacy erasure (seed 002): fact injection, FeatureEdit, the fact-neuron baseline, the task."""
+"""Privacy erasure (Knowledge Microscope): fact injection, FeatureEdit, the fact-neuron baseline,
+the task."""
 
 from __future__ import annotations
 

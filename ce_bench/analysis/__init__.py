@@ -1,4 +1,5 @@
-"""Analyses of located edits beyond the benchmark scores (seed 000 sections 4.4 and 4.5)."""
+"""Analyses of located edits beyond the benchmark scores (Unified Concept Editing sections 4.4 and
+4.5)."""
 
 from ce_bench.analysis.generalization import (
     GeneralizationReport,

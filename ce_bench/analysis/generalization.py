@@ -1,10 +1,11 @@
-"""Output generalisation (seed 000 section 4.4, Tables 3-4): does an edit move a concept or a word?
+"""Output generalisation (Unified Concept Editing section 4.4, Tables 3-4): does an edit move a
+concept or a word?
 
 For a prompt and an emotion, the model continues the prompt greedily for 20 steps, once unedited
 and once with each artifact attached through the intervention core. At every step we read the
-next-token distribution and take the probability of each word of seed 000 Table 3's five kinds
-(concept, synonyms, antonyms, related, unrelated). A kind's number is the mean over its words and
-the steps (and over prompts, when several are given).
+next-token distribution and take the probability of each word of Unified Concept Editing Table 3's
+five kinds (concept, synonyms, antonyms, related, unrelated). A kind's number is the mean over its
+words and the steps (and over prompts, when several are given).
 
 A word is scored as the token `" " + word` (a word inside a sentence follows a space). Words the
 tokenizer splits into several tokens are left out (`GeneralizationReport.dropped`): scoring them
@@ -35,8 +36,9 @@ from ce_bench.kv_cache import cache_kwargs, returned_cache
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-PAPER_PROMPT = "Your morning starts with your favorite breakfast. You feel"  # seed 000 4.4
-STEPS = 20  # seed 000 4.4: "the next 20 generated time steps"
+# Unified Concept Editing 4.4's prompt
+PAPER_PROMPT = "Your morning starts with your favorite breakfast. You feel"
+STEPS = 20  # Unified Concept Editing 4.4: "the next 20 generated time steps"
 ORIGINAL = "original"
 RISES = ("concept", "synonyms", "related")  # Table 4: valid when the mean rises vs original
 FALLS = ("antonyms",)  # valid when it falls; unrelated words get no mark
@@ -75,7 +77,7 @@ def output_generalization(
         tokenizer: its tokenizer.
         emotion: one of `ce_bench.emotions.EMOTIONS`; picks the word lists.
         artifacts: method name -> artifact; each is attached alone, then detached.
-        prompts: averaged over; the default is seed 000's example prompt.
+        prompts: averaged over; the default is Unified Concept Editing's example prompt.
         steps: generated steps per prompt.
 
     Example:
@@ -107,7 +109,8 @@ def output_generalization(
 
 
 def generalization_table(report: GeneralizationReport) -> Table:
-    """The report as a rich Table laid out like seed 000 Table 4 (kinds down, methods across)."""
+    """The report as a rich Table laid out like Unified Concept Editing Table 4 (kinds down, methods
+    across)."""
     table = Table(title=f"Output generalisation: {report.emotion} ({report.steps} steps)")
     table.add_column("Type")
     for method in report.probabilities:

@@ -1,4 +1,5 @@
-"""Neuron-level consistency (seed 000 sections 3.2 and 4.5, Table 5, Eq. 13-17 and 22-24).
+"""Neuron-level consistency (Unified Concept Editing sections 3.2 and 4.5, Table 5, Eq. 13-17 and
+22-24).
 
 Every method implies a set of FFN neurons (the inputs of W_down of layer L):
 
@@ -88,9 +89,9 @@ def neuron_overlap(
         model, tokenizer: the unedited model the artifacts were located on.
         prompts: where SAE and SV are scored (last token); unused without them.
         ne, sae, sv, sft: the methods' artifacts; any may be None.
-        top_j: J; defaults to the size of NE's set (seed 000 4.5) and is required without NE.
-        emotion: if given, artifacts stamped with another emotion are rejected.
-        eps: the smallest |n| divided by (see the module docstring).
+        top_j: J; defaults to the size of NE's set (Unified Concept Editing 4.5) and is required
+        without NE. emotion: if given, artifacts stamped with another emotion are rejected. eps: the
+        smallest |n| divided by (see the module docstring).
 
     Example:
         >>> neuron_overlap(model, tok, ["You feel"], sv=sv, sft=sft, top_j=20).overlaps["SV-SFT"]
@@ -172,7 +173,7 @@ def residual_rates(
 
 
 def overlap_table(report: OverlapReport) -> Table:
-    """The report as a rich Table with seed 000 Table 5's columns."""
+    """The report as a rich Table with Unified Concept Editing Table 5's columns."""
     table = Table(title=f"Neuron overlap (%), layer {report.layer}, J = {report.top_j}")
     table.add_column("")
     for pair in PAIRS:
@@ -250,7 +251,7 @@ def _build(method: str, artifact: Artifact, model: nn.Module, emotion: str | Non
 
 
 def _top_j(located: torch.Tensor | None, top_j: int | None, model: nn.Module, layer: int) -> int:
-    """J = |NE| (seed 000 4.5), or the caller's J when NE is missing."""
+    """J = |NE| (Unified Concept Editing 4.5), or the caller's J when NE is missing."""
     if located is not None and top_j is not None and top_j != located.numel():
         raise ValueError(f"top_j={top_j}, but J is the size of NE's set ({located.numel()})")
     j = top_j if located is None else located.numel()

@@ -2,11 +2,12 @@
 
 A config names a base model, the general-ability tasks every edit is checked on, and any of:
 
-- `concept`: locate methods x layers x concepts (seed 000). Each cell locates an artifact, then
-  evaluates its concept task at every strength on the validation split and the best one (seed 000
-  A.8: best success rate among strengths whose outputs are mostly not degenerate) on the test
-  split, with the general tasks: held-out selection, as `ce_bench.concept_benchmark` does.
-- `lifelong`: editors x numbers of edits (seed 003), on their edit stream's task.
+- `concept`: locate methods x layers x concepts (Unified Concept Editing). Each cell locates an
+artifact, then
+  evaluates its concept task at every strength on the validation split and the best one (Unified
+  Concept Editing A.8: best success rate among strengths whose outputs are mostly not degenerate) on
+  the test split, with the general tasks: held-out selection, as `ce_bench.concept_benchmark` does.
+- `lifelong`: editors x numbers of edits (MicroEdit), on their edit stream's task.
 - `artifacts`: existing artifact directories x strengths on given tasks (erasure, privacy, ...).
 
 Every lm-eval run is a "cell" with its own directory under `out/runs/` named by a hash of what it

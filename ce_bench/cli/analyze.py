@@ -1,4 +1,5 @@
-"""`ce-bench analyze ...`: analyses of located edits (seed 000 sections 4.4 and 4.5)."""
+"""`ce-bench analyze ...`: analyses of located edits (Unified Concept Editing sections 4.4 and
+4.5)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from ce_bench.cli.common import (
     write_report,
 )
 
-analyze_app = typer.Typer(help="Analyses of located edits (seed 000 sections 4.4 and 4.5).")
+analyze_app = typer.Typer(
+    help="Analyses of located edits (Unified Concept Editing sections 4.4 and 4.5)."
+)
 app.add_typer(analyze_app, name="analyze")
 
 
@@ -23,7 +26,8 @@ def analyze_generalization_cmd(
     emotion: str = typer.Option(..., help="Emotion whose word lists are scored (Table 3)."),
     artifact: list[str] | None = typer.Option(None, help="NAME=DIR, repeatable: one column each."),
     prompt: list[str] | None = typer.Option(
-        None, help="Prompt, repeatable (averaged); default: seed 000's breakfast prompt."
+        None,
+        help="Prompt, repeatable (averaged); default: Unified Concept Editing's breakfast prompt.",
     ),
     steps: int = typer.Option(20, help="Greedy steps per prompt."),
     model: str = typer.Option("smollm2-135m", help="HF id or path; default: embedded model."),

@@ -14,7 +14,8 @@ from rich.console import Console
 app = typer.Typer(help="ce-bench: benchmark concept and knowledge editing inside lm-eval.")
 console = Console()
 
-# Options every emotion locate command shares (seed 000: one emotion, one layer, the locate split).
+# Options every emotion locate command shares (Unified Concept Editing: one emotion, one layer, the
+# locate split).
 EMOTION = typer.Option(
     ..., help="Target emotion: happiness, sadness, anger, fear, surprise, disgust."
 )

@@ -42,7 +42,8 @@ def locate_diffmean_cmd(
     strength: float = typer.Option(1.0, help="Default k of h + k*v (model_args may override)."),
     device: str | None = typer.Option(None, help="cpu / cuda; default: cuda if available."),
 ) -> None:
-    """Difference of mean residual activations, positive minus negative (seed 000 Eq. 6)."""
+    """Difference of mean residual activations, positive minus negative (Unified Concept Editing Eq.
+    6)."""
     from ce_bench.artifacts import save_artifact
     from ce_bench.locate.diffmean import locate_diffmean
     from ce_bench.models.embedded import load_model
@@ -97,7 +98,8 @@ def locate_steering_cmd(
     limit: int | None = LIMIT,
     device: str | None = DEVICE,
 ) -> None:
-    """Mean residual of the emotion's prompts minus the other emotions' (seed 000 Eq. 6)."""
+    """Mean residual of the emotion's prompts minus the other emotions' (Unified Concept Editing Eq.
+    6)."""
     artifact = _locate("steering", emotion, layer, out, model, scenarios, limit, device, {})
     unit = artifact.provenance.report["strength_unit"]
     console.print(f"wrote {out} (steer at {artifact.site}; k = {unit:.2f} matches |h|)")
@@ -223,7 +225,8 @@ def locate_sft_cmd(
     lr: float | None = typer.Option(None, help="Adam learning rate; default 1e-4."),
     epochs: int | None = typer.Option(None, help="Passes over the locate prompts; default 2."),
 ) -> None:
-    """Fine-tune only W_down of the layer on prompt + golden answer (seed 000 section 2)."""
+    """Fine-tune only W_down of the layer on prompt + golden answer (Unified Concept Editing section
+    2)."""
     options = {"lr": lr, "epochs": epochs}
     artifact = _locate("sft", emotion, layer, out, model, scenarios, limit, device, options)
     report = artifact.provenance.report
@@ -252,7 +255,7 @@ def locate_ranges_cmd(
     sae_release: str = typer.Option("", help="sae-lens release (hub), with --sae-id."),
     sae_id: str = typer.Option("", help="SAE id within the release."),
 ) -> None:
-    """Activation ranges of one class for erasure (seed 001 5.1, Algorithm 1)."""
+    """Activation ranges of one class for erasure (NeuronLens 5.1, Algorithm 1)."""
     from ce_bench.artifacts import save_artifact
     from ce_bench.locate.ranges import locate_ranges, penultimate_layer
     from ce_bench.locate.sae_features import SAESource
@@ -281,13 +284,13 @@ def locate_class_steering_cmd(
     out: Path = OUT,
     layer: int | None = typer.Option(None, help="Layer L (0-based); default the middle one (M)."),
     kind: str = typer.Option("steer", help="steer (h + a r) or directional_ablation."),
-    strength: float = typer.Option(-2.0, help="a of h + a r (seed 001 M: -2)."),
+    strength: float = typer.Option(-2.0, help="a of h + a r (NeuronLens M: -2)."),
     model: str = MODEL,
     device: str | None = DEVICE,
     data: str = typer.Option("shipped", help="shipped (offline set) or hub."),
     per_class: int | None = typer.Option(None, help="Training examples per class; default all."),
 ) -> None:
-    """Seed 001 Appendix M baselines: r = class mean - other classes' mean at the label token."""
+    """NeuronLens Appendix M baselines: r = class mean - other classes' mean at the label token."""
     from ce_bench.artifacts import save_artifact
     from ce_bench.locate.ranges import locate_class_direction, middle_layer
     from ce_bench.models.embedded import load_model
@@ -335,8 +338,8 @@ def locate_featureedit_cmd(
     sae_id: str = typer.Option("", help="SAE id within the release."),
     device: str | None = DEVICE,
 ) -> None:
-    """FeatureEdit (seed 002): per fact the SAE feature with the largest Delta-Prob, its decoder
-    direction's large coordinates zeroed in W_down."""
+    """FeatureEdit (Knowledge Microscope): per fact the SAE feature with the largest Delta-Prob, its
+    decoder direction's large coordinates zeroed in W_down."""
     from ce_bench.artifacts import save_artifact
     from ce_bench.locate.privacy import locate_feature_edit
     from ce_bench.locate.sae_features import SAESource
@@ -347,7 +350,8 @@ def locate_featureedit_cmd(
     if not (sae_path or sae_release):
         from ce_bench.sae_training import ensure_sae
 
-        sae_path = str(ensure_sae(layer))  # SAEs of the base model, as seed 002 uses Gemma Scope's
+        # SAEs of the base model, as Knowledge Microscope uses Gemma Scope's
+        sae_path = str(ensure_sae(layer))
     source = SAESource(sae_path, sae_release, sae_id)
     with torch_threads(free_cores()):
         artifact = locate_feature_edit(lm, tokenizer, facts, source, model, **options)
@@ -376,7 +380,7 @@ def locate_fact_neurons_cmd(
     device: str | None = DEVICE,
 ) -> None:
     """Knowledge neurons of each fact by integrated gradients, their W_down columns zeroed (the
-    neuron baseline of seed 002)."""
+    neuron baseline of Knowledge Microscope)."""
     from ce_bench.artifacts import save_artifact
     from ce_bench.locate.privacy import locate_fact_neurons
     from ce_bench.sae_training.train import free_cores, torch_threads

@@ -34,7 +34,7 @@ def erasure_report_cmd(
     data: str = typer.Option("shipped", help="shipped (offline sets) or hub."),
     out: Path = typer.Option(Path("results/erasure"), help="Where table.md and results.json go."),
 ) -> None:
-    """Seed 001 Table 3/4: neuron masking vs activation range masking for each class, with
+    """NeuronLens Table 3/4: neuron masking vs activation range masking for each class, with
     Acc/Conf/CAcc/CConf and the PPL and MMLU side effects, base and edited from one run each."""
     from ce_bench.erasure_report import ErasureConfig, run_erasure_report
 
@@ -58,7 +58,7 @@ def lifelong_report_cmd(
     model: str = MODEL,
     out: Path | None = typer.Option(None, help="Where table.md and results.json go."),
 ) -> None:
-    """Seed 003 Tables 1-2: each editor after T sequential edits (Rel/Gen/Loc/Avg or PPL/Loc);
+    """MicroEdit Tables 1-2: each editor after T sequential edits (Rel/Gen/Loc/Avg or PPL/Loc);
     resumes from the results.json of an interrupted run."""
     from ce_bench.lifelong.report import LifelongReportConfig, run_lifelong_report
 
@@ -90,7 +90,8 @@ def inject_facts_cmd(
     device: str | None = DEVICE,
     force: bool = typer.Option(False, "--force", help="Train again even if cached."),
 ) -> None:
-    """Fine-tune a model until it has memorised the private facts (seed 002's injection)."""
+    """Fine-tune a model until it has memorised the private facts (Knowledge Microscope's
+    injection)."""
     from ce_bench.inject import REPORT_FILE, InjectSettings, inject_facts
     from ce_bench.private_facts import load_fact_set
 

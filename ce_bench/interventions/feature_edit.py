@@ -1,17 +1,18 @@
-"""FeatureEdit (seed 002, "The Knowledge Microscope"): zero the W_down positions a feature marks.
+"""FeatureEdit (Knowledge Microscope, "The Knowledge Microscope"): zero the W_down positions a
+feature marks.
 
 For each fact to erase, `ce_bench.locate.privacy` picks the SAE feature that carries it (the one
-whose ablation lowers the fact's probability most, seed 002's Delta-Prob). Its decoder direction
-h = W_dec^T p (p the feature's one-hot probe; d_model wide, since the SAE reads the residual
-stream after block L, seed 002's best site) marks the positions |h_i| > tau_2, and those
-positions of W_down of layer L are zeroed.
+whose ablation lowers the fact's probability most, Knowledge Microscope's Delta-Prob). Its decoder
+direction h = W_dec^T p (p the feature's one-hot probe; d_model wide, since the SAE reads the
+residual stream after block L, Knowledge Microscope's best site) marks the positions |h_i| > tau_2,
+and those positions of W_down of layer L are zeroed.
 
-Which entries are "those positions": seed 002 (as summarised) says that positions of h are zeroed
-in the second MLP matrix, contrasting this with neuron editing, which zeroes whole columns (one
-column per FFN neuron). h is indexed by residual coordinates, and the axis of W_down indexed by
-residual coordinates is its output axis, so position i of h is row i of W_down (HF's
-`down_proj.weight`, shape (d_model, d_ff)): every weight through which block L's MLP writes
-residual coordinate i. We zero those rows. The alternative readings need something seed 002 does
+Which entries are "those positions": Knowledge Microscope (as summarised) says that positions of h
+are zeroed in the second MLP matrix, contrasting this with neuron editing, which zeroes whole
+columns (one column per FFN neuron). h is indexed by residual coordinates, and the axis of W_down
+indexed by residual coordinates is its output axis, so position i of h is row i of W_down (HF's
+`down_proj.weight`, shape (d_model, d_ff)): every weight through which block L's MLP writes residual
+coordinate i. We zero those rows. The alternative readings need something Knowledge Microscope does
 not give: zeroing single entries (i, j) needs a second, neuron-side selection, and mapping h into
 neuron space (W_down^+ h) to zero columns would make FeatureEdit another neuron-zeroing method,
 which is what it is compared against.
@@ -19,9 +20,9 @@ which is what it is compared against.
 tau_2 applies to the unit-normalised direction (|h_i| / ||h||), so it does not depend on how an
 SAE scales its decoder. A direction spread evenly over d_model coordinates has |h_i| = d^-1/2
 (0.042 for SmolLM2's 576); the default tau_2 = 0.1 keeps the coordinates carrying at least 2.4
-times that, a median of 13 per feature of the project's layer-20 SAE (10 at layer 27). Seed 002
-sets tau_2 by hand and gives no value. Several facts erase the union of their rows: on the
-injected SmolLM2 (results/privacy/table.md) the 18 features chosen for the 42 facts mark 116 of
+times that, a median of 13 per feature of the project's layer-20 SAE (10 at layer 27). Knowledge
+Microscope sets tau_2 by hand and gives no value. Several facts erase the union of their rows: on
+the injected SmolLM2 (results/privacy/table.md) the 18 features chosen for the 42 facts mark 116 of
 576 rows at 0.1, and tau_2 = 0.15 / 0.1 / 0.05 gave Reliability 0.10 / 0.43 / 1.00 at Locality
 0.74 / 0.58 / 0.21.
 
@@ -65,7 +66,8 @@ def marked_rows(directions: torch.Tensor, tau_2: float) -> torch.Tensor:
 
 @register_intervention
 class FeatureEdit(WeightEdit):
-    """W_down of layer L with the rows `marked_rows(directions, tau_2)` zeroed (seed 002)."""
+    """W_down of layer L with the rows `marked_rows(directions, tau_2)` zeroed (Knowledge
+    Microscope)."""
 
     kind = "featureedit"
     Params = FeatureEditParams

@@ -19,7 +19,7 @@ from ce_bench.sites import ModelDims, width_at
 
 @dataclass(frozen=True)
 class NeuronScaleParams(ActivationParams):
-    strength: float = 0.0  # beta in seed 000 Eq. 3; 0 masks the neurons
+    strength: float = 0.0  # beta in Unified Concept Editing Eq. 3; 0 masks the neurons
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -28,7 +28,7 @@ class NeuronScaleParams(ActivationParams):
 
 @register_intervention
 class NeuronScale(ActivationIntervention):
-    """w_i <- beta * w_i for each neuron i of a set at `mlp_act` (seed 000 Eq. 3).
+    """w_i <- beta * w_i for each neuron i of a set at `mlp_act` (Unified Concept Editing Eq. 3).
 
     Implemented as one multiplication by a per-neuron scale vector (1 outside the set).
     """

@@ -1,4 +1,4 @@
-"""Activation-range interventions (seed 001, NeuronLens): edit a unit only inside its class range.
+"""Activation-range interventions (NeuronLens): edit a unit only inside its class range.
 
 For each selected unit j (a residual-stream neuron, or an SAE latent when the artifact names an
 SAE) the artifact stores the target class's mean mu_j and standard deviation sigma_j; the
@@ -39,10 +39,10 @@ if TYPE_CHECKING:
 
 Phi = Literal["zero", "dampen", "mean", "adaptive", "steer"]
 Gate = Literal["range", "always"]
-DEFAULT_TAU = 2.5  # seed 001 5.3: about 98.8% of a Gaussian
-DEFAULT_ALPHA = 0.125  # seed 001 Table 12's dampening factor
-DEFAULT_BETA = 0.5  # seed 001 G.3
-DEFAULT_STEER = -2.0  # seed 001 M: a = -2 removes the concept most precisely
+DEFAULT_TAU = 2.5  # NeuronLens 5.3: about 98.8% of a Gaussian
+DEFAULT_ALPHA = 0.125  # NeuronLens Table 12's dampening factor
+DEFAULT_BETA = 0.5  # NeuronLens G.3
+DEFAULT_STEER = -2.0  # NeuronLens M: a = -2 removes the concept most precisely
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class RangeMaskParams(ActivationParams):
     alpha: float = DEFAULT_ALPHA  # for phi=dampen
     beta: float = DEFAULT_BETA  # for phi=adaptive
     strength: float = DEFAULT_STEER  # for phi=steer: the multiple of r added
-    sae_path: str = ""  # units are this SAE's latents (seed 001 Appendix N), or:
+    sae_path: str = ""  # units are this SAE's latents (NeuronLens Appendix N), or:
     sae_release: str = ""
     sae_id: str = ""
 
@@ -69,7 +69,7 @@ class RangeMaskParams(ActivationParams):
 
 @register_intervention
 class RangeMask(ActivationIntervention):
-    """Range-gated phi on selected units of a site (seed 001 Eq. 2, Algorithm 1, Appendix N)."""
+    """Range-gated phi on selected units of a site (NeuronLens Eq. 2, Algorithm 1, Appendix N)."""
 
     kind = "range_mask"
     Params = RangeMaskParams

@@ -60,7 +60,7 @@ def load_sae(sae_path: str = "", sae_release: str = "", sae_id: str = "") -> SAE
 
 @register_intervention
 class SAEClamp(ActivationIntervention):
-    """Clamp SAE feature k to C (seed 000 3.1 and App. A.1, Eq. 18).
+    """Clamp SAE feature k to C (Unified Concept Editing 3.1 and App. A.1, Eq. 18).
 
     Modes:
         replace: h <- decode(c'), the paper's edit; it drops the SAE's reconstruction error, so

@@ -18,7 +18,7 @@ from ce_bench.sites import ModelDims
 
 @dataclass(frozen=True)
 class SteerParams(ActivationParams):
-    strength: float = 1.0  # k in seed 000 Eq. 7
+    strength: float = 1.0  # k in Unified Concept Editing Eq. 7
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -27,7 +27,7 @@ class SteerParams(ActivationParams):
 
 @register_intervention
 class Steer(ActivationIntervention):
-    """h <- h + k * v (seed 000 Eq. 7; seed 001 App. M: x <- x + a * r)."""
+    """h <- h + k * v (Unified Concept Editing Eq. 7; NeuronLens App. M: x <- x + a * r)."""
 
     kind = "steer"
     Params = SteerParams
@@ -55,7 +55,7 @@ class AblationParams(ActivationParams):
 
 @register_intervention
 class DirectionalAblation(ActivationIntervention):
-    """h <- h - r r^T h with r of unit norm (seed 001 App. M.1, after Arditi et al. 2024).
+    """h <- h - r r^T h with r of unit norm (NeuronLens App. M.1, after Arditi et al. 2024).
 
     The stored direction is normalised on load, so any non-zero vector is accepted.
     """

@@ -57,7 +57,8 @@ class WeightEdit(Intervention):
 
 @register_intervention
 class WeightDelta(WeightEdit):
-    """W_down of layer L <- W_down + s * delta (seed 000's SFT of W_down, section 2)."""
+    """W_down of layer L <- W_down + s * delta (Unified Concept Editing's SFT of W_down, section
+    2)."""
 
     kind = "weight_delta"
     Params = WeightDeltaParams

@@ -1,4 +1,4 @@
-"""Judges for the emotion-editing metric of seed 000 (section 4.1, Appendix A.5).
+"""Judges for the emotion-editing metric of Unified Concept Editing (section 4.1, Appendix A.5).
 
 A judge rates the degree of a target emotion in an original and an edited generation of the same
 prompt, 0-10 each, once with the original shown first and once with the edited one first; each

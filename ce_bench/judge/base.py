@@ -1,9 +1,9 @@
 """What every judge backend shares: the pairwise verdict, both-orders comparison, batching, usage.
 
-Seed 000 (section 4.1, Appendix A.5) rates an original and an edited generation side by side and,
-because LLM judges favour one position, asks twice with the order swapped and averages. A backend
-only says how to rate one ordered pair (`rate`); `Judge.compare` does the two orders and the
-averaging, so no backend can get that part wrong.
+Unified Concept Editing (section 4.1, Appendix A.5) rates an original and an edited generation side
+by side and, because LLM judges favour one position, asks twice with the order swapped and averages.
+A backend only says how to rate one ordered pair (`rate`); `Judge.compare` does the two orders and
+the averaging, so no backend can get that part wrong.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ def check_positive(options: object, *names: str) -> None:
 
 
 class Judge(ABC):
-    """Rates the degree of an emotion in an original and an edited sentence (seed 000 A.5).
+    """Rates the degree of an emotion in an original and an edited sentence (Unified Concept Editing
+    A.5).
 
     Subclasses set `name`, `Options` (a frozen JudgeOptions subclass) and `counters` (the usage
     counts they keep), implement `rate`, and register with `@register_judge`. Counting is

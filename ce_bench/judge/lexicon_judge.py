@@ -1,4 +1,5 @@
-"""The `lexicon` judge: an offline, deterministic proxy for the LLM judge of seed 000 (A.5).
+"""The `lexicon` judge: an offline, deterministic proxy for the LLM judge of Unified Concept Editing
+(A.5).
 
 It rates a sentence by how densely it uses words that the NRC Emotion Lexicon (Mohammad and
 Turney, 2013, shipped as JSON in the `nrclex` package) associates with the target emotion. It is
@@ -31,7 +32,7 @@ from ce_bench.judge.base import Judge, Rating
 from ce_bench.judge.prompt import MAX_SCORE
 from ce_bench.judge.registry import register_judge
 
-# Seed 000's six emotions -> the NRC lexicon's category names.
+# Unified Concept Editing's six emotions -> the NRC lexicon's category names.
 NRC_CATEGORY = {
     "happiness": "joy",
     "sadness": "sadness",

@@ -1,9 +1,9 @@
 """The part of an LLM judge that does not depend on the API: prompt, cache, parsing, counting.
 
 A backend for a new API subclasses `LLMJudge`, implements `complete(prompt)` and extends
-`reply_settings()` with whatever else its replies depend on; it inherits the A.5 prompt (seed 000),
-the persistent reply cache and the rule that a failed request or an unparseable reply is a counted
-failure, never a score, and is not cached.
+`reply_settings()` with whatever else its replies depend on; it inherits the A.5 prompt (Unified
+Concept Editing), the persistent reply cache and the rule that a failed request or an unparseable
+reply is a counted failure, never a score, and is not cached.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The `openai` judge: any OpenAI-compatible chat-completions API (OpenAI itself, vLLM,
 `transformers serve`, ...) through the `openai` client.
 
-Seed 000 used GPT-4 as its judge (section 4.1); the default here is `gpt-4o`. Requests are greedy
-(temperature 0) with a bounded reply length. Rate limits (429), server errors (5xx), timeouts,
-dropped connections and a body that is not a chat completion (a proxy's HTML error page served
-with status 200) are retried with exponential backoff and jitter, a bounded number of times; any
-other error fails the item at once. The client's own retries are off so that every request is
-counted here. The server, temperature and max_tokens are part of the reply cache key.
+Unified Concept Editing used GPT-4 as its judge (section 4.1); the default here is `gpt-4o`.
+Requests are greedy (temperature 0) with a bounded reply length. Rate limits (429), server errors
+(5xx), timeouts, dropped connections and a body that is not a chat completion (a proxy's HTML error
+page served with status 200) are retried with exponential backoff and jitter, a bounded number of
+times; any other error fails the item at once. The client's own retries are off so that every
+request is counted here. The server, temperature and max_tokens are part of the reply cache key.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ class OpenAIJudgeOptions(LLMJudgeOptions):
 
 @register_judge
 class OpenAIJudge(LLMJudge):
-    """Asks an OpenAI-compatible chat model the A.5 question (seed 000), with retries.
+    """Asks an OpenAI-compatible chat model the A.5 question (Unified Concept Editing), with
+    retries.
 
     Example:
         >>> judge = make_judge("openai", model="gpt-4o")            # key from $OPENAI_API_KEY

@@ -1,4 +1,5 @@
-"""The pairwise emotion-rating prompt of seed 000 Appendix A.5, and the parser for its replies.
+"""The pairwise emotion-rating prompt of Unified Concept Editing Appendix A.5, and the parser for
+its replies.
 
 The judge sees two sentences and rates the degree of one emotion in each, 0-10. The text below
 keeps the appendix's wording (its grammar included) so scores stay comparable with the paper;
@@ -12,8 +13,8 @@ import re
 
 PROMPT_VERSION = "seed000-A.5/v1"
 
-# Seed 000 Appendix A.5, verbatim except that "emotion" is the target emotion in the two places
-# where the appendix means the emotion being rated.
+# Unified Concept Editing Appendix A.5, verbatim except that "emotion" is the target emotion in the
+# two places where the appendix means the emotion being rated.
 _TEMPLATE = """\
 You're a good assistant at evaluating the emotion of a text.
 

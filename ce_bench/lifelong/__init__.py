@@ -1,5 +1,5 @@
-"""Lifelong knowledge editing (seeds 003, 002): edit records, editors, and the session that
-applies an edit stream inside `edited_hf` before (or between) the answers of a run."""
+"""Lifelong knowledge editing (MicroEdit, Knowledge Microscope): edit records, editors, and the
+session that applies an edit stream inside `edited_hf` before (or between) the answers of a run."""
 
 from __future__ import annotations
 

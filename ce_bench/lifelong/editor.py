@@ -146,7 +146,7 @@ def edit_batch(tokenizer: Any, record: EditRecord, device: torch.device) -> Gold
 
 
 def target_loss(model: nn.Module, batch: GoldenBatch) -> tuple[torch.Tensor, bool]:
-    """-log P(target | prompt) averaged over the target's tokens (seed 003 Eq. 10), and whether
+    """-log P(target | prompt) averaged over the target's tokens (MicroEdit Eq. 10), and whether
     every target token is already the model's argmax."""
     logits, labels, _ = answer_logits(model, batch)  # (a training step's largest cost)
     loss = nn.functional.cross_entropy(logits, labels)

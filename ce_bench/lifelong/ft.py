@@ -1,4 +1,4 @@
-"""FT and FT-EWC (seed 003 Appendix B, following GRACE's baselines): fine-tune W_down of layer L
+"""FT and FT-EWC (MicroEdit Appendix B, following GRACE's baselines): fine-tune W_down of layer L
 on each edit in turn.
 
 Each edit trains W_down on -log P(target | prompt) with Adam until the target is the greedy

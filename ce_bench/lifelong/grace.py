@@ -1,4 +1,4 @@
-"""GRACE (Hartvigsen et al. 2023; a seed 003 baseline): a discrete key-value codebook at W_down.
+"""GRACE (Hartvigsen et al. 2023; a MicroEdit baseline): a discrete key-value codebook at W_down.
 
 The codebook wraps W_down of layer L. Its keys are W_down's input (the FFN activation) at the
 last prompt token of each edit; each key has a deferral radius epsilon and a value, a vector

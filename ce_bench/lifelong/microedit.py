@@ -1,4 +1,4 @@
-"""MicroEdit (seed 003): lifelong editing through the decoder of a Top-k SAE.
+"""MicroEdit (MicroEdit): lifelong editing through the decoder of a Top-k SAE.
 
 The SAE sits on the residual stream after layer L. The model and the SAE encoder stay frozen;
 only W_dec is trained, and in each edit only the rows of the features the edit's tokens
@@ -40,10 +40,10 @@ from ce_bench.sites import (
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-# Seed 003 C.1 (LLaMA-3-8B): the switch threshold is 0.5 for T < 100 edits and 0.55 from 100 on.
+# MicroEdit C.1 (LLaMA-3-8B): the switch threshold is 0.5 for T < 100 edits and 0.55 from 100 on.
 TAU_FEW, TAU_MANY, MANY_EDITS = 0.5, 0.55, 100
 AUTO = "auto"
-DEFAULT_SAE_LAYER = 27  # the embedded model's cached SAE (30 layers; seed 003 uses 30 of 32)
+DEFAULT_SAE_LAYER = 27  # the embedded model's cached SAE (30 layers; MicroEdit uses 30 of 32)
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ class MicroEditParams(EditorParams):
     sae_release: str = ""  # or a sae-lens release and id (hub)
     sae_id: str = ""
     k: int = 0  # active features (Eq. 7); 0: the SAE's own k
-    alpha: float | str = 600.0  # ARD scale (Eq. 11; seed 003 C.1, LLaMA-3-8B); "auto": below
+    alpha: float | str = 600.0  # ARD scale (Eq. 11; MicroEdit C.1, LLaMA-3-8B); "auto": below
     tau: float = -1.0  # switch threshold (Eq. 12); -1: 0.5 for T < 100 edits, else 0.55
-    lr: float = 5e-5  # Adam, batch size 1 (seed 003 C.1)
+    lr: float = 5e-5  # Adam, batch size 1 (MicroEdit C.1)
     reg_steps: int = 200  # stage 1 steps: ARD only, no LM pass, cheap; not given in the paper
     edit_steps: int = 40  # stage 2 steps: ARD + edit loss; not given in the paper
     stop_loss: float = 0.05  # stage 2 stops early once the edit loss is below this
@@ -132,7 +132,7 @@ class MicroEdit(Editor):
         self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]
     ) -> float:
         """alpha = the unedited SAE's mean squared error per token on the edit inputs, so an
-        unedited input's ARD is about 1. Seed 003's alpha = 600 plays that role for its
+        unedited input's ARD is about 1. MicroEdit's alpha = 600 plays that role for its
         LLaMA-3-8B SAE; another model's residual scale needs its own."""
         errors = []
         for record in records:

@@ -1,8 +1,8 @@
-"""Seed 003 Tables 1-2 in one call: each editor after T sequential edits, for several T.
+"""MicroEdit Tables 1-2 in one call: each editor after T sequential edits, for several T.
 
 For every T and every editor, one lm-eval run of `zsre_lifelong` (Rel, Gen, Loc, Avg) or
 `selfcheckgpt_lifelong` (PPL, Loc) on a model that applied the first T records of the edit set,
-scored after the last edit (`eval_at=end`, seed 003's protocol). The unedited model's values
+scored after the last edit (`eval_at=end`, MicroEdit's protocol). The unedited model's values
 come from the same runs (the editor switched off). Each finished cell is written to
 `results.json` at once, and a cell already there with the same settings is not run again, so
 an interrupted report resumes where it stopped.
@@ -28,7 +28,7 @@ from ce_bench.interventions.base import parse_params
 from ce_bench.lifelong.editor import editor_class
 from ce_bench.models.embedded import EMBEDDED_NAME
 
-# edit set -> (task, the columns of seed 003's table, their headings)
+# edit set -> (task, the columns of MicroEdit's table, their headings)
 TABLES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "zsre": ("zsre_lifelong", ("rel", "gen", "loc", "avg"), ("Rel.", "Gen.", "Loc.", "Avg.")),
     "selfcheckgpt": ("selfcheckgpt_lifelong", ("ppl", "loc"), ("PPL", "Loc.")),
@@ -38,7 +38,7 @@ BASE = {"rel": "rel_base", "gen": "gen_base", "ppl": "ppl_base"}  # Loc. of no e
 
 @dataclass
 class LifelongReportConfig:
-    """What to run; the defaults are seed 003's Table 1 on the embedded model."""
+    """What to run; the defaults are MicroEdit's Table 1 on the embedded model."""
 
     model: str = EMBEDDED_NAME
     edits: str = "zsre"  # zsre or selfcheckgpt (the shipped sets)
@@ -198,7 +198,7 @@ def _write(
         for c in cells
     ]
     note = (
-        f"Seed 003 Table {'1' if config.edits == 'zsre' else '2'} layout on {config.model}:"
+        f"MicroEdit Table {'1' if config.edits == 'zsre' else '2'} layout on {config.model}:"
         f" the shipped `{config.edits}` set, the first T records edited in order, scored after"
         " the last edit. The unedited row comes from the same runs with the editor off.\n"
     )

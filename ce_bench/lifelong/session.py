@@ -6,7 +6,7 @@ session applies the T edits in order when the model is built, so every task of t
 edited model, and checks each request about an edit against its stream: a task evaluating other
 records than the model edited is an error, not a silent difference.
 
-`eval_at=end` (seed 003's protocol) answers everything after all T edits. `eval_at=immediate`
+`eval_at=end` (MicroEdit's protocol) answers everything after all T edits. `eval_at=immediate`
 answers a request about record t right after edit t: each call of the model (loglikelihood,
 generation) with such requests replays the stream from the unedited state, answering as it goes;
 requests about no record (side-effect tasks) are answered after the last edit.

@@ -1,10 +1,10 @@
-"""WISE (Wang et al. 2024; a seed 003 baseline): edits go to side memories, copies of W_down of
+"""WISE (Wang et al. 2024; a MicroEdit baseline): edits go to side memories, copies of W_down of
 layer L, and a router sends each input to the main memory (W_down) or to one side memory.
 
 Activation score. For W_down's input x (the FFN activation) and a side memory W', the score of
 an input is the mean over its tokens of ||act(W' x) - act(W x)||_2 (the top-1 token instead
 when a forward pass holds more than 100 tokens), `act` being the model's MLP activation
-function; this is EasyEdit's implementation, which seed 003 ran.
+function; this is EasyEdit's implementation, which MicroEdit ran.
 
 Editing one record (EasyEdit's WISE; defaults of its LLaMA-2-7B / Mistral-7B configurations):
 - Rows: the edit "prompt target" behind each of 11 context templates ("{}" and 10 short texts

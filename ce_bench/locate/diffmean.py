@@ -1,4 +1,4 @@
-"""Difference-of-means steering vectors (seed 000 Eq. 6; seed 001 App. M)."""
+"""Difference-of-means steering vectors (Unified Concept Editing Eq. 6; NeuronLens App. M)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Seed 000's four concept-editing methods, located for one emotion from the locate split.
+"""Unified Concept Editing's four concept-editing methods, located for one emotion from the locate
+split.
 
 Each method registers under the name `ce-bench locate <name>` uses; all of them read the same
 split (locate:validation:test = 1:1:2, A.8) and stamp the emotion and the split's hash into the

@@ -1,4 +1,5 @@
-"""Prompt + golden answer batches (seed 000 A.2: locate with "prompt + golden answer" data).
+"""Prompt + golden answer batches (Unified Concept Editing A.2: locate with "prompt + golden answer"
+data).
 
 Several locate methods score how well the model produces a golden answer after a prompt with
 teacher forcing: SFT trains on it, SAE attribution differentiates it (Eq. 9-10). This module
@@ -67,7 +68,8 @@ def prompts_hash(prompts: Sequence[Prompt]) -> str:
 
 
 def answer_nll(model: nn.Module, batch: GoldenBatch) -> torch.Tensor:
-    """Per-row mean negative log-likelihood of the answer tokens (seed 000 Eq. 10's Loss)."""
+    """Per-row mean negative log-likelihood of the answer tokens (Unified Concept Editing Eq. 10's
+    Loss)."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     targets = batch.labels[:, 1:]
     nll = nn.functional.cross_entropy(

@@ -1,4 +1,5 @@
-"""Knowledge neurons by integrated gradients (seed 000 section 2 "Neuron Editing"; Dai et al. 2022).
+"""Knowledge neurons by integrated gradients (Unified Concept Editing section 2 "Neuron Editing";
+Dai et al. 2022).
 
 A neuron is one FFN intermediate unit of layer l: an input of W_down, the `mlp_act` site. For a
 prompt x and its golden answer y*, Eq. 1 defines P(w_hat) = p(y* | x, w = w_hat) and Eq. 2 the
@@ -46,13 +47,13 @@ __all__ = [
 
 DEFAULT_STEPS = 20  # m, A.8
 DEFAULT_THRESHOLD = 0.1  # t = 0.1 x the prompt's maximum attribution, A.8
-# q is left open by seed 000. Dai et al. start their sharing threshold at 0.7, for a handful of
-# paraphrases of one fact; on our prompts 0.7 keeps 1-6 neurons. Our locate prompts are every
-# scenario under each of the five templates, so a neuron that answers only one template's
-# wording passes in at most 1/5 of them, and q = 0.2 keeps the neurons that pass under at least
-# two templates. On SmolLM2-135M (anger and happiness, 50 prompts each, layers 15 and 22) no
-# neuron with share > 0.2 was single-template while 40-65% of those in (0.1, 0.2] were, and
-# q = 0.2 left 50-120 candidates: the cap below, not q, sets the size, as A.8's "400-500" does.
+# q is left open by Unified Concept Editing. Dai et al. start their sharing threshold at 0.7, for a
+# handful of paraphrases of one fact; on our prompts 0.7 keeps 1-6 neurons. Our locate prompts are
+# every scenario under each of the five templates, so a neuron that answers only one template's
+# wording passes in at most 1/5 of them, and q = 0.2 keeps the neurons that pass under at least two
+# templates. On SmolLM2-135M (anger and happiness, 50 prompts each, layers 15 and 22) no neuron with
+# share > 0.2 was single-template while 40-65% of those in (0.1, 0.2] were, and q = 0.2 left 50-120
+# candidates: the cap below, not q, sets the size, as A.8's "400-500" does.
 DEFAULT_MIN_SHARE = 0.2
 # Eq. 3's beta defaults to an amplification: Dai et al. 2022 ("knowledge neurons affect
 # knowledge expression") enhance a fact by doubling its neurons' activations.
@@ -75,7 +76,8 @@ def neuron_attributions(
     layer: int,
     steps: int = DEFAULT_STEPS,
 ) -> torch.Tensor:
-    """IG attribution (seed 000 Eq. 2, A.8) of each `mlp_act` neuron of `layer`, float32 (d_mlp,).
+    """IG attribution (Unified Concept Editing Eq. 2, A.8) of each `mlp_act` neuron of `layer`,
+    float32 (d_mlp,).
 
     `golden` is the text exactly as it follows `prompt` (" angry" after "... You feel"). When it
     is several tokens, P is the probability of the whole sequence under teacher forcing (the

@@ -4,23 +4,24 @@ Both methods see only each fact's training prompt + value (never its paraphrases
 Generalization is measured) and write an artifact that erases every given fact at once at
 layer L; the report lists the erased fact ids (`erased`), which `privacy_erasure` evaluates.
 
-FeatureEdit (seed 002), per fact:
+FeatureEdit (Knowledge Microscope), per fact:
 1. Candidates: the SAE features active at the training prompt's tokens (attention sinks left out,
    where the SAE reconstructs badly), SAE at `resid_post` of L.
 2. Each candidate's ablation (the feature removed at every position, h <- h - c_k W_dec[k],
-   the SAE's error term kept, as seed 002 ablates features) changes P(value | prompt); seed 002
-   scores features by that drop, Delta-Prob = (P - P_ablated) / P. A first-order estimate
-   (gradient of log P through the residual, one backward pass) ranks all candidates, and the best
-   `candidates` are ablated exactly, in one batch; the feature with the largest Delta-Prob wins.
+   the SAE's error term kept, as Knowledge Microscope ablates features) changes P(value | prompt);
+   Knowledge Microscope scores features by that drop, Delta-Prob = (P - P_ablated) / P. A
+   first-order estimate (gradient of log P through the residual, one backward pass) ranks all
+   candidates, and the best `candidates` are ablated exactly, in one batch; the feature with the
+   largest Delta-Prob wins.
 3. Its decoder direction goes into a `featureedit` artifact (`ce_bench.interventions.feature_edit`
    says which W_down positions it zeroes, and tau_2).
 
-Knowledge neurons (the baseline seed 002 compares with), per fact: integrated-gradients
-attributions of layer L's FFN neurons for the value (`ce_bench.locate.knowledge_neurons`, seed 000
-Eq. 2 / Dai et al. 2022), the neurons above `threshold` x the fact's maximum attribution, at most
-`max_neurons` of them. The union over facts is zeroed: a `neuron_scale` artifact with beta = 0 at
-every position, which multiplies the neurons' activations by zero and so is exactly zeroing
-their columns of W_down.
+Knowledge neurons (the baseline Knowledge Microscope compares with), per fact: integrated-gradients
+attributions of layer L's FFN neurons for the value (`ce_bench.locate.knowledge_neurons`, Unified
+Concept Editing Eq. 2 / Dai et al. 2022), the neurons above `threshold` x the fact's maximum
+attribution, at most `max_neurons` of them. The union over facts is zeroed: a `neuron_scale`
+artifact with beta = 0 at every position, which multiplies the neurons' activations by zero and so
+is exactly zeroing their columns of W_down.
 
 Example:
     >>> facts = load_fact_set().facts

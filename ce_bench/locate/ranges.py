@@ -1,4 +1,4 @@
-"""Locate a class's activation ranges for erasure (seed 001 2.3, 5.1, Appendix C, L, N).
+"""Locate a class's activation ranges for erasure (NeuronLens 2.3, 5.1, Appendix C, L, N).
 
 1. Record the residual stream after layer L at the token that predicts the label (the last token
    of the few-shot prompt) for every training example (2.3).
@@ -42,7 +42,7 @@ from ce_bench.sites import Site, module_path
 
 Ranking = Literal["max", "probeless", "probe"]
 RANKINGS: tuple[str, ...] = get_args(Ranking)
-DEFAULT_TOP = 0.3  # seed 001 Table 3: 30% of Llama-3.2-3B's neurons
+DEFAULT_TOP = 0.3  # NeuronLens Table 3: 30% of Llama-3.2-3B's neurons
 SAE_MIN_ACTIVE = 0.1  # Appendix N: a latent must fire on 10% of the class's examples
 SAE_TOP = 0.2  # Appendix N: then the top 20% by activation
 PROBE_STEPS = 300
@@ -50,12 +50,12 @@ PROBE_L1, PROBE_L2 = 1e-3, 1e-3  # elastic-net weights (Dalvi et al. 2019, Appen
 
 
 def penultimate_layer(model: nn.Module) -> int:
-    """Seed 001 5.3 intervenes at the penultimate layer."""
+    """NeuronLens 5.3 intervenes at the penultimate layer."""
     return int(model.config.num_hidden_layers) - 2
 
 
 def middle_layer(model: nn.Module) -> int:
-    """Seed 001 Appendix M steers at the model's middle layer."""
+    """NeuronLens Appendix M steers at the model's middle layer."""
     return int(model.config.num_hidden_layers) // 2
 
 
@@ -281,7 +281,7 @@ def locate_class_direction(
     per_class: int | None = None,
     activations: TrainingActivations | None = None,
 ) -> Artifact:
-    """Seed 001 Appendix M's baselines from r = mean(class) - mean(other classes) at the
+    """NeuronLens Appendix M's baselines from r = mean(class) - mean(other classes) at the
     label-predicting token: `steer` (h + a r, a = -2) or `directional_ablation` (h - r r^T h).
     """
     index = data.class_index(target)

@@ -1,4 +1,5 @@
-"""Locate a concept's SAE feature: gradient attribution, then the Reinforcer (seed 000 3.1, A.1).
+"""Locate a concept's SAE feature: gradient attribution, then the Reinforcer (Unified Concept
+Editing 3.1, A.1).
 
 1. Attribution (Eq. 9-10): at the last prompt token, Attr_i = -c_i dLoss/dc_i, where c = the
    SAE code of the residual there and Loss = the mean cross-entropy of all golden tokens. The
@@ -41,7 +42,7 @@ from ce_bench.sites import Site, attach_hook, site_from_hook_name
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-TOP = 10  # candidates interpreted by the Reinforcer (seed 000 A.8)
+TOP = 10  # candidates interpreted by the Reinforcer (Unified Concept Editing A.8)
 REINFORCE_SCALE = 4.0  # clamp so that C * |W_dec[k]| is 4x the mean residual norm (Eq. 19)
 REINFORCE_TOKENS = 12
 
@@ -84,7 +85,8 @@ def feature_attributions(
     prompts: Sequence[Prompt],
     batch_size: int = 8,
 ) -> torch.Tensor:
-    """Attr = -c dLoss/dc at each prompt's last token (seed 000 Eq. 9-10): (prompts, d_sae)."""
+    """Attr = -c dLoss/dc at each prompt's last token (Unified Concept Editing Eq. 9-10): (prompts,
+    d_sae)."""
     site = site_from_hook_name(model, sae.cfg.metadata.hook_name)
     device = next(model.parameters()).device
     rows: list[torch.Tensor] = []
@@ -128,8 +130,9 @@ def interpret(
     probes: Sequence[str],
     max_new_tokens: int = REINFORCE_TOKENS,
 ) -> list[tuple[str, ...]]:
-    """The Reinforcer (seed 000 A.1): per (feature, C) in `clamps`, the words the model repeats
-    with that feature clamped to C; the most repeated words (count >= 2), most frequent first.
+    """The Reinforcer (Unified Concept Editing A.1): per (feature, C) in `clamps`, the words the
+    model repeats with that feature clamped to C; the most repeated words (count >= 2), most
+    frequent first.
 
     Every candidate's probes go in one batch, each row with its own clamp: on a CPU a decoding
     step costs about the same for thirty rows as for three.
@@ -196,7 +199,8 @@ def locate_sae_feature(
 
     `probes` are neutral prompts the Reinforcer continues. The artifact's default strength C is
     the residual-norm unit (C * |W_dec[k]| = mean |h| at the site); its provenance report has the
-    candidate table, the per-prompt top-10 hit rate (seed 000 4.2 reports 79.8%), and the unit.
+    candidate table, the per-prompt top-10 hit rate (Unified Concept Editing 4.2 reports 79.8%), and
+    the unit.
 
     Example:
         >>> art = locate_sae_feature(model, tok, emotion_prompts("anger", split["anger"].locate),

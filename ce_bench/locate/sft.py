@@ -1,4 +1,5 @@
-"""Supervised fine-tuning of one W_down (seed 000 section 2, "Supervised Fine-tuning").
+"""Supervised fine-tuning of one W_down (Unified Concept Editing section 2, "Supervised
+Fine-tuning").
 
 Every parameter is frozen except W_down of layer L; the model is trained on prompt + golden
 answer pairs with the loss on the answer tokens only, and the artifact stores W_sft - W as a

@@ -1,9 +1,9 @@
 """Train a residual-stream Top-k SAE offline with sae-lens's own trainer.
 
-SAE clamping (seed 000) needs an SAE at the edited layer, and the embedded SmolLM2-135M has no
-public one. This module trains one on text that exists offline: the project's own text (emotion
-scenarios, `examples/`, the shipped task data) plus continuations the model samples from short
-prompts, so the SAE also sees the model's own output distribution.
+SAE clamping (Unified Concept Editing) needs an SAE at the edited layer, and the embedded
+SmolLM2-135M has no public one. This module trains one on text that exists offline: the project's
+own text (emotion scenarios, `examples/`, the shipped task data) plus continuations the model
+samples from short prompts, so the SAE also sees the model's own output distribution.
 
 How, and why:
 - The text is small (tens of thousands of tokens), so training repeats it. Its activations are

@@ -1,8 +1,8 @@
 """`concept_emotion`: how far an intervention raises an emotion in what the model writes.
 
-Seed 000 4.1 / A.5 / A.8 and DESIGN.md section 4. Per test prompt the model generates twice in
-one run, intervention OFF (original) and ON (edited), greedy with the same length. A judge rates
-the degree of the target emotion in both, once in each order, and each sentence's score is the
+Unified Concept Editing 4.1 / A.5 / A.8 and DESIGN.md section 4. Per test prompt the model generates
+twice in one run, intervention OFF (original) and ON (edited), greedy with the same length. A judge
+rates the degree of the target emotion in both, once in each order, and each sentence's score is the
 mean of its two. Per prompt:
 
 - success: edited score > original score, and the edited output is not degenerate (A.8);

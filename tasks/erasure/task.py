@@ -1,4 +1,4 @@
-"""`erasure_<dataset>`: how much erasing one class hurts it and the other classes (seed 001 5.3).
+"""`erasure_<dataset>`: how much erasing one class hurts it and the other classes (NeuronLens 5.3).
 
 Each test example is a few-shot prompt (`ce_bench.classification`) scored against every label
 word, intervention OFF and ON in the same run (`ce_bench.pairing`). The prediction is the label
@@ -12,7 +12,7 @@ Metrics, for the edited model, the unedited one (`*_base`) and their difference 
 Options (`--metadata` JSON; lm-eval merges model_args in too):
     target: the class to erase, by name or label word ("Sports"), or "all": every class in
         turn, each with its own artifact (`intervention=a+b+...`, one located per class), the
-        metrics aggregated over classes with seed 001's 10% trimmed mean. By default the class
+        metrics aggregated over classes with NeuronLens's 10% trimmed mean. By default the class
         the intervention artifacts were located for.
     data_source: shipped (default: the project's offline set) or hub (the dataset's hub id).
     shots: labelled examples in each prompt (default 4).
@@ -45,7 +45,7 @@ NAN = float("nan")
 
 ALL = "all"
 Item = tuple[str, tuple[str, ...], tuple[float, ...]]  # (class, targets, value per target)
-TRIM = 0.1  # seed 001 Table 3: class-level 10% trimmed means
+TRIM = 0.1  # NeuronLens Table 3: class-level 10% trimmed means
 
 
 def target_classes(data: ClassDataset, metadata: dict[str, Any]) -> list[int]:

@@ -1,4 +1,4 @@
-"""`zsre_lifelong` and `selfcheckgpt_lifelong`: what a stream of T edits did (seed 003 3.1, 5.1).
+"""`zsre_lifelong` and `selfcheckgpt_lifelong`: what a stream of T edits did (MicroEdit 3.1, 5.1).
 
 The documents are the records the model edited: the task reads `edits=` and `num_edits=` from
 its metadata, where lm-eval puts the model_args, so they are stated once, and tags every request

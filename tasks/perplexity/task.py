@@ -1,6 +1,6 @@
 """`ce_perplexity`: perplexity of held-out text, unedited and edited, from one run.
 
-The side effect seed 001 reports next to erasure (Table 4: delta PPL). Each document is scored
+The side effect NeuronLens reports next to erasure (Table 4: delta PPL). Each document is scored
 twice by rolling loglikelihood, intervention OFF and ON (`ce_bench.pairing`). Offline, the
 documents are the sections of `data/heldout.txt` (encyclopedic prose the project wrote, in
 wikitext-2's raw format); `--metadata '{"data_source": "hub"}'` uses wikitext-2-raw-v1's test split.

@@ -1,11 +1,12 @@
 """`privacy_erasure`: are the erased private facts gone, under other phrasings too, and only they?
 
-Seed 002's private-knowledge erasure (DESIGN.md section 4), on the project's synthetic fact set
-(`ce_bench.private_facts`) and a model that memorised it (`ce-bench inject-facts`). Every prompt
-is scored with teacher forcing, the intervention ON and, for the unedited model, OFF in the same
-run (`ce_bench.pairing.per_token`). A model *produces* a value after a prompt when the argmax at
-every position of " " + value is the value's token: exactly when greedy decoding reproduces it.
-That is seed 002's unit: a fact is erased or it is not (a changed last digit counts as erased).
+Knowledge Microscope's private-knowledge erasure (DESIGN.md section 4), on the project's synthetic
+fact set (`ce_bench.private_facts`) and a model that memorised it (`ce-bench inject-facts`). Every
+prompt is scored with teacher forcing, the intervention ON and, for the unedited model, OFF in the
+same run (`ce_bench.pairing.per_token`). A model *produces* a value after a prompt when the argmax
+at every position of " " + value is the value's token: exactly when greedy decoding reproduces it.
+That is Knowledge Microscope's unit: a fact is erased or it is not (a changed last digit counts as
+erased).
 
 Metrics (pooled over prompts: the sum of successes over the sum of counted prompts):
     reliability        share of the erased facts' training prompts (prompt 0, the one the
