@@ -51,7 +51,6 @@ GRIDS: dict[str, tuple[float, ...]] = {
 # gave no emotion feature for any emotion; at 27 it gives some (README, "Results").
 DEEP_LAYER = 27
 MAX_DEGENERATE = 0.5  # a strength whose edited outputs are mostly degenerate is not eligible
-BOOTSTRAP_ITERS = 1000  # stderr of the nanmean metrics; lm-eval's 100000 costs seconds per run
 
 
 @dataclass
@@ -168,21 +167,15 @@ def _evaluator(  # type: ignore[no-untyped-def]
     model, tokenizer, path: Path, emotion: str, config: BenchmarkConfig, shared: _Shared
 ) -> Callable:
     """A function (strength, split, limit) -> concept_emotion metrics for one artifact."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    from ce_bench import register
+    from ce_bench.evaluation import evaluate, metrics_of, task_manager
     from ce_bench.models.edited_hf import EditedHFLM
 
-    register()
+    task = f"concept_emotion_{emotion}"
 
-    def evaluate(strength: float, split: str, limit: int | None) -> dict[str, Any]:
+    def run(strength: float, split: str, limit: int | None) -> dict[str, Any]:
         if split not in shared.managers:
             metadata = {**config.judge, "split": split, "scenarios": config.scenarios}
-            shared.managers[split] = TaskManager(
-                include_defaults=False,  # ce-bench's tasks only: indexing all takes ~20 s
-                metadata={k: v for k, v in metadata.items() if v},
-            )
+            shared.managers[split] = task_manager([task], {k: v for k, v in metadata.items() if v})
         lm = EditedHFLM(
             pretrained=model,
             tokenizer=tokenizer,
@@ -192,22 +185,19 @@ def _evaluator(  # type: ignore[no-untyped-def]
             unedited_answers=shared.unedited_answers,
         )
         try:
-            out = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=[f"concept_emotion_{emotion}"],
+            results = evaluate(
+                lm,
+                [task],
                 limit=limit,
                 gen_kwargs={"max_gen_toks": config.max_gen_toks},
-                task_manager=shared.managers[split],
-                # stderr only matters for the reported test numbers, not for choosing strengths
-                bootstrap_iters=BOOTSTRAP_ITERS if split == "test" else 0,
-                verbosity="WARNING",
+                manager=shared.managers[split],
+                stderr=split == "test",  # only the reported numbers need one, not the selection
             )
         finally:
             lm.close()
-        metrics = out["results"][f"concept_emotion_{emotion}"]
-        return {k.split(",")[0]: v for k, v in metrics.items() if "," in k and "stderr" not in k}
+        return metrics_of(results, task)
 
-    return evaluate
+    return run
 
 
 def own_sae(model: str, layer: int) -> SAESource:

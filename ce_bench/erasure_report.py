@@ -158,13 +158,9 @@ def _evaluate(  # type: ignore[no-untyped-def]
 ) -> list[dict[str, float]]:
     """The erasure task and the side-effect tasks, each scoring the unedited and the edited
     model in its run: each task's metrics."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    from ce_bench import register
+    from ce_bench.evaluation import evaluate, metrics_of
     from ce_bench.models.edited_hf import EditedHFLM
 
-    register()
     lm = EditedHFLM(
         pretrained=model,
         tokenizer=tokenizer,
@@ -172,27 +168,15 @@ def _evaluate(  # type: ignore[no-untyped-def]
         batch_size=config.batch_size,
         unedited_answers=unedited,
     )
-    manager = TaskManager(
-        include_defaults=False, metadata={"data_source": config.data, "target": target}
-    )
+    metadata = {"data_source": config.data, "target": target}
     metrics = []
     try:
         for tasks, limit in (
             ([f"erasure_{config.dataset}"], config.limit),
             (list(SIDE_TASKS), config.side_limit),
         ):
-            out = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=tasks,
-                limit=limit,
-                task_manager=manager,
-                bootstrap_iters=0,
-                verbosity="WARNING",
-            )
-            metrics += [
-                {k.split(",")[0]: v for k, v in out["results"][t].items() if "_stderr" not in k}
-                for t in tasks
-            ]
+            results = evaluate(lm, tasks, limit=limit, metadata=metadata, stderr=False)
+            metrics += [metrics_of(results, t) for t in tasks]
     finally:
         lm.close()
     return metrics

@@ -460,7 +460,7 @@ class Sweep:
         """lm-eval runs of one edited model, (tasks, limit) each, written into `directory` as
         `lm_eval --output_path DIR --log_samples` writes them. The model is built once, so a
         lifelong editor edits once for all its runs."""
-        from ce_bench.board.evaluate import evaluate_to_directory
+        from ce_bench.evaluation import evaluate
         from ce_bench.models.edited_hf import EditedHFLM
 
         # As lm-eval's CLI does, tasks see the model_args in their metadata (erasure reads the
@@ -484,7 +484,15 @@ class Sweep:
             for tasks, limit in runs:
                 if tasks:
                     gen = {"max_gen_toks": max_gen_toks} if max_gen_toks else None
-                    evaluate_to_directory(directory, lm, tasks, limit, meta, gen)
+                    evaluate(
+                        lm,
+                        tasks,
+                        limit=limit,
+                        metadata=meta,
+                        gen_kwargs=gen,
+                        out_dir=directory,
+                        verbosity="ERROR",  # the sweep shows its own progress
+                    )
         finally:
             lm.close()
 
@@ -493,7 +501,7 @@ def _unknown_tasks(tasks: list[str]) -> list[str]:
     """Tasks neither ce-bench nor lm-eval knows (lm-eval's index is read only when needed)."""
     from lm_eval.tasks import TaskManager
 
-    from ce_bench.board.evaluate import ce_bench_tasks
+    from ce_bench.evaluation import ce_bench_tasks
 
     missing = set(tasks) - ce_bench_tasks()
     if missing:

@@ -93,13 +93,9 @@ def _cell_key(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
 
 
 def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[str, Any]:
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    from ce_bench import register
+    from ce_bench.evaluation import evaluate, metrics_of
     from ce_bench.models.edited_hf import EditedHFLM
 
-    register()
     name, params = parse_editor(spec)
     task = TABLES[config.edits][0]
     start = time.perf_counter()
@@ -112,20 +108,12 @@ def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
         **params,
     )
     try:
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[task],
-            task_manager=TaskManager(
-                include_defaults=False,
-                metadata={"edits": config.edits, "num_edits": num_edits},
-            ),
-            bootstrap_iters=0,
-            verbosity="WARNING",
-        )
+        metadata = {"edits": config.edits, "num_edits": num_edits}
+        results = evaluate(lm, [task], metadata=metadata, stderr=False)
         lifelong = lm.get_model_info()["ce_bench"]["lifelong"]
     finally:
         lm.close()
-    metrics = {k.split(",")[0]: v for k, v in out["results"][task].items() if "_stderr" not in k}
+    metrics = metrics_of(results, task)
     return {
         "metrics": metrics,
         "edit_seconds": lifelong["edit_seconds"],
