@@ -27,7 +27,8 @@ from ce_bench.locate.knowledge_neurons import (
     neuron_attributions,
     neuron_attributions_reference,
 )
-from ce_bench.models.embedded import EMBEDDED_NAME, load_model
+from ce_bench.models.embedded import load_model
+from ce_bench.runtime import EMBEDDED_NAME
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ce_bench.runtime import task_dir
+
 DEFAULT_SHOTS = 4  # labelled examples in each prompt (NeuronLens H: "a small number")
 SHOT_SEED = 0
 
@@ -160,9 +162,7 @@ def load_examples(data: ClassDataset, split: str, source: str = "shipped") -> li
 
 
 def shipped_dir() -> Path:
-    import ce_bench.tasks
-
-    return Path(ce_bench.tasks.__file__).parent / "erasure" / "data"
+    return task_dir() / "erasure" / "data"
 
 
 def choose_shots(

@@ -33,6 +33,7 @@ from ce_bench.artifacts import Artifact, save_artifact
 from ce_bench.emotions import EMOTIONS
 from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
 from ce_bench.locate.sae_features import FeatureNotFound, SAESource
+from ce_bench.runtime import EMBEDDED_NAME
 
 METHODS = ("knowledge-neurons", "sae-features", "steering", "sft")  # Table 2's NE, SAE, SV, SFT
 SHORT = {"knowledge-neurons": "NE", "sae-features": "SAE", "steering": "SV", "sft": "SFT"}
@@ -57,7 +58,7 @@ MAX_DEGENERATE = 0.5  # a strength whose edited outputs are mostly degenerate is
 class BenchmarkConfig:
     """What to run; the defaults are the paper's protocol on the embedded model."""
 
-    model: str = "smollm2-135m"
+    model: str = EMBEDDED_NAME
     layer: int = DEEP_LAYER
     emotions: tuple[str, ...] = EMOTIONS
     methods: tuple[str, ...] = METHODS
@@ -203,7 +204,6 @@ def _evaluator(  # type: ignore[no-untyped-def]
 def own_sae(model: str, layer: int) -> SAESource:
     """The project's trained SAE at `layer` (trained once and cached); only the embedded model
     has one."""
-    from ce_bench.models.embedded import EMBEDDED_NAME
     from ce_bench.sae_training import ensure_sae
 
     if model != EMBEDDED_NAME:

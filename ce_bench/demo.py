@@ -36,6 +36,7 @@ from rich.table import Table
 
 from ce_bench.concept_benchmark import DEEP_LAYER, SHORT, BenchmarkConfig, Cell, run_benchmark
 from ce_bench.emotions import EMOTIONS
+from ce_bench.runtime import EMBEDDED_NAME
 
 PAIRS = ("NE-SAE", "NE-SV", "NE-SFT", "SAE-SV", "SAE-SFT", "SV-SFT")
 
@@ -141,7 +142,7 @@ def run_board_part(args: argparse.Namespace, console: Console) -> None:
         (args.erasure_out / args.erasure_dataset / "artifacts").glob("*/*/intervention.json")
     )
     settings: dict[str, Any] = {
-        "model": "smollm2-135m",
+        "model": EMBEDDED_NAME,
         "general_tasks": ["ce_general_mini"],
         "limit": 5,
         "out": str(out),

@@ -36,7 +36,7 @@ from ce_bench.locate.ranges import (
     penultimate_layer,
     training_activations,
 )
-from ce_bench.models.embedded import EMBEDDED_NAME
+from ce_bench.runtime import EMBEDDED_NAME
 
 GATES = {"neuron masking": "always", "range masking": "range"}  # NeuronLens Table 3's columns
 BASELINES = {"steering": "steer", "directional ablation": "directional_ablation"}  # Appendix M

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ce_bench.registration import task_dir
+from ce_bench.runtime import task_dir
 
 __all__ = ["Fact", "FactSet", "default_facts_file", "load_fact_set"]
 

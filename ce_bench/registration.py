@@ -15,15 +15,10 @@ import os
 import sys
 from pathlib import Path
 
+from ce_bench.runtime import task_dir
+
 MODEL_NAME = "edited_hf"
 MODEL_TARGET = "ce_bench.models.edited_hf:EditedHFLM"
-
-
-def task_dir() -> Path:
-    """The folder holding ce-bench's task YAMLs (the installed `ce_bench.tasks` package)."""
-    import ce_bench.tasks
-
-    return Path(ce_bench.tasks.__file__).parent
 
 
 def register() -> None:

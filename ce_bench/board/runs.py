@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ce_bench.models.embedded import EMBEDDED_NAME, ce_bench_home
 from ce_bench.pairing import BASE_SUFFIX
+from ce_bench.runtime import EMBEDDED_NAME, ce_bench_home
 
 UNEDITED = "unedited"
 RESULTS_GLOB = "results_*.json"

@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ce_bench.board.runs import load_runs
+from ce_bench.runtime import EMBEDDED_NAME
 
 MARKER = "cell.json"
 CONCEPT_TASK = "concept_emotion_{concept}"
@@ -86,7 +87,7 @@ class ArtifactPart:
 
 @dataclass
 class SweepConfig:
-    model: str = "smollm2-135m"
+    model: str = EMBEDDED_NAME
     general_tasks: list[str] = field(default_factory=lambda: ["ce_general_mini"])
     limit: int | None = None  # documents per general-ability task (and artifact tasks)
     metadata: dict[str, Any] = field(default_factory=lambda: {"judge": "lexicon"})

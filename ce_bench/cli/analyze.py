@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from ce_bench.cli.common import (
+    MODEL,
     app,
     console,
     named_dirs,
@@ -30,7 +31,7 @@ def analyze_generalization_cmd(
         help="Prompt, repeatable (averaged); default: Unified Concept Editing's breakfast prompt.",
     ),
     steps: int = typer.Option(20, help="Greedy steps per prompt."),
-    model: str = typer.Option("smollm2-135m", help="HF id or path; default: embedded model."),
+    model: str = MODEL,
     device: str | None = typer.Option(None, help="cpu / cuda; default: cuda if available."),
     out: Path | None = typer.Option(
         None, help="Also write the table: *.json as JSON, else Markdown."
@@ -60,7 +61,7 @@ def analyze_overlap_cmd(
     top_j: int | None = typer.Option(None, help="J when --ne is missing; otherwise J = |NE|."),
     prompts: int = typer.Option(20, help="Locate-split prompts SAE and SV are averaged over."),
     scenarios: str | None = typer.Option(None, help="RepE scenario dir or URL; default: shipped."),
-    model: str = typer.Option("smollm2-135m", help="HF id or path; default: embedded model."),
+    model: str = MODEL,
     device: str | None = typer.Option(None, help="cpu / cuda; default: cuda if available."),
     out: Path | None = typer.Option(
         None, help="Also write the table: *.json as JSON, else Markdown."

@@ -11,6 +11,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from ce_bench.runtime import EMBEDDED_NAME
+
 app = typer.Typer(help="ce-bench: benchmark concept and knowledge editing inside lm-eval.")
 console = Console()
 
@@ -27,7 +29,7 @@ LAYER = typer.Option(..., help="Layer L (0-based).")
 OUT = typer.Option(..., help="Artifact directory to write.")
 
 
-MODEL = typer.Option("smollm2-135m", help="HF id or path; default: embedded model.")
+MODEL = typer.Option(EMBEDDED_NAME, help="HF id or path; default: the embedded model.")
 
 
 SCENARIOS = typer.Option(None, help="RepE scenario dir or URL; default: the shipped set.")

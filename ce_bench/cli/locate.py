@@ -26,6 +26,7 @@ from ce_bench.cli.common import (
     given_options,
     lines_of,
 )
+from ce_bench.runtime import EMBEDDED_NAME
 
 locate_app = typer.Typer(help="Locate an intervention and write it as an artifact directory.")
 app.add_typer(locate_app, name="locate")
@@ -37,7 +38,7 @@ def locate_diffmean_cmd(
     negative: Path = typer.Option(..., exists=True, help="Text file, one sentence per line."),
     layer: int = typer.Option(..., help="Layer L (0-based): the vector lives at resid_post of L."),
     out: Path = typer.Option(..., help="Artifact directory to write."),
-    model: str = typer.Option("smollm2-135m", help="HF id or path; default: embedded model."),
+    model: str = MODEL,
     aggregate: str = typer.Option("last", help="last token or mean over tokens."),
     strength: float = typer.Option(1.0, help="Default k of h + k*v (model_args may override)."),
     device: str | None = typer.Option(None, help="cpu / cuda; default: cuda if available."),
@@ -165,7 +166,7 @@ def locate_sae_features_cmd(
     from ce_bench.locate.sae_features import FeatureNotFound, SAESource
 
     if not (sae_path or sae_release):
-        if model != "smollm2-135m":
+        if model != EMBEDDED_NAME:
             raise typer.BadParameter("give --sae-path or --sae-release/--sae-id for this model")
         from ce_bench.sae_training import ensure_sae
 
@@ -343,7 +344,7 @@ def locate_featureedit_cmd(
     from ce_bench.artifacts import save_artifact
     from ce_bench.locate.privacy import locate_feature_edit
     from ce_bench.locate.sae_features import SAESource
-    from ce_bench.sae_training.train import free_cores, torch_threads
+    from ce_bench.runtime import free_cores, torch_threads
 
     options = given_options(tau_2=tau_2)
     lm, tokenizer, facts = _privacy_inputs(model, fact, facts_file, device)
@@ -383,7 +384,7 @@ def locate_fact_neurons_cmd(
     neuron baseline of Knowledge Microscope)."""
     from ce_bench.artifacts import save_artifact
     from ce_bench.locate.privacy import locate_fact_neurons
-    from ce_bench.sae_training.train import free_cores, torch_threads
+    from ce_bench.runtime import free_cores, torch_threads
 
     options = given_options(steps=steps, threshold=threshold, max_neurons=max_neurons)
     lm, tokenizer, facts = _privacy_inputs(model, fact, facts_file, device)

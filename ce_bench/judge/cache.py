@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ce_bench.models.embedded import ce_bench_home
+from ce_bench.runtime import ce_bench_home
 
 CACHE_FILE = "judge_cache.sqlite"
 

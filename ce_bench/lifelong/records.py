@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ce_bench.runtime import task_dir
+
 BUILTIN = {"zsre": "zsre.json", "selfcheckgpt": "selfcheckgpt.json"}
 
 
@@ -103,9 +105,7 @@ def load_records(edits: str) -> list[EditRecord]:
 
 
 def shipped_dir() -> Path:
-    import ce_bench.tasks
-
-    return Path(ce_bench.tasks.__file__).parent / "lifelong" / "data"
+    return task_dir() / "lifelong" / "data"
 
 
 def _parse_json(text: str, source: str) -> Any:

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from ce_bench.interventions.base import parse_params
 from ce_bench.lifelong.editor import editor_class
-from ce_bench.models.embedded import EMBEDDED_NAME
+from ce_bench.runtime import EMBEDDED_NAME
 
 # edit set -> (task, the columns of MicroEdit's table, their headings)
 TABLES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {

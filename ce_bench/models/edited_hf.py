@@ -40,7 +40,8 @@ from ce_bench.lifelong import (
     take_editor_params,
 )
 from ce_bench.lifelong.scoring import score_tokens
-from ce_bench.models.embedded import EMBEDDED_NAME, resolve_pretrained
+from ce_bench.models.embedded import resolve_pretrained
+from ce_bench.runtime import EMBEDDED_NAME
 from ce_bench.versions import stack_versions
 
 logger = logging.getLogger(__name__)

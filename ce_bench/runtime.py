@@ -1,0 +1,49 @@
+"""The ground floor: where ce-bench keeps its files, its task folder, and how it uses the CPU.
+
+Everything here is imported by modules on every floor above, and imports nothing of ce-bench's
+except the installed task package.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+EMBEDDED_NAME = "smollm2-135m"  # the embedded default model (ce_bench.models.embedded)
+
+
+def ce_bench_home() -> Path:
+    """Where ce-bench caches converted models and other derived files (`$CE_BENCH_HOME`,
+    default `~/.cache/ce_bench`)."""
+    return Path(os.environ.get("CE_BENCH_HOME", Path.home() / ".cache" / "ce_bench"))
+
+
+def task_dir() -> Path:
+    """The folder of ce-bench's task YAMLs and their shipped data (the installed
+    `ce_bench.tasks` package: the top-level `tasks/` folder of the repository)."""
+    import ce_bench.tasks
+
+    return Path(ce_bench.tasks.__file__).parent
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch threads, then restore the previous number."""
+    import torch  # here, not at the top: `import ce_bench` must stay light
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def free_cores() -> int:
+    """Cores not already busy with other processes, at least 1."""
+    import torch
+
+    busy = os.getloadavg()[0]
+    return max(1, min(torch.get_num_threads(), round((os.cpu_count() or 1) - busy)))
