@@ -30,13 +30,14 @@ def stack_versions() -> dict[str, str]:
     return found
 
 
-def mixed_versions(recorded: dict[str, dict[str, str]]) -> list[str]:
-    """One line per package that differs between runs (run name -> its recorded versions),
-    e.g. "transformers: 5.23.0 (2 runs: a, b), 5.24.0 (1 run: c)"; empty when all agree."""
+def mixed_versions(recorded: list[tuple[str, dict[str, str]]]) -> list[str]:
+    """One line per package that differs between runs ((run name, its recorded versions) per
+    run; names may repeat, e.g. several "unedited" runs), e.g. "transformers: 5.23.0 (2 runs:
+    a, b), 5.24.0 (1 run: c)"; empty when all agree."""
     lines = []
     for name in STACK:
         runs_by_version: dict[str, list[str]] = {}
-        for run, versions in recorded.items():
+        for run, versions in recorded:
             if name in versions:
                 runs_by_version.setdefault(versions[name], []).append(run)
         if len(runs_by_version) > 1:

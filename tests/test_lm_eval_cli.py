@@ -70,6 +70,8 @@ def test_regress_gates_a_paired_run_alone_over_its_documents(three_runs) -> None
     result = CliRunner().invoke(app, ["regress", "--paired", run], env={"COLUMNS": "80"})
     assert result.exit_code in (0, 1), result.output
     assert "ce_paired_mini_truthfulqa_mc2" in result.output and "unpaired" not in result.output
+    typo = CliRunner().invoke(app, ["regress", "--paired", run, "--max-drop", "ce_perplexty=2"])
+    assert typo.exit_code == 2 and "ce_perplexty" in typo.output
     plain = str(three_runs["dir"] / "hf")
     result = CliRunner().invoke(app, ["regress", "--paired", plain])
     assert result.exit_code == 2 and "no paired general-ability task" in result.output

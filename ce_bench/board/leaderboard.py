@@ -27,7 +27,7 @@ from rich.table import Table
 
 from ce_bench.board.runs import FAMILIES, GENERAL, Run, Score, family, headline
 from ce_bench.board.samples import SamplesCache, SamplesMismatch, compare_in_run, compare_runs
-from ce_bench.stats import unpaired_interval
+from ce_bench.stats import PairedComparison, unpaired_interval
 from ce_bench.versions import mixed_versions
 
 SELECTION = "validation split (strength selection)"
@@ -296,20 +296,29 @@ class Deltas:
     ) -> Uncertainty:
         score = run.scores[task][metric]
         direction = score.higher_is_better is not False
-        mine = self.samples.of(run).get(task)
-        paired = None
-        if mine is not None and source is run:
-            paired = compare_in_run(mine, metric, direction)
-        elif mine is not None and task in self.samples.of(source):
-            try:
-                paired = compare_runs(self.samples.of(source)[task], mine, task, metric, direction)
-            except SamplesMismatch:
-                paired = None  # not the same documents: the stderrs are all there is
+        if source is run:
+            mine = self.samples.of(run).get(task)
+            paired = compare_in_run(mine, metric, direction) if mine is not None else None
+        else:
+            paired = self._between(source, run, task, metric, direction)
         if paired is not None:
             return Uncertainty(paired.ci, paired.p_two_sided, paired.n, True)
         base_se = score.base_stderr if source is run else source.scores[task][metric].stderr
         ci, p = unpaired_interval(score.value - base, score.stderr, base_se)
         return Uncertainty(ci, p, None, False)
+
+    def _between(
+        self, base: Run, other: Run, task: str, metric: str, higher_is_better: bool
+    ) -> PairedComparison | None:
+        """`metric` of `other` against `base` over the documents both logged; None without both
+        runs' samples or when they are not the same documents (the stderrs are all there is)."""
+        first, second = self.samples.of(base).get(task), self.samples.of(other).get(task)
+        if first is None or second is None:
+            return None
+        try:
+            return compare_runs(first, second, task, metric, higher_is_better)
+        except SamplesMismatch:
+            return None
 
     def ranking(self, section: Section) -> list[Step]:
         """The edited rows of each task ranked by the section's headline metric, best first,
@@ -330,13 +339,7 @@ class Deltas:
         return steps
 
     def _step(self, task: str, column: Column, above: Row, below: Row, better: bool) -> Step:
-        first, second = self.samples.of(above.run).get(task), self.samples.of(below.run).get(task)
-        paired = None
-        if first is not None and second is not None:
-            try:
-                paired = compare_runs(second, first, task, column.metric, better)
-            except SamplesMismatch:
-                paired = None
+        paired = self._between(below.run, above.run, task, column.metric, better)
         if paired is not None:
             p, n = paired.p_two_sided, paired.n
         else:
@@ -386,7 +389,7 @@ def signed(value: float | None) -> str:
 def version_notes(runs: list[Run]) -> list[str]:
     """Warnings for a board whose runs were made with different versions of the stack (the
     same edit can score differently on another transformers or torch); empty when they agree."""
-    mixed = mixed_versions({run.label: run.versions for run in runs})
+    mixed = mixed_versions([(run.label, run.versions) for run in runs])
     return [f"runs made with different versions of {line}" for line in mixed]
 
 

@@ -153,9 +153,7 @@ def compare(
     if uneven:
         raise UnusableInput("the runs evaluated different documents: " + ", ".join(uneven))
     default, per_task = max_drop
-    unknown = sorted(set(per_task) - set(chosen) - set(baseline.groups))
-    if unknown:
-        raise UnusableInput(f"--max-drop names {', '.join(unknown)}: not a compared task or group")
+    _check_limits(per_task, chosen, baseline)
     base_samples, cand_samples = samples_of(baseline), samples_of(candidate)
     checks = []
     for task in chosen:
@@ -207,6 +205,7 @@ def compare_paired_run(
             " --model edited_hf)"
         )
     default, per_task = max_drop
+    _check_limits(per_task, chosen, run)
     samples = samples_of(run)
     checks = []
     for task in chosen:
@@ -223,6 +222,13 @@ def compare_paired_run(
             limit = _limit(task, run, default, per_task)
             checks.append(Check(task, metric, base, score, limit, paired, None, alpha))
     return _holm(checks)
+
+
+def _check_limits(per_task: dict[str, float], chosen: list[str], run: Run) -> None:
+    """A `--max-drop TASK=N` must name a compared task or one of the run's groups."""
+    unknown = sorted(set(per_task) - set(chosen) - set(run.groups))
+    if unknown:
+        raise UnusableInput(f"--max-drop names {', '.join(unknown)}: not a compared task or group")
 
 
 def _holm(checks: list[Check]) -> list[Check]:

@@ -263,8 +263,8 @@ def _scores(metrics: dict[str, Any], higher: dict[str, Any]) -> dict[str, Score]
             value,
             stderrs.get(metric),
             None if direction is None else bool(direction),
-            values.get(_with_suffix(metric, BASE_SUFFIX)),
-            stderrs.get(_with_suffix(metric, BASE_SUFFIX)),
+            values.get(with_suffix(metric, BASE_SUFFIX)),
+            stderrs.get(with_suffix(metric, BASE_SUFFIX)),
         )
     return scores
 
@@ -280,7 +280,8 @@ def _paired_part(metric: str, values: dict[str, float]) -> bool:
     return False
 
 
-def _with_suffix(metric: str, suffix: str) -> str:
+def with_suffix(metric: str, suffix: str) -> str:
+    """`acc,none` + `_base` -> `acc_base,none`: a suffix on the metric name, before any filter."""
     name, _, filt = metric.partition(",")
     return name + suffix + ("," + filt if filt else "")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ce_bench.board.runs import BoardError, Run
+from ce_bench.board.runs import BoardError, Run, with_suffix
 from ce_bench.pairing import BASE_SUFFIX
 from ce_bench.stats import PairedComparison, compare_paired, compare_weighted
 
@@ -74,14 +74,13 @@ def read_samples(path: Path) -> TaskSamples:
     a filter other than `none`, as the results file names them)."""
     rows: dict[int, tuple[str, dict[str, Any]]] = {}
     try:
-        lines = path.read_text().splitlines()
-        for line in lines:
+        for line in path.read_text().splitlines():
             if not line.strip():
                 continue
             sample = json.loads(line)
             doc = int(sample["doc_id"])
             filt = sample.get("filter", "none")
-            hash_, metrics = rows.setdefault(doc, (str(sample.get("doc_hash", "")), {}))
+            _, metrics = rows.setdefault(doc, (str(sample.get("doc_hash", "")), {}))
             for name in sample.get("metrics", []):
                 if name in sample:
                     metrics[name if filt == "none" else f"{name},{filt}"] = sample[name]
@@ -126,8 +125,7 @@ def compare_in_run(
 ) -> PairedComparison | None:
     """`metric` against `<metric>_base` of the same documents of a paired task; None when the
     samples do not hold both."""
-    name, _, filt = metric.partition(",")
-    base = name + BASE_SUFFIX + ("," + filt if filt else "")
+    base = with_suffix(metric, BASE_SUFFIX)
     if metric not in samples.values or base not in samples.values:
         return None
     return _compare(samples.values[base], samples.values[metric], metric, higher_is_better)

@@ -48,9 +48,10 @@ Item = tuple[str, tuple[str, ...], tuple[float, ...]]  # (class, targets, value 
 TRIM = 0.1  # NeuronLens Table 3: class-level 10% trimmed means
 
 
-def target_classes(data: ClassDataset, metadata: dict[str, Any]) -> list[int]:
-    """The erased classes: `target` from the metadata (or every class), else the artifacts'."""
-    target = metadata.get("target") or _located_target(data, metadata.get("intervention"))
+def target_classes(data: ClassDataset, target: str | None, located: set[str]) -> list[int]:
+    """The erased classes: `target` from the metadata (or every class), else the one class the
+    artifacts were located for (`located`)."""
+    target = target or (next(iter(located)) if len(located) == 1 else None)
     if not target:
         raise ValueError(
             f"set the class to erase: --metadata '{{\"target\": ...}}' with one of"
@@ -61,24 +62,20 @@ def target_classes(data: ClassDataset, metadata: dict[str, Any]) -> list[int]:
     return [data.class_index(str(target))]
 
 
-def _located_target(data: ClassDataset, intervention: str | None) -> str | None:
-    targets = _located_targets(data, intervention)
-    return targets.pop() if len(targets) == 1 else None
-
-
-def _located_targets(data: ClassDataset, intervention: str | None) -> set[str]:
-    """The classes of `data` that the artifacts of `intervention` (a+b+...) were located for."""
+def located_classes(data: ClassDataset, intervention: str | None) -> set[str]:
+    """The classes of `data` (by their names) that the artifacts of `intervention` (a+b+...)
+    were located for; each artifact is read once, here."""
     reports = [load_artifact(p).provenance.report for p in (intervention or "").split("+") if p]
-    return {r["target"] for r in reports if r.get("dataset") == data.name and r.get("target")}
+    return {
+        data.classes[data.class_index(r["target"])]
+        for r in reports
+        if r.get("dataset") == data.name and r.get("target")
+    }
 
 
-def check_located(data: ClassDataset, targets: list[str], intervention: str | None) -> None:
+def check_located(data: ClassDataset, targets: list[str], located: set[str]) -> None:
     """Fail while the task is built, before any request is scored, when some erased class has
-    no artifact located for it (edited_hf would find out only after the unedited half ran).
-    Without `intervention` in the metadata (the Python API) the model checks at scoring."""
-    if not intervention:
-        return
-    located = {data.classes[data.class_index(t)] for t in _located_targets(data, intervention)}
+    no artifact located for it (edited_hf would find out only after the unedited half ran)."""
     missing = [t for t in targets if t not in located]
     if missing:
         raise ValueError(
@@ -92,8 +89,11 @@ def check_located(data: ClassDataset, targets: list[str], intervention: str | No
 def load_docs(**metadata: Any) -> datasets.DatasetDict:
     """The test examples as few-shot prompts (`custom_dataset` loader; gets the metadata)."""
     data = dataset(metadata["dataset"])
-    targets = [data.classes[t] for t in target_classes(data, metadata)]
-    check_located(data, targets, metadata.get("intervention"))
+    intervention = metadata.get("intervention")
+    located = located_classes(data, intervention)
+    targets = [data.classes[t] for t in target_classes(data, metadata.get("target"), located)]
+    if intervention:  # without it in the metadata (the Python API) the model checks at scoring
+        check_located(data, targets, located)
     source = metadata.get("data_source", "shipped")
     shots = choose_shots(
         data, load_examples(data, "train", source), int(metadata.get("shots", DEFAULT_SHOTS))
