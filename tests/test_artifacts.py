@@ -127,21 +127,13 @@ def test_bad_positions_value_is_an_error(tmp_path) -> None:
         _check(path)
 
 
-def test_tensor_file_symlinked_outside_the_artifact_is_an_error(tmp_path) -> None:
+@pytest.mark.parametrize("name", ["tensors.safetensors", "intervention.json"])
+def test_a_file_symlinked_outside_the_artifact_is_an_error(tmp_path, name: str) -> None:
     path = _steer_dir(tmp_path)
-    outside = tmp_path / "elsewhere.safetensors"
-    (path / "tensors.safetensors").rename(outside)
-    (path / "tensors.safetensors").symlink_to(outside)
-    with pytest.raises(ArtifactError, match="tensors.safetensors.*outside the artifact directory"):
-        load_artifact(path)
-
-
-def test_manifest_symlinked_outside_the_artifact_is_an_error(tmp_path) -> None:
-    path = _steer_dir(tmp_path)
-    outside = tmp_path / "elsewhere.json"
-    (path / "intervention.json").rename(outside)
-    (path / "intervention.json").symlink_to(outside)
-    with pytest.raises(ArtifactError, match="intervention.json.*outside the artifact directory"):
+    outside = tmp_path / f"elsewhere-{name}"
+    (path / name).rename(outside)
+    (path / name).symlink_to(outside)
+    with pytest.raises(ArtifactError, match=f"{name}.*outside the artifact directory"):
         load_artifact(path)
 
 
