@@ -33,7 +33,7 @@ from ce_bench.artifacts import save_artifact
 from ce_bench.classification import DATASETS, choose_shots, few_shot_prompt, load_examples
 from ce_bench.locate.ranges import locate_ranges, penultimate_layer
 from ce_bench.models.edited_hf import EditedHFLM
-from ce_bench.models.embedded import embedded_model_dir
+from ce_bench.embedded import embedded_model_dir
 from ce_bench.runtime import EMBEDDED_NAME
 
 BATCH_SIZE = 8

@@ -27,7 +27,7 @@ from ce_bench.locate.knowledge_neurons import (
     neuron_attributions,
     neuron_attributions_reference,
 )
-from ce_bench.models.embedded import load_model
+from ce_bench.embedded import load_model
 from ce_bench.runtime import EMBEDDED_NAME
 
 

@@ -50,7 +50,7 @@ from rich.table import Table
 from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, save_artifact
 from ce_bench.locate.diffmean import locate_diffmean
 from ce_bench.models.edited_hf import EditedHFLM
-from ce_bench.models.embedded import embedded_model_dir
+from ce_bench.embedded import embedded_model_dir
 from ce_bench.runtime import EMBEDDED_NAME
 from ce_bench.sites import Site
 

@@ -1,6 +1,6 @@
 """Few-shot classification data for class erasure (NeuronLens): datasets, classes, prompts.
 
-Five datasets, each with its hub id (DESIGN.md section 5) and a small offline set the project
+Five datasets, each with its hub id and a small offline set the project
 wrote in the same schema (`tasks/erasure/data/<name>/{train,test}.jsonl`, 24 + 16 examples per
 class; 20 + 12 for DBpedia-14). A decoder LM classifies by continuing a few-shot prompt (NeuronLens
 Appendix H) with a label word; the prediction is the most likely label. The erasure task, the

@@ -34,8 +34,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ce_bench.concept_benchmark import DEEP_LAYER, SHORT, BenchmarkConfig, Cell, run_benchmark
 from ce_bench.emotions import EMOTIONS
+from ce_bench.reports.concept import DEEP_LAYER, SHORT, BenchmarkConfig, Cell, run_benchmark
 from ce_bench.runtime import EMBEDDED_NAME
 
 PAIRS = ("NE-SAE", "NE-SV", "NE-SFT", "SAE-SV", "SAE-SFT", "SV-SFT")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         max_gen_toks=args.max_gen_toks,
         out=args.out,
     )
-    from ce_bench.models.embedded import load_model
+    from ce_bench.embedded import load_model
 
     loaded = load_model(config.model, "cpu")
     cells = run_benchmark(config, console, loaded)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_erasure_part(args: argparse.Namespace, command: str, console: Console, loaded) -> None:  # type: ignore[no-untyped-def]
     """NeuronLens Table 3/4 on one dataset, every class (`ce-bench erasure-report`)."""
-    from ce_bench.erasure_report import ErasureConfig, run_erasure_report
+    from ce_bench.reports.erasure import ErasureConfig, run_erasure_report
 
     started = time.monotonic()
     out = args.erasure_out / args.erasure_dataset
@@ -114,7 +114,7 @@ def run_erasure_part(args: argparse.Namespace, command: str, console: Console, l
 
 def run_lifelong_part(args: argparse.Namespace, command: str, console: Console) -> None:
     """MicroEdit Table 1 at one T (`ce-bench lifelong-report`), run afresh."""
-    from ce_bench.lifelong.report import LifelongReportConfig, run_lifelong_report
+    from ce_bench.reports.lifelong import LifelongReportConfig, run_lifelong_report
 
     started = time.monotonic()
     config = LifelongReportConfig(

@@ -55,18 +55,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ce_bench.locate.golden import (
+from ce_bench.embedded import load_model
+from ce_bench.private_facts import FactSet, load_fact_set
+from ce_bench.runtime import EMBEDDED_NAME, ce_bench_home, free_cores, torch_threads
+from ce_bench.sae_training.text import digest
+from ce_bench.sae_training.train import publish
+from ce_bench.scoring import (
     GoldenBatch,
     all_answer_tokens_right,
     answer_logits,
     frozen_parameters,
     golden_batch,
 )
-from ce_bench.models.embedded import load_model
-from ce_bench.private_facts import FactSet, load_fact_set
-from ce_bench.runtime import EMBEDDED_NAME, ce_bench_home, free_cores, torch_threads
-from ce_bench.sae_training.text import digest
-from ce_bench.sae_training.train import publish
 from ce_bench.sites import Site, model_dims, module_path
 
 __all__ = ["InjectSettings", "default_out", "inject_facts", "memorised", "train_until_memorised"]

@@ -96,7 +96,7 @@ def for_target(args: tuple[Any, ...], target: str) -> tuple[Any, ...]:
 
 def for_edit(args: tuple[Any, ...], index: int, stream: str) -> tuple[Any, ...]:
     """Arguments of a scoring request about record `index` of the edit stream with digest
-    `stream`, answered with a per-token score (`ce_bench.lifelong.scoring.TokenScore`).
+    `stream`, answered with a per-token score (`ce_bench.scoring.TokenScore`).
 
     The model checks the digest against the stream it edited (a mismatch is an error) and, with
     `eval_at=immediate`, answers the request right after edit `index`."""
@@ -105,7 +105,7 @@ def for_edit(args: tuple[Any, ...], index: int, stream: str) -> tuple[Any, ...]:
 
 def per_token(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """Arguments of a scoring request answered with a per-token score
-    (`ce_bench.lifelong.scoring.TokenScore`) instead of lm-eval's (logprob, is_greedy)."""
+    (`ce_bench.scoring.TokenScore`) instead of lm-eval's (logprob, is_greedy)."""
     return with_tag(args, {DETAIL_KEY: TOKENS})
 
 

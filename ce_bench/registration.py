@@ -1,6 +1,6 @@
 """Make `edited_hf` and ce-bench's task folder visible to lm-eval without any flag.
 
-lm-eval 0.4.13 has no plugin discovery (../shared/DESIGN.md section 3): its model registry is filled
+lm-eval 0.4.13 has no plugin discovery: its model registry is filled
 only when `lm_eval.models` is imported and before that a registered plugin would hide the
 built-ins, and its TaskManager scans only `lm_eval/tasks` and `--include_path`. `register()` handles
 both and is idempotent; the `ce_bench_lm_eval.pth` hook and `ce-bench eval` call it.

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-EMBEDDED_NAME = "smollm2-135m"  # the embedded default model (ce_bench.models.embedded)
+EMBEDDED_NAME = "smollm2-135m"  # the embedded default model (ce_bench.embedded)
 
 
 def ce_bench_home() -> Path:

@@ -64,7 +64,7 @@ def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
 
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
-    from ce_bench.models.embedded import embedded_model_dir
+    from ce_bench.embedded import embedded_model_dir
 
     return embedded_model_dir()
 

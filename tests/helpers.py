@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ce_bench.artifacts import Artifact, ModelIdentity, Provenance
-from ce_bench.interventions import Switch, build_intervention
+from ce_bench.interventions import InterventionSet, Switch
 from ce_bench.sites import Site, attach_hook
 
 
@@ -29,14 +29,9 @@ def make_artifact(
 
 @contextmanager
 def attached(model: nn.Module, artifact: Artifact) -> Iterator[Switch]:
-    """Attach the artifact's intervention to `model`; detached on exit."""
-    switch = Switch()
-    handles = build_intervention(artifact, model).attach(model, switch)
-    try:
-        yield switch
-    finally:
-        for handle in handles:
-            handle.remove()
+    """Attach the artifact's intervention to `model` (its switch); detached on exit."""
+    with InterventionSet.attach(model, [artifact]) as edits:
+        yield edits.switch
 
 
 @contextmanager

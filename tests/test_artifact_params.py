@@ -13,10 +13,10 @@ import torch
 
 import ce_bench.lifelong  # noqa: F401  (registers the editors)
 from ce_bench.artifacts import ArtifactError, load_artifact, save_artifact
+from ce_bench.embedded import load_model
 from ce_bench.interventions import INTERVENTIONS, build_intervention
 from ce_bench.interventions.base import parse_params
 from ce_bench.models.edited_hf import EditedHFLM
-from ce_bench.models.embedded import load_model
 from ce_bench.sites import Site
 from tests.conftest import tiny_model
 from tests.helpers import make_artifact

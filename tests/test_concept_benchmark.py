@@ -10,7 +10,7 @@ import pytest
 from lm_eval.models.huggingface import HFLM
 
 from ce_bench.artifacts import load_artifact
-from ce_bench.concept_benchmark import (
+from ce_bench.reports.concept import (
     GRIDS,
     BenchmarkConfig,
     choose_strength,

@@ -10,10 +10,10 @@ import pytest
 from ce_bench.tasks.concept_emotion.task import Scored, load_docs, target_emotion, task_judge
 
 from ce_bench.artifacts import save_artifact
+from ce_bench.embedded import load_model
 from ce_bench.judge import PairVerdict
 from ce_bench.judge.cache import ReplyCache
 from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
-from ce_bench.models.embedded import load_model
 from tests.helpers import lm_eval, results_of
 
 OK = PairVerdict((2, 6), (7, 3), original=2.5, edited=6.5, failure=None)

@@ -14,7 +14,7 @@ from ce_bench.artifacts import load_artifact, save_artifact
 from ce_bench.emotions import EMOTIONS, Prompt
 from ce_bench.interventions import build_intervention
 from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
-from ce_bench.locate.golden import answer_nll, golden_batch, golden_pairs
+from ce_bench.locate.golden import golden_pairs
 from ce_bench.locate.sae_features import (
     FeatureNotFound,
     SAESource,
@@ -23,6 +23,7 @@ from ce_bench.locate.sae_features import (
     names_emotion,
 )
 from ce_bench.locate.sft import locate_sft
+from ce_bench.scoring import answer_nll, golden_batch
 from tests.helpers import attached
 
 LAST = 2  # the tiny model's last layer

@@ -10,8 +10,8 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from ce_bench.artifacts import ArtifactError, load_artifact, save_artifact
+from ce_bench.embedded import load_model
 from ce_bench.models.edited_hf import EditedHFLM
-from ce_bench.models.embedded import load_model
 from ce_bench.pairing import baseline_generation, baseline_loglikelihood, for_target
 from ce_bench.sites import Site, attach_hook
 from tests.helpers import make_artifact
@@ -143,7 +143,7 @@ def test_two_interventions_joined_by_plus_both_apply(
     both = EditedHFLM(
         pretrained=str(tiny_llama_dir), intervention=f"{steer_dir}+{steer_dir}", strength="4+4"
     )
-    assert len(both.interventions) == 2
+    assert len(both.edits.interventions) == 2
     two_halves = [ll for ll, _ in both.loglikelihood(_ll(PAIRS))]
     one_whole = [ll for ll, _ in edited.loglikelihood(_ll(PAIRS))]  # 4 + 4 = 8, the artifact's k
     assert two_halves == pytest.approx(one_whole, abs=1e-3)

@@ -18,7 +18,7 @@ from ce_bench.tasks.erasure.task import (
 
 from ce_bench.artifacts import ArtifactError, save_artifact
 from ce_bench.classification import DATASETS, choose_shots, few_shot_prompt, load_examples
-from ce_bench.erasure_report import BASELINES, GATES, ErasureConfig, run_erasure_report
+from ce_bench.embedded import load_model
 from ce_bench.interventions import build_intervention
 from ce_bench.interventions.ranges import RangeMaskParams, mask_units
 from ce_bench.locate.ranges import (
@@ -29,7 +29,7 @@ from ce_bench.locate.ranges import (
     top_fraction,
     training_activations,
 )
-from ce_bench.models.embedded import load_model
+from ce_bench.reports.erasure import BASELINES, GATES, ErasureConfig, run_erasure_report
 from ce_bench.sites import Site
 from tests.conftest import tiny_model
 from tests.helpers import attached, lm_eval, make_artifact, recording, results_of

@@ -12,17 +12,17 @@ from ce_bench.tasks.lifelong.task import exact_match
 from lm_eval.api.instance import Instance
 
 from ce_bench.artifacts import load_artifact, save_artifact
+from ce_bench.embedded import load_model
 from ce_bench.interventions import Switch, build_intervention
 from ce_bench.interventions.sae import sink_positions
 from ce_bench.lifelong import LifelongSession, StreamMismatch, load_stream, new_editor
 from ce_bench.lifelong.editor import edit_batch
 from ce_bench.lifelong.records import EditDataError, EditRecord, load_records, shipped_dir
-from ce_bench.lifelong.report import LifelongReportConfig, parse_editor, run_lifelong_report
-from ce_bench.lifelong.scoring import TokenScore, score_tokens
 from ce_bench.lifelong.wise import NO_EDIT, ties_merge
 from ce_bench.models.edited_hf import EditedHFLM
-from ce_bench.models.embedded import load_model
 from ce_bench.pairing import baseline_loglikelihood, for_edit, tag_of
+from ce_bench.reports.lifelong import LifelongReportConfig, parse_editor, run_lifelong_report
+from ce_bench.scoring import TokenScore, score_tokens
 from tests.helpers import lm_eval, results_of
 
 RECORD = EditRecord(
@@ -459,5 +459,5 @@ def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
     def must_not_run(*args):  # type: ignore[no-untyped-def]
         raise AssertionError("a finished cell ran again")
 
-    monkeypatch.setattr("ce_bench.lifelong.report._evaluate", must_not_run)
+    monkeypatch.setattr("ce_bench.reports.lifelong._evaluate", must_not_run)
     assert run_lifelong_report(config) == [cell]

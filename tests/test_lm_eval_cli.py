@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ce_bench.artifacts import save_artifact
+from ce_bench.embedded import load_model
 from ce_bench.locate.diffmean import locate_diffmean
-from ce_bench.models.embedded import load_model
 from tests.helpers import lm_eval, results_of
 
 pytestmark = pytest.mark.slow

@@ -15,15 +15,14 @@ from typer.testing import CliRunner
 
 from ce_bench.artifacts import ArtifactError, save_artifact
 from ce_bench.cli import app
+from ce_bench.embedded import load_model
 from ce_bench.inject import REPORT_FILE, InjectSettings, inject_facts, memorised
 from ce_bench.interventions import build_intervention
 from ce_bench.interventions.feature_edit import marked_rows
-from ce_bench.lifelong.scoring import TokenScore
-from ce_bench.locate.golden import golden_batch
 from ce_bench.locate.privacy import feature_effects, locate_fact_neurons, locate_feature_edit
 from ce_bench.locate.sae_features import SAESource
-from ce_bench.models.embedded import load_model
 from ce_bench.private_facts import Fact, FactSet, load_fact_set
+from ce_bench.scoring import TokenScore, golden_batch
 from ce_bench.sites import Site, attach_hook
 from tests.conftest import tiny_model
 from tests.helpers import attached, lm_eval, make_artifact, results_of

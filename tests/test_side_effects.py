@@ -7,7 +7,7 @@ import torch
 from ce_bench.tasks.perplexity.task import HELD_OUT, load_docs, perplexity_delta, sections
 
 from ce_bench.artifacts import save_artifact
-from ce_bench.models.embedded import load_model
+from ce_bench.embedded import load_model
 from ce_bench.sites import Site
 from tests.helpers import lm_eval, make_artifact, results_of
 

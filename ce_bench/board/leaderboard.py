@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from ce_bench.board.runs import FAMILIES, GENERAL, Run, Score, family, headline
+from ce_bench.board.runs import GENERAL, Run, Score, families, family, headline
 from ce_bench.board.samples import SamplesCache, SamplesMismatch, compare_in_run, compare_runs
 from ce_bench.stats import PairedComparison, unpaired_interval
 from ce_bench.versions import mixed_versions
@@ -176,7 +176,7 @@ class Section:
 
 
 def build_board(runs: list[Run]) -> list[Section]:
-    """Sections in FAMILIES order, general ability last; empty families are left out.
+    """Sections in `families()` order (general ability last); empty families are left out.
 
     Runs on a validation split (a sweep's strength selection) get a section of their own after
     their family's, so the family's table holds only reported (test) numbers.
@@ -187,7 +187,7 @@ def build_board(runs: list[Run]) -> list[Section]:
     selection = [r for r in ordered if r.split == "validation"]
     reported = [r for r in ordered if r.split != "validation"]
     sections = []
-    for title in (*FAMILIES, GENERAL):
+    for title in families():
         if title == GENERAL:
             tasks = _tasks(reported, title)
             if tasks:

@@ -7,6 +7,7 @@ leaderboard, the regression gate and the sweep read results only through `load_r
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -14,32 +15,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ce_bench.pairing import BASE_SUFFIX
-from ce_bench.runtime import EMBEDDED_NAME, ce_bench_home
+from ce_bench.run_config import RunConfig
+from ce_bench.runtime import EMBEDDED_NAME, ce_bench_home, task_dir
 
 UNEDITED = "unedited"
 RESULTS_GLOB = "results_*.json"
 # Entries of a task's results that are not metrics.
 _NOT_METRICS = {"alias", "name", "sample_len", "samples"}
-# Task families, one section of the leaderboard each: title -> task name prefixes. Every other
-# task (ce_general, ce_general_mini, ce_perplexity, lm-eval's own) measures general ability.
-FAMILIES = {
-    "Concept editing": ("concept_emotion", "ce_paired_generation"),
-    "Erasure": ("erasure_",),
-    "Lifelong editing": ("zsre_lifelong", "selfcheckgpt_lifelong"),
-    "Privacy erasure": ("privacy_erasure",),
-}
-GENERAL = "General ability"
-# The metric a task is ranked by (task name prefix -> metric); other tasks: their first metric.
-HEADLINE = {
-    "concept_emotion": "success_rate",
-    "ce_paired_generation": "changed",
-    "erasure_": "acc",
-    "zsre_lifelong": "avg",
-    "selfcheckgpt_lifelong": "log_ppl",
-    "privacy_erasure": "reliability",
-    "ce_perplexity": "word_perplexity",
-}
+GENERAL = "General ability"  # every task whose YAML declares no other family (lm-eval's own too)
+
+
+@functools.cache
+def families() -> tuple[str, ...]:
+    """The leaderboard's sections in order: the families ce-bench's task YAMLs declare
+    (`metadata.family`), in the order of their folders, general ability last."""
+    named = dict.fromkeys(d["family"] for d in declared_tasks().values())
+    return (*(f for f in named if f != GENERAL), GENERAL)
+
+
+@functools.cache
+def declared_tasks() -> dict[str, dict[str, str]]:
+    """Task or group name -> the `family` and `headline` metric its YAML declares under
+    `metadata` (ce-bench's tasks declare them once there, not by name here)."""
+    found = {}
+    for path in sorted(task_dir().rglob("*.yaml")):
+        config = yaml.load(path.read_text(), Loader=_TagBlindLoader)  # noqa: S506 (safe loader)
+        name = config.get("task") if isinstance(config.get("task"), str) else config.get("group")
+        metadata = config.get("metadata") or {}
+        if isinstance(name, str) and "family" in metadata:
+            found[name] = {"family": metadata["family"], "headline": metadata.get("headline")}
+    return found
+
+
+class _TagBlindLoader(yaml.SafeLoader):
+    """A safe YAML loader that reads lm-eval's `!function` tags as None (never imports code)."""
+
+
+_TagBlindLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
 class BoardError(ValueError):
@@ -64,7 +79,7 @@ class Run:
 
     path: Path
     base_model: str
-    method: str  # UNEDITED, a locate method ("steering", "neuronlens/max") or a lifelong editor
+    method: str  # UNEDITED, a locate method ("steering", "ranges") or a lifelong editor ("grace")
     layer: str  # "27", "20+27", "" when the method has none
     target: str  # the concept, class or edit set the method targets
     strength: str  # the intervention strength, or T for a lifelong editor
@@ -131,17 +146,17 @@ def read_run(path: Path) -> Run:
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise BoardError(f"{path}: not an lm-eval results file (no 'results' table)")
     config = data.get("config") or {}
-    info = config.get("ce_bench") or {}
-    described = _describe_edit(info)
-    if not info and config.get("model") == "steered":  # lm-eval's own steering model
+    edited = RunConfig.from_json(config.get("ce_bench") or {})
+    described = _describe_edit(edited)
+    if not config.get("ce_bench") and config.get("model") == "steered":  # lm-eval's steering
         described |= {
             "method": "steered",
             "settings": _without_pretrained(config.get("model_args")),
         }
     return Run(
         path=path,
-        base_model=model_name(info.get("base_model") or _pretrained(config.get("model_args"))),
-        fingerprint=info.get("fingerprint", ""),
+        base_model=model_name(edited.base_model or _pretrained(config.get("model_args"))),
+        fingerprint=edited.fingerprint,
         split=_split(data.get("configs") or {}),
         scores={
             task: _scores(metrics, (data.get("higher_is_better") or {}).get(task) or {})
@@ -152,25 +167,20 @@ def read_run(path: Path) -> Run:
             for task, n in (data.get("n-samples") or {}).items()
         },
         groups={g: list(s) for g, s in (data.get("group_subtasks") or {}).items() if s},
-        versions=_versions(data, info),
+        versions=_versions(data, edited),
         **described,
     )
 
 
 def family(task: str) -> str:
     """The leaderboard section of a task; GENERAL for the side-effect tasks the gate checks."""
-    for title, prefixes in FAMILIES.items():
-        if task.startswith(prefixes):
-            return title
-    return GENERAL
+    return declared_tasks().get(task, {}).get("family", GENERAL)
 
 
 def headline(task: str, metrics: list[str]) -> str:
-    """The metric a task is ranked by: HEADLINE's, else the first one reported."""
-    for prefix, metric in HEADLINE.items():
-        if task.startswith(prefix) and metric in metrics:
-            return metric
-    return metrics[0]
+    """The metric a task is ranked by: the one its YAML declares, else the first reported."""
+    declared = declared_tasks().get(task, {}).get("headline")
+    return declared if declared in metrics else metrics[0]
 
 
 def model_name(pretrained: str) -> str:
@@ -186,9 +196,9 @@ def model_name(pretrained: str) -> str:
     return path.name if path.parent == cached else pretrained
 
 
-def _describe_edit(info: dict[str, Any]) -> dict[str, str]:
-    """method / layer / target / strength / settings from `config.ce_bench` of edited_hf."""
-    lifelong = info.get("lifelong")
+def _describe_edit(config: RunConfig) -> dict[str, str]:
+    """method / layer / target / strength / settings of what an edited_hf run edited."""
+    lifelong = config.lifelong
     if lifelong:
         params = lifelong.get("params") or {}
         return {
@@ -200,35 +210,32 @@ def _describe_edit(info: dict[str, Any]) -> dict[str, str]:
             "artifact": "",
             "seed": "",
         }
-    edits = info.get("interventions") or []
+    edits = config.interventions
     if not edits:
         empty = ("layer", "target", "strength", "settings", "artifact", "seed")
         return dict.fromkeys(empty, "") | {"method": UNEDITED}
-    reports = [(e.get("provenance") or {}).get("report") or {} for e in edits]
-    methods = [
-        r.get("locate_method") or (e.get("provenance") or {}).get("method") or e.get("kind", "?")
-        for e, r in zip(edits, reports, strict=True)
-    ]
-    params = [dict(e.get("params") or {}) for e in edits]
+    params = [{"variant": e.variant, **e.params} for e in edits]
     strengths = [_text(p.pop("strength", None)) for p in params]
     return {
-        "method": "+".join(methods),
-        "layer": "+".join(_text(e.get("layer")) for e in edits),
-        "target": "+".join(_text(r.get("emotion") or r.get("target") or "") for r in reports),
+        "method": "+".join(e.method for e in edits),
+        "layer": "+".join(_text(e.layer) for e in edits),
+        "target": "+".join(_text(e.report.get("emotion") or e.report.get("target")) for e in edits),
         "strength": "+".join(strengths) if any(strengths) else "",
         "settings": " ".join(
             f"{k}={_text(v)}" for p in params for k, v in sorted(p.items()) if _text(v) != ""
         ),
-        "artifact": "+".join(Path(e.get("artifact") or "").name for e in edits),
-        "seed": "+".join(_text(r.get("split_seed", r.get("seed"))) for r in reports).strip("+"),
+        "artifact": "+".join(Path(e.artifact or "").name for e in edits),
+        "seed": "+".join(
+            _text(e.report.get("split_seed", e.report.get("seed"))) for e in edits
+        ).strip("+"),
     }
 
 
-def _versions(data: dict[str, Any], info: dict[str, Any]) -> dict[str, str]:
+def _versions(data: dict[str, Any], config: RunConfig) -> dict[str, str]:
     """The stack versions a run recorded: edited_hf writes them all (`config.ce_bench.versions`);
     for other models, what lm-eval itself records (transformers, lm-eval, torch in its env)."""
-    if isinstance(info.get("versions"), dict):
-        return {str(k): str(v) for k, v in info["versions"].items()}
+    if config.versions:
+        return config.versions
     found = {
         name: str(data[key])
         for name, key in (("transformers", "transformers_version"), ("lm_eval", "lm_eval_version"))

@@ -6,7 +6,7 @@ A config names a base model, the general-ability tasks every edit is checked on,
 artifact, then
   evaluates its concept task at every strength on the validation split and the best one (Unified
   Concept Editing A.8: best success rate among strengths whose outputs are mostly not degenerate) on
-  the test split, with the general tasks: held-out selection, as `ce_bench.concept_benchmark` does.
+  the test split, with the general tasks: held-out selection, as `ce_bench.reports.concept` does.
 - `lifelong`: editors x numbers of edits (MicroEdit), on their edit stream's task.
 - `artifacts`: existing artifact directories x strengths on given tasks (erasure, privacy, ...).
 
@@ -48,7 +48,9 @@ class ConceptPart:
     methods: list[str]
     layers: list[int]
     concepts: list[str]
-    strengths: list[float] | None = None  # None: each method's grid (concept_benchmark.GRIDS)
+    strengths: list[float] | None = (
+        None  # None: each method's grid (ce_bench.reports.concept.GRIDS)
+    )
     locate_limit: int | None = None
     validation_limit: int | None = None
     test_limit: int | None = None
@@ -66,7 +68,7 @@ class LifelongPart:
 
     @property
     def task_name(self) -> str:
-        from ce_bench.lifelong.report import TABLES
+        from ce_bench.reports.lifelong import TABLES
 
         if self.task:
             return self.task
@@ -197,8 +199,8 @@ class Sweep:
         from ce_bench.artifacts import ArtifactError, load_artifact
         from ce_bench.emotions import EMOTIONS
         from ce_bench.lifelong import load_stream
-        from ce_bench.lifelong.report import parse_editor
         from ce_bench.locate.emotion import LOCATORS
+        from ce_bench.reports.lifelong import parse_editor
 
         c, problems = self.config, []
         tasks = list(c.general_tasks)
@@ -294,7 +296,7 @@ class Sweep:
     ) -> None:
         """Locate; every strength on the validation split; the chosen one on the test split;
         all on the data split of `seed`."""
-        from ce_bench.concept_benchmark import MAX_DEGENERATE, choose_strength, strength_grid
+        from ce_bench.reports.concept import MAX_DEGENERATE, choose_strength, strength_grid
 
         c = self.config
         locate = {"limit": part.locate_limit, "options": part.options.get(method, {})}
@@ -364,7 +366,7 @@ class Sweep:
         job.limit, job.residuals = part.locate_limit, self._residuals
         job.options = dict(part.options.get(method, {}))
         if method == "sae-features":
-            from ce_bench.concept_benchmark import own_sae
+            from ce_bench.reports.concept import own_sae
 
             job.sae = own_sae(self.config.model, layer)
         try:
@@ -377,7 +379,7 @@ class Sweep:
         return artifact
 
     def _lifelong(self, part: LifelongPart) -> None:
-        from ce_bench.lifelong.report import parse_editor
+        from ce_bench.reports.lifelong import parse_editor
 
         c = self.config
         task = part.task_name
@@ -443,7 +445,7 @@ class Sweep:
 
     def _model(self) -> tuple[Any, Any]:
         if self._loaded is None:
-            from ce_bench.models.embedded import load_model
+            from ce_bench.embedded import load_model
 
             self._loaded = load_model(self.config.model, "cpu")
         return self._loaded

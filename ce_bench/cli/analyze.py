@@ -42,7 +42,7 @@ def analyze_generalization_cmd(
     from ce_bench.analysis import output_generalization as analyse
     from ce_bench.analysis.generalization import PAPER_PROMPT
     from ce_bench.artifacts import load_artifact
-    from ce_bench.models.embedded import load_model
+    from ce_bench.embedded import load_model
 
     artifacts = {name: load_artifact(path) for name, path in named_dirs(artifact or [])}
     lm, tokenizer = load_model(model, device)
@@ -70,8 +70,8 @@ def analyze_overlap_cmd(
     """Overlap (%) of the neurons NE, SAE, SV and SFT imply at one layer (Table 5)."""
     from ce_bench.analysis import neuron_overlap, overlap_markdown, overlap_table
     from ce_bench.artifacts import load_artifact
+    from ce_bench.embedded import load_model
     from ce_bench.locate.emotion import EmotionData
-    from ce_bench.models.embedded import load_model
 
     given = {"ne": ne, "sae": sae, "sv": sv, "sft": sft}
     artifacts = {key: load_artifact(path) for key, path in given.items() if path is not None}

@@ -46,8 +46,8 @@ def locate_diffmean_cmd(
     """Difference of mean residual activations, positive minus negative (Unified Concept Editing Eq.
     6)."""
     from ce_bench.artifacts import save_artifact
+    from ce_bench.embedded import load_model
     from ce_bench.locate.diffmean import locate_diffmean
-    from ce_bench.models.embedded import load_model
 
     lm, tokenizer = load_model(model, device)
     artifact = locate_diffmean(
@@ -72,9 +72,9 @@ def _locate(
 ) -> Any:
     """Run one emotion locate method and write its artifact; returns the artifact."""
     from ce_bench.artifacts import save_artifact
+    from ce_bench.embedded import load_model
     from ce_bench.emotions import EMOTIONS
     from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
-    from ce_bench.models.embedded import load_model
 
     if emotion not in EMOTIONS:
         raise typer.BadParameter(
@@ -258,9 +258,9 @@ def locate_ranges_cmd(
 ) -> None:
     """Activation ranges of one class for erasure (NeuronLens 5.1, Algorithm 1)."""
     from ce_bench.artifacts import save_artifact
+    from ce_bench.embedded import load_model
     from ce_bench.locate.ranges import locate_ranges, penultimate_layer
     from ce_bench.locate.sae_features import SAESource
-    from ce_bench.models.embedded import load_model
 
     spec = class_dataset(dataset, [target])
     lm, tokenizer = load_model(model, device)
@@ -293,8 +293,8 @@ def locate_class_steering_cmd(
 ) -> None:
     """NeuronLens Appendix M baselines: r = class mean - other classes' mean at the label token."""
     from ce_bench.artifacts import save_artifact
+    from ce_bench.embedded import load_model
     from ce_bench.locate.ranges import locate_class_direction, middle_layer
-    from ce_bench.models.embedded import load_model
 
     spec = class_dataset(dataset, [target])
     lm, tokenizer = load_model(model, device)
@@ -308,7 +308,7 @@ def locate_class_steering_cmd(
 
 def _privacy_inputs(model: str, facts: list[str] | None, facts_file: Path | None, device: Any):  # type: ignore[no-untyped-def]
     """(model, tokenizer, facts to erase), every input checked before the model loads."""
-    from ce_bench.models.embedded import load_model
+    from ce_bench.embedded import load_model
     from ce_bench.private_facts import load_fact_set
 
     if not Path(model).is_dir():

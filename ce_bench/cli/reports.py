@@ -36,7 +36,7 @@ def erasure_report_cmd(
 ) -> None:
     """NeuronLens Table 3/4: neuron masking vs activation range masking for each class, with
     Acc/Conf/CAcc/CConf and the PPL and MMLU side effects, base and edited from one run each."""
-    from ce_bench.erasure_report import ErasureConfig, run_erasure_report
+    from ce_bench.reports.erasure import ErasureConfig, run_erasure_report
 
     class_dataset(dataset, target or [])
     config = ErasureConfig(
@@ -60,7 +60,7 @@ def lifelong_report_cmd(
 ) -> None:
     """MicroEdit Tables 1-2: each editor after T sequential edits (Rel/Gen/Loc/Avg or PPL/Loc);
     resumes from the results.json of an interrupted run."""
-    from ce_bench.lifelong.report import LifelongReportConfig, run_lifelong_report
+    from ce_bench.reports.lifelong import LifelongReportConfig, run_lifelong_report
 
     defaults = LifelongReportConfig()
     config = LifelongReportConfig(

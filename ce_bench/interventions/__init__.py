@@ -15,5 +15,13 @@ from ce_bench.interventions.base import (
     build_intervention,
     track_cache_offset,
 )
+from ce_bench.interventions.intervention_set import InterventionSet
 
-__all__ = ["INTERVENTIONS", "Intervention", "Switch", "build_intervention", "track_cache_offset"]
+__all__ = [
+    "INTERVENTIONS",
+    "Intervention",
+    "InterventionSet",
+    "Switch",
+    "build_intervention",
+    "track_cache_offset",
+]

@@ -29,7 +29,7 @@ from torch import nn
 from ce_bench.artifacts import Artifact, ArtifactError, ModelIdentity, Provenance
 from ce_bench.interventions.base import INTERVENTIONS, Intervention, check_integer, parse_params
 from ce_bench.lifelong.records import EditRecord, EditStream
-from ce_bench.locate.golden import GoldenBatch, answer_logits, frozen_parameters, golden_batch
+from ce_bench.scoring import GoldenBatch, answer_logits, frozen_parameters, golden_batch
 from ce_bench.sites import Site, layout, model_dims
 
 
@@ -107,7 +107,7 @@ class Editor(Intervention):
             tensors={k: v.detach().cpu() for k, v in self.tensors.items()},
             model=ModelIdentity.of(model, model_name),
             provenance=Provenance(
-                method=f"lifelong/{self.kind}",
+                method=self.kind,
                 data_hash=stream.digest,
                 report={"stream": stream.describe(), "edits_applied": self.edits_applied},
             ),

@@ -36,7 +36,7 @@ from ce_bench.lifelong.editor import (
     target_loss,
 )
 from ce_bench.lifelong.records import EditRecord
-from ce_bench.locate.golden import GoldenBatch, frozen_parameters
+from ce_bench.scoring import GoldenBatch, frozen_parameters
 from ce_bench.sites import Site, module_path
 
 FT_DEPTH = 21 / 32  # EasyEdit's FT edits layer 21 of LLaMA's 32

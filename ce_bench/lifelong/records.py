@@ -2,7 +2,7 @@
 
 One `EditRecord` shape serves every dataset: the prompt to edit and its new target, an optional
 paraphrase (Generalization), and an unrelated prompt with its answer (Locality). Loaders read the
-public formats unchanged (DESIGN.md section 5), detected from the fields of the first record:
+public formats unchanged, detected from the fields of the first record:
 
 - MEND / WISE ZsRE: `src`, `alt`, `rephrase`, `loc` ("nq question: ..."), `loc_ans`, `answers`.
 - KnowEdit ZsRE: `prompt`, `target_new`, `rephrase_prompt`, `locality.Relation_Specificity`.

@@ -53,8 +53,8 @@ from ce_bench.lifelong.editor import (
     edit_training,
 )
 from ce_bench.lifelong.records import EditRecord
-from ce_bench.locate.golden import GoldenBatch, answer_logits, golden_batch
 from ce_bench.sae_training.text import CHAT_REQUESTS, OPENERS
+from ce_bench.scoring import GoldenBatch, answer_logits, golden_batch
 from ce_bench.sites import Site, model_dims, module_path
 
 WISE_DEPTH = 27 / 32  # EasyEdit's WISE edits layers[27].mlp.down_proj of LLaMA-2-7B / Mistral-7B

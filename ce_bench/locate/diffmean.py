@@ -58,8 +58,12 @@ def diffmean_artifact(
         tensors={"vector": vector},
         model=ModelIdentity.of(model, model_name),
         provenance=Provenance(
-            method=f"diffmean/{aggregate}",
+            method="diffmean",
             data_hash=hash_,
-            report={"mean_norm": mean_norm, "strength_unit": mean_norm / float(vector.norm())},
+            report={
+                "variant": aggregate,
+                "mean_norm": mean_norm,
+                "strength_unit": mean_norm / float(vector.norm()),
+            },
         ),
     )

@@ -120,13 +120,12 @@ def locate_emotion(method: str, job: EmotionJob) -> Artifact:
     report = {
         **artifact.provenance.report,
         "emotion": job.emotion,
-        "locate_method": method,
         "scenarios": job.data.source,
         "split_seed": job.data.seed,
         "split_hash": job.data.hash,
         "locate_scenarios": len(job.data.splits[job.emotion].locate[: job.limit]),
     }
-    artifact.provenance = replace(artifact.provenance, report=report)
+    artifact.provenance = replace(artifact.provenance, method=method, report=report)
     return artifact
 
 

@@ -243,7 +243,7 @@ def locate_knowledge_neurons(
         tensors={"neurons": chosen.neurons},
         model=ModelIdentity.of(model, model_name),
         provenance=Provenance(
-            method="knowledge_neurons/ig",
+            method="knowledge-neurons",
             data_hash=prompts_hash(prompts),
             report={
                 "prompts": len(prompts),

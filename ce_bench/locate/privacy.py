@@ -42,10 +42,10 @@ from tqdm.auto import tqdm
 from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash
 from ce_bench.interventions.feature_edit import DEFAULT_TAU_2, marked_rows
 from ce_bench.interventions.sae import load_sae, sink_positions
-from ce_bench.locate.golden import GoldenBatch, answer_logits, frozen_parameters, golden_batch
 from ce_bench.locate.knowledge_neurons import DEFAULT_STEPS, neuron_attributions, select_neurons
 from ce_bench.locate.sae_features import SAESource
 from ce_bench.private_facts import Fact
+from ce_bench.scoring import GoldenBatch, answer_logits, frozen_parameters, golden_batch
 from ce_bench.sites import Site, attach_hook, model_dims, module_path, site_from_hook_name
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def locate_feature_edit(
         params={"tau_2": tau_2},
         tensors={"directions": directions},
         model=ModelIdentity.of(model, model_name),
-        provenance=Provenance("privacy/featureedit", _facts_hash(facts), report=report),
+        provenance=Provenance("featureedit", _facts_hash(facts), report=report),
     )
 
 
@@ -210,7 +210,7 @@ def locate_fact_neurons(
         params={"strength": 0.0, "positions": "all"},
         tensors={"neurons": torch.tensor(neurons, dtype=torch.int64)},
         model=ModelIdentity.of(model, model_name),
-        provenance=Provenance("privacy/knowledge_neurons", _facts_hash(facts), report=report),
+        provenance=Provenance("fact-neurons", _facts_hash(facts), report=report),
     )
 
 

@@ -215,9 +215,10 @@ def locate_ranges(
         tensors=tensors,
         model=ModelIdentity.of(model, model_name),
         provenance=Provenance(
-            method=f"neuronlens/{'sae' if sae else ranking}",
+            method="ranges",
             data_hash=activations.prompts_hash,
             report={
+                "variant": "sae" if sae else ranking,
                 "dataset": data.name,
                 "data_source": source,
                 "target": data.classes[index],
@@ -296,10 +297,11 @@ def locate_class_direction(
         model, model_name, site, h[labels == index], h[labels != index],
         activations.prompts_hash, "last", strength,
     )  # fmt: skip
-    report = {"dataset": data.name, "data_source": source, "target": data.classes[index]}
+    report = {"variant": kind, "dataset": data.name, "data_source": source}
+    report["target"] = data.classes[index]
     provenance = dataclasses.replace(
         steer.provenance,
-        method=f"class_diffmean/{kind}",
+        method="class-steering",
         report={**steer.provenance.report, **report},
     )
     if kind == "steer":

@@ -30,13 +30,8 @@ from ce_bench.artifacts import Artifact, ModelIdentity, Provenance
 from ce_bench.emotions import Prompt, emotion_words
 from ce_bench.interventions.sae import clamp_features, load_sae
 from ce_bench.locate.activations import collect_activations
-from ce_bench.locate.golden import (
-    answer_nll,
-    frozen_parameters,
-    golden_batch,
-    golden_pairs,
-    prompts_hash,
-)
+from ce_bench.locate.golden import golden_pairs, prompts_hash
+from ce_bench.scoring import answer_nll, frozen_parameters, golden_batch
 from ce_bench.sites import Site, attach_hook, site_from_hook_name
 
 if TYPE_CHECKING:
@@ -234,7 +229,7 @@ def locate_sae_feature(
     strength = float(unit[chosen.feature])
     params = {"feature": chosen.feature, "strength": strength, "mode": "replace", **asdict(source)}
     provenance = Provenance(
-        method="sae_features/attribution+reinforcer",
+        method="sae-features",
         data_hash=prompts_hash(prompts),
         report={
             "emotion": emotion,

@@ -17,13 +17,8 @@ from tqdm.auto import tqdm
 
 from ce_bench.artifacts import Artifact, ModelIdentity, Provenance
 from ce_bench.emotions import Prompt
-from ce_bench.locate.golden import (
-    answer_nll,
-    frozen_parameters,
-    golden_batch,
-    golden_pairs,
-    prompts_hash,
-)
+from ce_bench.locate.golden import golden_pairs, prompts_hash
+from ce_bench.scoring import answer_nll, frozen_parameters, golden_batch
 from ce_bench.sites import Site, module_path
 
 # The paper gives no SFT hyperparameters; these train W_down of the embedded model to put
@@ -86,7 +81,7 @@ def locate_sft(
         tensors={"delta": delta.cpu()},
         model=ModelIdentity.of(model, model_name),
         provenance=Provenance(
-            method="sft/w_down",
+            method="sft",
             data_hash=prompts_hash(prompts),
             report={
                 "lr": lr,

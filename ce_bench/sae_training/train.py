@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ce_bench.models.embedded import load_model, resolve_pretrained
+from ce_bench.embedded import load_model, resolve_pretrained
 from ce_bench.runtime import EMBEDDED_NAME, free_cores, torch_threads
 from ce_bench.sae_training.text import (
     Corpus,

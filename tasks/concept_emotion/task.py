@@ -1,6 +1,6 @@
 """`concept_emotion`: how far an intervention raises an emotion in what the model writes.
 
-Unified Concept Editing 4.1 / A.5 / A.8 and DESIGN.md section 4. Per test prompt the model generates
+Unified Concept Editing 4.1 / A.5 / A.8 and docs/metrics.md. Per test prompt the model generates
 twice in one run, intervention OFF (original) and ON (edited), greedy with the same length. A judge
 rates the degree of the target emotion in both, once in each order, and each sentence's score is the
 mean of its two. Per prompt:

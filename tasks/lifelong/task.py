@@ -3,8 +3,8 @@
 The documents are the records the model edited: the task reads `edits=` and `num_edits=` from
 its metadata, where lm-eval puts the model_args, so they are stated once, and tags every request
 with the record's index and the stream's digest, which the model checks (`ce_bench.pairing`).
-Scores are teacher-forced per token (`ce_bench.lifelong.scoring`), with the editor ON and, for
-the unedited model's answers, OFF, in the same run (DESIGN.md section 4):
+Scores are teacher-forced per token (`ce_bench.scoring`), with the editor ON and, for
+the unedited model's answers, OFF, in the same run (docs/metrics.md):
 
 zsre_lifelong:
     rel          token accuracy of `target` after `prompt` (Reliability)
@@ -34,7 +34,6 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
 from ce_bench.lifelong.records import EditStream, load_stream
-from ce_bench.lifelong.scoring import TokenScore
 from ce_bench.pairing import (
     baseline_generation,
     baseline_loglikelihood,
@@ -42,6 +41,7 @@ from ce_bench.pairing import (
     for_edit,
     require_edited_hf,
 )
+from ce_bench.scoring import TokenScore
 
 MAX_ANSWER_TOKENS = 16  # greedy tokens generated for exact match (ZsRE answers are short)
 

@@ -1,6 +1,6 @@
 """`privacy_erasure`: are the erased private facts gone, under other phrasings too, and only they?
 
-Knowledge Microscope's private-knowledge erasure (DESIGN.md section 4), on the project's synthetic
+Knowledge Microscope's private-knowledge erasure (docs/metrics.md), on the project's synthetic
 fact set (`ce_bench.private_facts`) and a model that memorised it (`ce-bench inject-facts`). Every
 prompt is scored with teacher forcing, the intervention ON and, for the unedited model, OFF in the
 same run (`ce_bench.pairing.per_token`). A model *produces* a value after a prompt when the argmax
@@ -43,9 +43,9 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
 from ce_bench.artifacts import load_artifact
-from ce_bench.lifelong.scoring import TokenScore
 from ce_bench.pairing import BASE_SUFFIX, baseline_loglikelihood, per_token, require_edited_hf
 from ce_bench.private_facts import Fact, load_fact_set
+from ce_bench.scoring import TokenScore
 
 FACT, CONTROL, PARAPHRASE = "fact", "control", "paraphrase"
 RECALLS = {FACT: "recall", PARAPHRASE: "paraphrase_recall", CONTROL: "control_recall"}

@@ -84,7 +84,7 @@ def run_erasure_report(
     loaded: tuple[nn.Module, Any] | None = None,
 ) -> list[Row]:
     """Locate and evaluate every target; writes table.md and results.json under `config.out`."""
-    from ce_bench.models.embedded import load_model
+    from ce_bench.embedded import load_model
 
     console = console or Console()
     model, tokenizer = loaded or load_model(config.model, "cpu")

@@ -57,7 +57,7 @@ def _convert(gguf: Path, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = loaded.config
     # transformers marks GGUF-loaded models as quantised and refuses to save them; a fresh model
-    # with the same weights saves normally (../shared/DESIGN.md section 2).
+    # with the same weights saves normally.
     del config.quantization_config
     config.architectures = ["LlamaForCausalLM"]
     config.dtype = torch.float32

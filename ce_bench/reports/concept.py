@@ -97,7 +97,7 @@ def run_benchmark(
 
     `loaded` is the (model, tokenizer) of `config.model` when the caller has it already.
     """
-    from ce_bench.models.embedded import load_model
+    from ce_bench.embedded import load_model
 
     console = console or Console()
     model, tokenizer = loaded or load_model(config.model, "cpu")
