@@ -82,3 +82,23 @@ def test_strength_nan_model_arg_is_refused_before_evaluation(tmp_path, tiny_llam
     path = _steer_dir(tmp_path, model)
     with pytest.raises(ArtifactError, match="strength must be a finite number, got nan"):
         EditedHFLM(pretrained=str(tiny_llama_dir), intervention=str(path), strength="nan")
+
+
+@pytest.mark.parametrize(
+    ("params", "tensor", "message"),
+    [
+        ({"strength": math.nan}, torch.ones(32), "finite"),
+        ({"strenght": 2.0}, torch.ones(32), "unknown parameter"),
+        ({"strength": 2.0}, torch.ones(31), "expected shape"),
+    ],
+)
+def test_an_invalid_artifact_is_refused_when_written_and_nothing_is_written(
+    tmp_path, params: dict, tensor: torch.Tensor, message: str
+) -> None:
+    from ce_bench.interventions import save_intervention
+
+    model = tiny_model("llama")
+    art = make_artifact(model, "steer", Site("resid_post", 1), params, vector=tensor)
+    with pytest.raises(ArtifactError, match=message):
+        save_intervention(art, tmp_path / "sv")
+    assert not (tmp_path / "sv").exists()

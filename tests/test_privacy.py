@@ -18,8 +18,8 @@ from ce_bench.cli import app
 from ce_bench.embedded import load_model
 from ce_bench.inject import REPORT_FILE, InjectSettings, inject_facts, memorised
 from ce_bench.interventions import build_intervention
-from ce_bench.interventions.feature_edit import marked_rows
-from ce_bench.locate.privacy import feature_effects, locate_fact_neurons, locate_feature_edit
+from ce_bench.interventions.featureedit import marked_rows
+from ce_bench.locate.privacy import feature_effects, locate_fact_neurons, locate_featureedit
 from ce_bench.locate.sae_features import SAESource
 from ce_bench.private_facts import Fact, FactSet, load_fact_set
 from ce_bench.scoring import TokenScore, golden_batch
@@ -205,7 +205,7 @@ def test_locate_feature_edit_writes_the_chosen_features_directions(
 ) -> None:
     model, tokenizer = load_model(str(injected), "cpu")
     sae_path = _tiny_sae(tmp_path)
-    art = locate_feature_edit(
+    art = locate_featureedit(
         model, tokenizer, TINY_FACTS.facts, SAESource(sae_path=str(sae_path)), "tiny"
     )
     from ce_bench.interventions.sae import load_sae

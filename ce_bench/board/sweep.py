@@ -352,7 +352,8 @@ class Sweep:
         self, method: str, layer: int, concept: str, part: ConceptPart, where: Path, seed: int
     ) -> Any:
         """The cell's artifact: read back when a previous run saved it, else located now."""
-        from ce_bench.artifacts import ArtifactError, load_artifact, save_artifact
+        from ce_bench.artifacts import ArtifactError, load_artifact
+        from ce_bench.interventions.base import save_intervention
         from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
         from ce_bench.locate.sae_features import FeatureNotFound
 
@@ -375,7 +376,7 @@ class Sweep:
             self.console.print(f"{method} L{layer} {concept}: not located ({err})", markup=False)
             self.progress.advance(self.bar, 1 + len(part.strengths or []))
             return None
-        save_artifact(artifact, where)
+        save_intervention(artifact, where)
         return artifact
 
     def _lifelong(self, part: LifelongPart) -> None:

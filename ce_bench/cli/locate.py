@@ -45,15 +45,15 @@ def locate_diffmean_cmd(
 ) -> None:
     """Difference of mean residual activations, positive minus negative (Unified Concept Editing Eq.
     6)."""
-    from ce_bench.artifacts import save_artifact
     from ce_bench.embedded import load_model
+    from ce_bench.interventions.base import save_intervention
     from ce_bench.locate.diffmean import locate_diffmean
 
     lm, tokenizer = load_model(model, device)
     artifact = locate_diffmean(
         lm, tokenizer, lines_of(positive), lines_of(negative), layer, model, aggregate, strength
     )
-    save_artifact(artifact, out)
+    save_intervention(artifact, out)
     norm = float(artifact.tensors["vector"].norm())
     console.print(f"wrote {out} (steer at {artifact.site}, |v| = {norm:.3f})")
 
@@ -71,9 +71,9 @@ def _locate(
     sae: Any = None,
 ) -> Any:
     """Run one emotion locate method and write its artifact; returns the artifact."""
-    from ce_bench.artifacts import save_artifact
     from ce_bench.embedded import load_model
     from ce_bench.emotions import EMOTIONS
+    from ce_bench.interventions.base import save_intervention
     from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
 
     if emotion not in EMOTIONS:
@@ -85,7 +85,7 @@ def _locate(
     given = given_options(**options)
     job = EmotionJob(lm, tokenizer, model, data, emotion, layer, limit, sae, given)
     artifact = locate_emotion(method, job)
-    save_artifact(artifact, out)
+    save_intervention(artifact, out)
     return artifact
 
 
@@ -257,8 +257,8 @@ def locate_ranges_cmd(
     sae_id: str = typer.Option("", help="SAE id within the release."),
 ) -> None:
     """Activation ranges of one class for erasure (NeuronLens 5.1, Algorithm 1)."""
-    from ce_bench.artifacts import save_artifact
     from ce_bench.embedded import load_model
+    from ce_bench.interventions.base import save_intervention
     from ce_bench.locate.ranges import locate_ranges, penultimate_layer
     from ce_bench.locate.sae_features import SAESource
 
@@ -270,7 +270,7 @@ def locate_ranges_cmd(
         lm, tokenizer, spec, target, layer, model, ranking, top, tau, phi, gate, data, per_class,
         sae=sae,
     )  # fmt: skip
-    save_artifact(artifact, out)
+    save_intervention(artifact, out)
     report = artifact.provenance.report
     console.print(
         f"wrote {out}: {report['kept']} {'latents' if sae else 'neurons'} of {report['target']}"
@@ -292,8 +292,8 @@ def locate_class_steering_cmd(
     per_class: int | None = typer.Option(None, help="Training examples per class; default all."),
 ) -> None:
     """NeuronLens Appendix M baselines: r = class mean - other classes' mean at the label token."""
-    from ce_bench.artifacts import save_artifact
     from ce_bench.embedded import load_model
+    from ce_bench.interventions.base import save_intervention
     from ce_bench.locate.ranges import locate_class_direction, middle_layer
 
     spec = class_dataset(dataset, [target])
@@ -302,7 +302,7 @@ def locate_class_steering_cmd(
     artifact = locate_class_direction(
         lm, tokenizer, spec, target, layer, model, kind, strength, data, per_class
     )
-    save_artifact(artifact, out)
+    save_intervention(artifact, out)
     console.print(f"wrote {out}: {artifact.kind} of {target} at {artifact.site}")
 
 
@@ -341,8 +341,8 @@ def locate_featureedit_cmd(
 ) -> None:
     """FeatureEdit (Knowledge Microscope): per fact the SAE feature with the largest Delta-Prob, its
     decoder direction's large coordinates zeroed in W_down."""
-    from ce_bench.artifacts import save_artifact
-    from ce_bench.locate.privacy import locate_feature_edit
+    from ce_bench.interventions.base import save_intervention
+    from ce_bench.locate.privacy import locate_featureedit
     from ce_bench.locate.sae_features import SAESource
     from ce_bench.runtime import free_cores, torch_threads
 
@@ -355,8 +355,8 @@ def locate_featureedit_cmd(
         sae_path = str(ensure_sae(layer))
     source = SAESource(sae_path, sae_release, sae_id)
     with torch_threads(free_cores()):
-        artifact = locate_feature_edit(lm, tokenizer, facts, source, model, **options)
-    save_artifact(artifact, out)
+        artifact = locate_featureedit(lm, tokenizer, facts, source, model, **options)
+    save_intervention(artifact, out)
     report = artifact.provenance.report
     drops = [c["delta_prob"] for c in report["choices"]]
     console.print(
@@ -382,7 +382,7 @@ def locate_fact_neurons_cmd(
 ) -> None:
     """Knowledge neurons of each fact by integrated gradients, their W_down columns zeroed (the
     neuron baseline of Knowledge Microscope)."""
-    from ce_bench.artifacts import save_artifact
+    from ce_bench.interventions.base import save_intervention
     from ce_bench.locate.privacy import locate_fact_neurons
     from ce_bench.runtime import free_cores, torch_threads
 
@@ -390,7 +390,7 @@ def locate_fact_neurons_cmd(
     lm, tokenizer, facts = _privacy_inputs(model, fact, facts_file, device)
     with torch_threads(free_cores()):
         artifact = locate_fact_neurons(lm, tokenizer, facts, layer, model, **options)
-    save_artifact(artifact, out)
+    save_intervention(artifact, out)
     console.print(
         f"wrote {out}: {len(artifact.tensors['neurons'])} neurons of {len(facts)} facts zeroed"
         f" at {artifact.site}"

@@ -1,7 +1,7 @@
 """Intervention kinds, registered by name; `build_intervention` turns an artifact into one."""
 
 from ce_bench.interventions import (  # noqa: F401  (registers)
-    feature_edit,
+    featureedit,
     neurons,
     ranges,
     sae,
@@ -13,6 +13,7 @@ from ce_bench.interventions.base import (
     Intervention,
     Switch,
     build_intervention,
+    save_intervention,
     track_cache_offset,
 )
 from ce_bench.interventions.intervention_set import InterventionSet
@@ -23,5 +24,6 @@ __all__ = [
     "InterventionSet",
     "Switch",
     "build_intervention",
+    "save_intervention",
     "track_cache_offset",
 ]

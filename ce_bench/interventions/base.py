@@ -15,13 +15,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ce_bench.artifacts import Artifact, ArtifactError
+from ce_bench.artifacts import Artifact, ArtifactError, save_artifact
 from ce_bench.kv_cache import cache_length, cache_reader
 from ce_bench.sites import ModelDims, Site, attach_hook, model_dims, site_device, width_at
 
@@ -205,6 +206,14 @@ def checked_intervention(
     intervention = cls(artifact.site, params, artifact.tensors)
     intervention.check_dims(dims, source)
     return intervention
+
+
+def save_intervention(artifact: Artifact, directory: str | Path) -> Path:
+    """Check `artifact` as loading it will (its kind's typed Params, its tensors against the
+    model sizes it records), then write it: what every locate method, report and editor saves
+    through, so that no invalid artifact reaches a disk."""
+    checked_intervention(artifact, artifact.model.dims())
+    return save_artifact(artifact, directory)
 
 
 def parse_params(params_cls: type, raw: dict[str, Any], source: str) -> Any:

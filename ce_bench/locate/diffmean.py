@@ -24,7 +24,7 @@ def locate_diffmean(
 
     Example:
         >>> art = locate_diffmean(model, tok, happy_lines, neutral_lines, 15, "smollm2-135m")
-        >>> save_artifact(art, "artifacts/happy_sv")
+        >>> save_intervention(art, "artifacts/happy_sv")
     """
     if not positive or not negative:
         raise ValueError("diffmean needs at least one positive and one negative text")

@@ -20,7 +20,7 @@ step of the generation process").
 Example:
     >>> prompts = emotion_prompts("anger", split["anger"].locate)
     >>> art = locate_knowledge_neurons(model, tok, prompts, layer=20, model_name="smollm2-135m")
-    >>> save_artifact(art, "artifacts/anger_ne")
+    >>> save_intervention(art, "artifacts/anger_ne")
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ FeatureEdit (Knowledge Microscope), per fact:
    first-order estimate (gradient of log P through the residual, one backward pass) ranks all
    candidates, and the best `candidates` are ablated exactly, in one batch; the feature with the
    largest Delta-Prob wins.
-3. Its decoder direction goes into a `featureedit` artifact (`ce_bench.interventions.feature_edit`
+3. Its decoder direction goes into a `featureedit` artifact (`ce_bench.interventions.featureedit`
    says which W_down positions it zeroes, and tau_2).
 
 Knowledge neurons (the baseline Knowledge Microscope compares with), per fact: integrated-gradients
@@ -25,7 +25,7 @@ is exactly zeroing their columns of W_down.
 
 Example:
     >>> facts = load_fact_set().facts
-    >>> art = locate_feature_edit(model, tok, facts, SAESource(sae_path=str(ensure_sae(20))), "m")
+    >>> art = locate_featureedit(model, tok, facts, SAESource(sae_path=str(ensure_sae(20))), "m")
     >>> art = locate_fact_neurons(model, tok, facts, 20, "m")
 """
 
@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash
-from ce_bench.interventions.feature_edit import DEFAULT_TAU_2, marked_rows
+from ce_bench.interventions.featureedit import DEFAULT_TAU_2, marked_rows
 from ce_bench.interventions.sae import load_sae, sink_positions
 from ce_bench.locate.knowledge_neurons import DEFAULT_STEPS, neuron_attributions, select_neurons
 from ce_bench.locate.sae_features import SAESource
@@ -51,7 +51,7 @@ from ce_bench.sites import Site, attach_hook, model_dims, module_path, site_from
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-__all__ = ["FeatureChoice", "feature_effects", "locate_fact_neurons", "locate_feature_edit"]
+__all__ = ["FeatureChoice", "feature_effects", "locate_fact_neurons", "locate_featureedit"]
 
 CANDIDATES = 8  # features per fact whose ablation is measured exactly
 # Dai et al. 2022 keep a fact's neurons above 0.2 x its maximum attribution.
@@ -112,7 +112,7 @@ def feature_effects(
     return ranked, float(logprob.detach().exp()), int(active.numel())
 
 
-def locate_feature_edit(
+def locate_featureedit(
     model: nn.Module,
     tokenizer: Any,
     facts: Sequence[Fact],
@@ -124,7 +124,7 @@ def locate_feature_edit(
     """A `featureedit` artifact erasing `facts` with the SAE of `source` (see the module doc).
 
     Example:
-        >>> art = locate_feature_edit(model, tok, facts, SAESource(sae_path="saes/l20"), "m")
+        >>> art = locate_featureedit(model, tok, facts, SAESource(sae_path="saes/l20"), "m")
         >>> art.provenance.report["choices"][0]["delta_prob"]
     """
     _check_facts(facts)

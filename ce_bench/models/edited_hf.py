@@ -27,9 +27,10 @@ from lm_eval.api.model import CacheHook
 from lm_eval.models.huggingface import HFLM
 
 from ce_bench import pairing
-from ce_bench.artifacts import fingerprint, load_artifact, save_artifact
+from ce_bench.artifacts import fingerprint, load_artifact
 from ce_bench.embedded import resolve_pretrained
 from ce_bench.interventions import Switch
+from ce_bench.interventions.base import save_intervention
 from ce_bench.interventions.intervention_set import InterventionSet, parameter_overrides
 from ce_bench.lifelong import (
     LifelongSession,
@@ -125,7 +126,7 @@ class EditedHFLM(HFLM):
                     art = self.lifelong.editor.to_artifact(
                         self.model, self.model_name, self.lifelong.stream
                     )
-                    save_artifact(art, save_edits)
+                    save_intervention(art, save_edits)
         except BaseException:
             self.edits.close()
             raise

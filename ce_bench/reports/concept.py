@@ -29,8 +29,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from ce_bench.artifacts import Artifact, save_artifact
+from ce_bench.artifacts import Artifact
 from ce_bench.emotions import EMOTIONS
+from ce_bench.interventions.base import save_intervention
 from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
 from ce_bench.locate.sae_features import FeatureNotFound, SAESource
 from ce_bench.runtime import EMBEDDED_NAME
@@ -120,7 +121,7 @@ def run_benchmark(
                 cell.located, cell.note = False, str(err)
                 console.print(f"[yellow]{err}[/yellow]")
                 continue
-            path = save_artifact(artifact, config.out / "artifacts" / method / emotion)
+            path = save_intervention(artifact, config.out / "artifacts" / method / emotion)
             cell.artifact = str(path)
             evaluate = _evaluator(model, tokenizer, path, emotion, config, shared)
             for strength in strength_grid(artifact):

@@ -26,8 +26,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from ce_bench.artifacts import Artifact, save_artifact
+from ce_bench.artifacts import Artifact
 from ce_bench.classification import dataset as dataset_named
+from ce_bench.interventions.base import save_intervention
 from ce_bench.locate.ranges import (
     TrainingActivations,
     locate_class_direction,
@@ -106,7 +107,7 @@ def run_erasure_report(
         row = Row(data.classes[data.class_index(target)])
         methods = _methods(model, tokenizer, target, config, activations, middle)
         for method, artifact in methods.items():
-            path = save_artifact(
+            path = save_intervention(
                 artifact, config.out / "artifacts" / _slug(row.target) / _slug(method)
             )
             erasure, ppl, mmlu = _evaluate(model, tokenizer, path, row.target, config, unedited)
