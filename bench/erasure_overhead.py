@@ -31,9 +31,9 @@ from lm_eval.models.huggingface import HFLM
 
 from ce_bench.artifacts import save_artifact
 from ce_bench.classification import DATASETS, choose_shots, few_shot_prompt, load_examples
-from ce_bench.locate.ranges import locate_ranges, penultimate_layer
-from ce_bench.models.edited_hf import EditedHFLM
 from ce_bench.embedded import embedded_model_dir
+from ce_bench.locate.ranges import RangesConfig, locate_ranges
+from ce_bench.models.edited_hf import EditedHFLM
 from ce_bench.runtime import EMBEDDED_NAME
 
 BATCH_SIZE = 8
@@ -58,10 +58,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     work = requests(args.items)
     hf = HFLM(pretrained=str(embedded_model_dir()), device="cpu", batch_size=BATCH_SIZE)
+    config = RangesConfig(target="Sports", per_class=8)  # at the penultimate layer
     located = locate_ranges(
-        hf.model, hf.tokenizer, DATASETS["agnews"], "Sports", penultimate_layer(hf.model),
-        EMBEDDED_NAME, per_class=8,
-    )  # fmt: skip
+        hf.model, hf.tokenizer, DATASETS["agnews"], config, model_name=EMBEDDED_NAME
+    )
     models: dict[str, HFLM] = {"hf": hf}
     with tempfile.TemporaryDirectory(prefix="ce-bench-erasure-") as workdir:
         for name, gate in (("range_mask", "range"), ("neuron masking", "always")):

@@ -21,13 +21,14 @@ import time
 
 import torch
 
+from ce_bench.embedded import load_model
 from ce_bench.emotions import emotion_prompts, load_scenarios, split_scenarios
 from ce_bench.locate.knowledge_neurons import (
+    KnowledgeNeuronsConfig,
     locate_knowledge_neurons,
     neuron_attributions,
     neuron_attributions_reference,
 )
-from ce_bench.embedded import load_model
 from ce_bench.runtime import EMBEDDED_NAME
 
 
@@ -70,9 +71,8 @@ def main() -> None:
     print(f"total: batched {totals['batched']:.2f} s, loop {totals['loop']:.2f} s")
 
     start = time.perf_counter()
-    artifact = locate_knowledge_neurons(
-        model, tokenizer, prompts, args.layer, EMBEDDED_NAME, steps=args.steps, min_share=0.0
-    )
+    config = KnowledgeNeuronsConfig(layer=args.layer, steps=args.steps, min_share=0.0)
+    artifact = locate_knowledge_neurons(model, tokenizer, prompts, config, model_name=EMBEDDED_NAME)
     per_prompt = (time.perf_counter() - start) / len(prompts)
     kept = artifact.tensors["neurons"].numel()
     print(f"locate: {per_prompt:.2f} s per prompt ({len(prompts)} prompts, {kept} neurons kept)")

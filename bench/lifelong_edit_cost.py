@@ -31,9 +31,9 @@ CHILD = "--child"
 
 def reference() -> dict[str, float]:
     """One forward pass of an edit prompt on the loaded model: the unit of edit cost."""
+    from ce_bench.embedded import load_model
     from ce_bench.lifelong import load_stream
     from ce_bench.lifelong.editor import edit_batch
-    from ce_bench.embedded import load_model
 
     model, tokenizer = load_model(None, "cpu")
     batch = edit_batch(tokenizer, load_stream("zsre", 1).records[0], torch.device("cpu"))
@@ -47,9 +47,9 @@ def reference() -> dict[str, float]:
 
 def edit(editor: str, num_edits: int) -> dict[str, float]:
     """Apply the first `num_edits` ZsRE records with `editor`; its time and state size."""
+    from ce_bench.embedded import load_model
     from ce_bench.interventions import Switch
     from ce_bench.lifelong import load_stream, new_editor
-    from ce_bench.embedded import load_model
 
     model, tokenizer = load_model(None, "cpu")
     params = {"alpha": "auto"} if editor == "microedit" else {}

@@ -22,9 +22,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from ce_bench.embedded import load_model
 from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
 from ce_bench.locate.sae_features import FeatureNotFound, SAESource
-from ce_bench.embedded import load_model
 from ce_bench.runtime import EMBEDDED_NAME
 from ce_bench.sae_training import ensure_sae
 

@@ -48,9 +48,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, save_artifact
-from ce_bench.locate.diffmean import locate_diffmean
-from ce_bench.models.edited_hf import EditedHFLM
 from ce_bench.embedded import embedded_model_dir
+from ce_bench.locate.diffmean import DiffmeanConfig, locate_diffmean
+from ce_bench.models.edited_hf import EditedHFLM
 from ce_bench.runtime import EMBEDDED_NAME
 from ce_bench.sites import Site
 
@@ -169,9 +169,8 @@ def build_configs(items: int, prompts: int, workdir: Path) -> list[Config]:
         hf.tokenizer,
         (ROOT / "examples/happy.txt").read_text().splitlines(),
         (ROOT / "examples/neutral.txt").read_text().splitlines(),
-        LAYER,
-        EMBEDDED_NAME,
-        strength=STRENGTH,
+        DiffmeanConfig(layer=LAYER, strength=STRENGTH),
+        model_name=EMBEDDED_NAME,
     )
     vector = steer.tensors["vector"]
     identity = ModelIdentity.of(hf.model, EMBEDDED_NAME)

@@ -17,12 +17,13 @@ from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
 from ce_bench.locate.golden import golden_pairs
 from ce_bench.locate.sae_features import (
     FeatureNotFound,
+    SAEFeatureConfig,
     SAESource,
     feature_attributions,
     locate_sae_feature,
     names_emotion,
 )
-from ce_bench.locate.sft import locate_sft
+from ce_bench.locate.sft import SFTConfig, locate_sft
 from ce_bench.scoring import answer_nll, golden_batch
 from tests.helpers import attached
 
@@ -86,8 +87,9 @@ def test_reinforcer_picks_the_planted_feature_and_reports_the_candidates(tiny, t
     model, tokenizer = tiny
     _, path = _planted_sae(model, tokenizer, tmp_path)
     probes = ["You fold the laundry. You feel", "You water the plants. You feel"]
+    config = SAEFeatureConfig(source=SAESource(str(path)))
     art = locate_sae_feature(
-        model, tokenizer, _prompts("anger", "anger"), probes, SAESource(str(path)), "tiny"
+        model, tokenizer, _prompts("anger", "anger"), probes, config, model_name="tiny"
     )
     assert art.kind == "sae_clamp" and art.params["feature"] == PLANTED
     report = art.provenance.report
@@ -99,7 +101,7 @@ def test_reinforcer_picks_the_planted_feature_and_reports_the_candidates(tiny, t
     build_intervention(load_artifact(save_artifact(art, tmp_path / "art")), model)
     (path / "training_report.json").write_text(json.dumps({"settings": {"seed": 7}}))
     again = locate_sae_feature(
-        model, tokenizer, _prompts("anger", "anger"), probes, SAESource(str(path)), "tiny"
+        model, tokenizer, _prompts("anger", "anger"), probes, config, model_name="tiny"
     )
     assert again.provenance.report["sae_seed"] == 7  # every seed the artifact depends on
 
@@ -109,8 +111,9 @@ def test_no_matching_interpretation_means_the_sae_fails_to_locate(tiny, tmp_path
     _, path = _planted_sae(model, tokenizer, tmp_path)
     probes = ["You fold the laundry. You feel"]
     with pytest.raises(FeatureNotFound, match="no SAE feature among the top 10 reads as 'fear'"):
+        config = SAEFeatureConfig(source=SAESource(str(path)))
         locate_sae_feature(
-            model, tokenizer, _prompts("fear", "anger"), probes, SAESource(str(path)), "tiny"
+            model, tokenizer, _prompts("fear", "anger"), probes, config, model_name="tiny"
         )
 
 
@@ -125,7 +128,8 @@ def test_sft_trains_only_w_down_and_leaves_the_model_unchanged(tiny, tmp_path): 
     model, tokenizer = tiny
     prompts = _prompts("anger", "anger")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    art = locate_sft(model, tokenizer, prompts, 1, "tiny", lr=1e-2, epochs=5)
+    config = SFTConfig(layer=1, lr=1e-2, epochs=5)
+    art = locate_sft(model, tokenizer, prompts, config, model_name="tiny")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert art.kind == "weight_delta" and art.tensors["delta"].abs().sum() > 0
     batch = golden_batch(tokenizer, golden_pairs(prompts), torch.device("cpu"))

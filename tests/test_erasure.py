@@ -22,6 +22,8 @@ from ce_bench.embedded import load_model
 from ce_bench.interventions import build_intervention
 from ce_bench.interventions.ranges import RangeMaskParams, mask_units
 from ce_bench.locate.ranges import (
+    ClassSteeringConfig,
+    RangesConfig,
     linear_probe,
     locate_class_direction,
     locate_ranges,
@@ -127,13 +129,21 @@ def test_max_probeless_and_probe_rankings_find_the_unit_that_marks_the_class() -
 def test_unknown_class_is_an_error_listing_the_valid_ones(tiny_llama_dir) -> None:
     model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
     with pytest.raises(ValueError, match="unknown class 'Weather'.*World, Sports, Business"):
-        locate_ranges(model, tokenizer, AGNEWS, "Weather", 1, "tiny")
+        locate_ranges(
+            model, tokenizer, AGNEWS, RangesConfig(target="Weather", layer=1), model_name="tiny"
+        )
     assert AGNEWS.class_index("technology") == AGNEWS.class_index("Sci/Tech") == 3
 
 
 def test_located_ranges_are_the_target_class_statistics_of_the_top_units(tiny_llama_dir) -> None:
     model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
-    art = locate_ranges(model, tokenizer, AGNEWS, "Sports", 1, "tiny", per_class=6)
+    art = locate_ranges(
+        model,
+        tokenizer,
+        AGNEWS,
+        RangesConfig(target="Sports", layer=1, per_class=6),
+        model_name="tiny",
+    )
     train = load_examples(AGNEWS, "train")
     shots = choose_shots(AGNEWS, train)
     sports = [e for e in train if e.label == 1 and e not in shots][:6]
@@ -154,7 +164,13 @@ def test_located_ranges_are_the_target_class_statistics_of_the_top_units(tiny_ll
 @pytest.fixture(scope="module")
 def sports_ranges(tmp_path_factory, embedded_dir):  # type: ignore[no-untyped-def]
     model, tokenizer = load_model("smollm2-135m", "cpu")
-    art = locate_ranges(model, tokenizer, AGNEWS, "Sports", 28, "smollm2-135m", per_class=8)
+    art = locate_ranges(
+        model,
+        tokenizer,
+        AGNEWS,
+        RangesConfig(target="Sports", layer=28, per_class=8),
+        model_name="smollm2-135m",
+    )
     return save_artifact(art, tmp_path_factory.mktemp("ranges") / "sports")
 
 
@@ -199,7 +215,13 @@ def test_target_all_with_too_few_artifacts_fails_when_the_task_is_built(
     tmp_path, tiny_llama_dir
 ) -> None:
     model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
-    art = locate_ranges(model, tokenizer, AGNEWS, "Sports", 1, str(tiny_llama_dir), per_class=2)
+    art = locate_ranges(
+        model,
+        tokenizer,
+        AGNEWS,
+        RangesConfig(target="Sports", layer=1, per_class=2),
+        model_name=str(tiny_llama_dir),
+    )
     sports = str(save_artifact(art, tmp_path / "sports"))
     with pytest.raises(ValueError, match="no artifact .* located for World, Business, Sci/Tech"):
         load_docs(dataset="agnews", target="all", intervention=sports)
@@ -231,7 +253,13 @@ def test_target_all_measures_each_class_with_its_own_artifact_in_one_run(
     model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
     paths = [
         save_artifact(
-            locate_ranges(model, tokenizer, AGNEWS, name, 1, str(tiny_llama_dir), per_class=4),
+            locate_ranges(
+                model,
+                tokenizer,
+                AGNEWS,
+                RangesConfig(target=name, layer=1, per_class=4),
+                model_name=str(tiny_llama_dir),
+            ),
             tmp_path / "artifacts" / str(i),
         )
         for i, name in enumerate(AGNEWS.classes)
@@ -322,10 +350,11 @@ def test_sae_range_masking_edits_latents_and_keeps_the_reconstruction_error(
     sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=16))
     sae.cfg.metadata.hook_name = "model.layers.1"
     sae.save_model(tmp_path / "sae")
-    located = locate_ranges(
-        model, tokenizer, AGNEWS, "Sports", 1, "tiny", gate="always", per_class=4,
+    config = RangesConfig(
+        target="Sports", layer=1, gate="always", per_class=4,
         sae=SAESource(sae_path=str(tmp_path / "sae")),
     )  # fmt: skip
+    located = locate_ranges(model, tokenizer, AGNEWS, config, model_name="tiny")
     units = located.tensors["neurons"]
     assert located.params["sae_path"] == str(tmp_path / "sae") and int(units.max()) < 16
     assert located.provenance.report["ranking"] == "sae"
@@ -348,13 +377,21 @@ def test_sae_range_masking_edits_latents_and_keeps_the_reconstruction_error(
 def test_class_steering_baselines_use_the_class_difference_of_means(tiny_llama_dir) -> None:
     model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
     acts = training_activations(model, tokenizer, AGNEWS, 1, per_class=4)
-    steer = locate_class_direction(model, tokenizer, AGNEWS, "Sports", 1, "tiny", activations=acts)
+    steer = locate_class_direction(
+        model,
+        tokenizer,
+        AGNEWS,
+        ClassSteeringConfig(target="Sports", layer=1),
+        model_name="tiny",
+        activations=acts,
+    )
     sports = acts.labels == 1
     expected = acts.h[sports].mean(0) - acts.h[~sports].mean(0)
     torch.testing.assert_close(steer.tensors["vector"], expected)
     assert steer.kind == "steer" and steer.params["strength"] == -2.0
+    config = ClassSteeringConfig(target="Sports", layer=1, kind="directional_ablation")
     ablation = locate_class_direction(
-        model, tokenizer, AGNEWS, "Sports", 1, "tiny", kind="directional_ablation", activations=acts
+        model, tokenizer, AGNEWS, config, model_name="tiny", activations=acts
     )
     assert ablation.kind == "directional_ablation"
     assert ablation.provenance.report["target"] == "Sports"

@@ -14,6 +14,7 @@ from ce_bench.artifacts import load_artifact, save_artifact
 from ce_bench.emotions import Prompt
 from ce_bench.locate import knowledge_neurons as kn
 from ce_bench.locate.knowledge_neurons import (
+    KnowledgeNeuronsConfig,
     default_max_neurons,
     locate_knowledge_neurons,
     neuron_attributions,
@@ -209,9 +210,8 @@ def test_locate_applies_threshold_share_and_cap_to_the_attributions(
         return rows[len(seen) - 1]
 
     monkeypatch.setattr(kn, "neuron_attributions", fake)
-    art = locate_knowledge_neurons(
-        model, TOK, _prompts(4), LAYER, "tiny", steps=5, min_share=0.5, max_neurons=1
-    )
+    config = KnowledgeNeuronsConfig(layer=LAYER, steps=5, min_share=0.5, max_neurons=1)
+    art = locate_knowledge_neurons(model, TOK, _prompts(4), config, model_name="tiny")
     assert seen[0] == ("scene 0 made you feel", " angry", LAYER, 5)
     assert art.tensors["neurons"].tolist() == [7]
     assert art.tensors["neurons"].dtype == torch.int64
@@ -225,7 +225,8 @@ def test_locate_writes_a_neuron_scale_artifact_that_round_trips_and_attaches(
     tmp_path: Path,
 ) -> None:
     model = tiny_model("llama")
-    art = locate_knowledge_neurons(model, TOK, _prompts(3), LAYER, "tiny", steps=4, min_share=0)
+    config = KnowledgeNeuronsConfig(layer=LAYER, steps=4, min_share=0)
+    art = locate_knowledge_neurons(model, TOK, _prompts(3), config, model_name="tiny")
     assert (art.kind, art.site) == ("neuron_scale", Site("mlp_act", LAYER))
     assert art.params == {"strength": kn.DEFAULT_STRENGTH, "positions": "all"}
     assert art.provenance.report["max_neurons"] == default_max_neurons(48)
@@ -246,7 +247,8 @@ def test_locate_writes_a_neuron_scale_artifact_that_round_trips_and_attaches(
 
 def test_locate_rejects_a_layer_the_model_does_not_have() -> None:
     with pytest.raises(SiteError, match="out of range"):
-        locate_knowledge_neurons(tiny_model("gpt2"), TOK, _prompts(1), 3, "tiny")
+        config = KnowledgeNeuronsConfig(layer=3)
+        locate_knowledge_neurons(tiny_model("gpt2"), TOK, _prompts(1), config, model_name="tiny")
 
 
 def test_cli_locates_knowledge_neurons_from_a_scenario_folder(

@@ -10,7 +10,7 @@ import pytest
 
 from ce_bench.artifacts import save_artifact
 from ce_bench.embedded import load_model
-from ce_bench.locate.diffmean import locate_diffmean
+from ce_bench.locate.diffmean import DiffmeanConfig, locate_diffmean
 from tests.helpers import lm_eval, results_of
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,8 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 def happy_sv(tmp_path_factory, embedded_dir) -> Path:  # type: ignore[no-untyped-def]
     model, tokenizer = load_model("smollm2-135m", "cpu")
     lines = [(EXAMPLES / f"{name}.txt").read_text().splitlines() for name in ("happy", "neutral")]
-    art = locate_diffmean(model, tokenizer, lines[0], lines[1], 15, "smollm2-135m", strength=6.0)
+    config = DiffmeanConfig(layer=15, strength=6.0)
+    art = locate_diffmean(model, tokenizer, lines[0], lines[1], config, model_name="smollm2-135m")
     return save_artifact(art, tmp_path_factory.mktemp("sv") / "happy_sv")
 
 

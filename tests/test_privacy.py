@@ -19,7 +19,13 @@ from ce_bench.embedded import load_model
 from ce_bench.inject import REPORT_FILE, InjectSettings, inject_facts, memorised
 from ce_bench.interventions import build_intervention
 from ce_bench.interventions.featureedit import marked_rows
-from ce_bench.locate.privacy import feature_effects, locate_fact_neurons, locate_featureedit
+from ce_bench.locate.privacy import (
+    FactNeuronsConfig,
+    FeatureEditConfig,
+    feature_effects,
+    locate_fact_neurons,
+    locate_featureedit,
+)
 from ce_bench.locate.sae_features import SAESource
 from ce_bench.private_facts import Fact, FactSet, load_fact_set
 from ce_bench.scoring import TokenScore, golden_batch
@@ -205,9 +211,8 @@ def test_locate_feature_edit_writes_the_chosen_features_directions(
 ) -> None:
     model, tokenizer = load_model(str(injected), "cpu")
     sae_path = _tiny_sae(tmp_path)
-    art = locate_featureedit(
-        model, tokenizer, TINY_FACTS.facts, SAESource(sae_path=str(sae_path)), "tiny"
-    )
+    config = FeatureEditConfig(source=SAESource(sae_path=str(sae_path)))
+    art = locate_featureedit(model, tokenizer, TINY_FACTS.facts, config, model_name="tiny")
     from ce_bench.interventions.sae import load_sae
 
     w_dec = load_sae(str(sae_path)).W_dec.detach()
@@ -290,7 +295,8 @@ def test_lm_eval_scores_fact_neuron_erasure_on_and_off_in_one_run(
     }
     facts_file.write_text(json.dumps(records))
     model, tokenizer = load_model(str(injected), "cpu")
-    art = locate_fact_neurons(model, tokenizer, TINY_FACTS.facts, LAYER, str(injected), steps=4)
+    config = FactNeuronsConfig(layer=LAYER, steps=4)
+    art = locate_fact_neurons(model, tokenizer, TINY_FACTS.facts, config, model_name=str(injected))
     path = save_artifact(art, tmp_path / "kn")
     proc = lm_eval(
         "--model", "edited_hf",

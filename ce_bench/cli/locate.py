@@ -47,12 +47,12 @@ def locate_diffmean_cmd(
     6)."""
     from ce_bench.embedded import load_model
     from ce_bench.interventions.base import save_intervention
-    from ce_bench.locate.diffmean import locate_diffmean
+    from ce_bench.locate.diffmean import DiffmeanConfig, locate_diffmean
 
+    config = DiffmeanConfig(layer=layer, aggregate=aggregate, strength=strength)
     lm, tokenizer = load_model(model, device)
-    artifact = locate_diffmean(
-        lm, tokenizer, lines_of(positive), lines_of(negative), layer, model, aggregate, strength
-    )
+    positives, negatives = lines_of(positive), lines_of(negative)
+    artifact = locate_diffmean(lm, tokenizer, positives, negatives, config, model_name=model)
     save_intervention(artifact, out)
     norm = float(artifact.tensors["vector"].norm())
     console.print(f"wrote {out} (steer at {artifact.site}, |v| = {norm:.3f})")
@@ -259,17 +259,17 @@ def locate_ranges_cmd(
     """Activation ranges of one class for erasure (NeuronLens 5.1, Algorithm 1)."""
     from ce_bench.embedded import load_model
     from ce_bench.interventions.base import save_intervention
-    from ce_bench.locate.ranges import locate_ranges, penultimate_layer
+    from ce_bench.locate.ranges import RangesConfig, locate_ranges
     from ce_bench.locate.sae_features import SAESource
 
     spec = class_dataset(dataset, [target])
-    lm, tokenizer = load_model(model, device)
-    layer = penultimate_layer(lm) if layer is None else layer
     sae = SAESource(sae_path, sae_release, sae_id) if (sae_path or sae_release) else None
-    artifact = locate_ranges(
-        lm, tokenizer, spec, target, layer, model, ranking, top, tau, phi, gate, data, per_class,
-        sae=sae,
+    config = RangesConfig(
+        target=target, layer=-1 if layer is None else layer, ranking=ranking, top=top, tau=tau,
+        phi=phi, gate=gate, source=data, per_class=per_class, sae=sae,
     )  # fmt: skip
+    lm, tokenizer = load_model(model, device)
+    artifact = locate_ranges(lm, tokenizer, spec, config, model_name=model)
     save_intervention(artifact, out)
     report = artifact.provenance.report
     console.print(
@@ -294,14 +294,15 @@ def locate_class_steering_cmd(
     """NeuronLens Appendix M baselines: r = class mean - other classes' mean at the label token."""
     from ce_bench.embedded import load_model
     from ce_bench.interventions.base import save_intervention
-    from ce_bench.locate.ranges import locate_class_direction, middle_layer
+    from ce_bench.locate.ranges import ClassSteeringConfig, locate_class_direction
 
     spec = class_dataset(dataset, [target])
+    config = ClassSteeringConfig(
+        target=target, layer=-1 if layer is None else layer, kind=kind, strength=strength,
+        source=data, per_class=per_class,
+    )  # fmt: skip
     lm, tokenizer = load_model(model, device)
-    layer = middle_layer(lm) if layer is None else layer
-    artifact = locate_class_direction(
-        lm, tokenizer, spec, target, layer, model, kind, strength, data, per_class
-    )
+    artifact = locate_class_direction(lm, tokenizer, spec, config, model_name=model)
     save_intervention(artifact, out)
     console.print(f"wrote {out}: {artifact.kind} of {target} at {artifact.site}")
 
@@ -342,7 +343,7 @@ def locate_featureedit_cmd(
     """FeatureEdit (Knowledge Microscope): per fact the SAE feature with the largest Delta-Prob, its
     decoder direction's large coordinates zeroed in W_down."""
     from ce_bench.interventions.base import save_intervention
-    from ce_bench.locate.privacy import locate_featureedit
+    from ce_bench.locate.privacy import FeatureEditConfig, locate_featureedit
     from ce_bench.locate.sae_features import SAESource
     from ce_bench.runtime import free_cores, torch_threads
 
@@ -353,9 +354,9 @@ def locate_featureedit_cmd(
 
         # SAEs of the base model, as Knowledge Microscope uses Gemma Scope's
         sae_path = str(ensure_sae(layer))
-    source = SAESource(sae_path, sae_release, sae_id)
+    config = FeatureEditConfig(source=SAESource(sae_path, sae_release, sae_id), **options)
     with torch_threads(free_cores()):
-        artifact = locate_featureedit(lm, tokenizer, facts, source, model, **options)
+        artifact = locate_featureedit(lm, tokenizer, facts, config, model_name=model)
     save_intervention(artifact, out)
     report = artifact.provenance.report
     drops = [c["delta_prob"] for c in report["choices"]]
@@ -383,13 +384,14 @@ def locate_fact_neurons_cmd(
     """Knowledge neurons of each fact by integrated gradients, their W_down columns zeroed (the
     neuron baseline of Knowledge Microscope)."""
     from ce_bench.interventions.base import save_intervention
-    from ce_bench.locate.privacy import locate_fact_neurons
+    from ce_bench.locate.privacy import FactNeuronsConfig, locate_fact_neurons
     from ce_bench.runtime import free_cores, torch_threads
 
     options = given_options(steps=steps, threshold=threshold, max_neurons=max_neurons)
+    config = FactNeuronsConfig(layer=layer, **options)
     lm, tokenizer, facts = _privacy_inputs(model, fact, facts_file, device)
     with torch_threads(free_cores()):
-        artifact = locate_fact_neurons(lm, tokenizer, facts, layer, model, **options)
+        artifact = locate_fact_neurons(lm, tokenizer, facts, config, model_name=model)
     save_intervention(artifact, out)
     console.print(
         f"wrote {out}: {len(artifact.tensors['neurons'])} neurons of {len(facts)} facts zeroed"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -10,29 +12,41 @@ from ce_bench.locate.activations import Aggregate, collect_activations
 from ce_bench.sites import Site
 
 
+@dataclass(frozen=True, kw_only=True)
+class DiffmeanConfig:
+    """`locate_diffmean`'s settings."""
+
+    layer: int  # the residual stream after this block
+    aggregate: Aggregate = "last"  # the last token of each text, or the mean over its tokens
+    strength: float = 1.0  # k of h + k v, stored as the artifact's default
+
+
 def locate_diffmean(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]
     positive: list[str],
     negative: list[str],
-    layer: int,
+    config: DiffmeanConfig,
+    *,
     model_name: str,
-    aggregate: Aggregate = "last",
-    strength: float = 1.0,
 ) -> Artifact:
-    """A `steer` artifact whose vector is mean(h_pos) - mean(h_neg) at `resid_post` of `layer`.
+    """A `steer` artifact whose vector is mean(h_pos) - mean(h_neg) at `resid_post` of
+    `config.layer`.
 
     Example:
-        >>> art = locate_diffmean(model, tok, happy_lines, neutral_lines, 15, "smollm2-135m")
+        >>> config = DiffmeanConfig(layer=15)
+        >>> art = locate_diffmean(model, tok, happy, neutral, config, model_name="smollm2-135m")
         >>> save_intervention(art, "artifacts/happy_sv")
     """
     if not positive or not negative:
         raise ValueError("diffmean needs at least one positive and one negative text")
-    site = Site("resid_post", layer)
-    pos = collect_activations(model, tokenizer, positive, site, aggregate, desc="positive")
-    neg = collect_activations(model, tokenizer, negative, site, aggregate, desc="negative")
+    site = Site("resid_post", config.layer)
+    pos = collect_activations(model, tokenizer, positive, site, config.aggregate, desc="positive")
+    neg = collect_activations(model, tokenizer, negative, site, config.aggregate, desc="negative")
     hash_ = data_hash("\n".join(positive), "\n".join(negative))
-    return diffmean_artifact(model, model_name, site, pos, neg, hash_, aggregate, strength)
+    return diffmean_artifact(
+        model, model_name, site, pos, neg, hash_, config.aggregate, config.strength
+    )
 
 
 def diffmean_artifact(

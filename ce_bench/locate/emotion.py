@@ -13,9 +13,8 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -34,10 +33,10 @@ from ce_bench.emotions import (
     split_scenarios,
 )
 from ce_bench.locate.activations import Aggregate, collect_activations
-from ce_bench.locate.diffmean import diffmean_artifact
-from ce_bench.locate.knowledge_neurons import locate_knowledge_neurons
-from ce_bench.locate.sae_features import SAESource, locate_sae_feature
-from ce_bench.locate.sft import locate_sft
+from ce_bench.locate.diffmean import DiffmeanConfig, diffmean_artifact
+from ce_bench.locate.knowledge_neurons import KnowledgeNeuronsConfig, locate_knowledge_neurons
+from ce_bench.locate.sae_features import SAEFeatureConfig, SAESource, locate_sae_feature
+from ce_bench.locate.sft import SFTConfig, locate_sft
 from ce_bench.sites import Site
 
 PROBES = 3  # neutral prompts the Reinforcer continues
@@ -129,21 +128,31 @@ def locate_emotion(method: str, job: EmotionJob) -> Artifact:
     return artifact
 
 
+def method_config(config_cls: type[Any], method: str, **values: Any) -> Any:
+    """`config_cls(**values)`; an option the method does not have is an error naming the ones it
+    has (options come from CLI flags and sweep YAML, where a typo must not pass silently)."""
+    known = [f.name for f in fields(config_cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{method}: unknown option {unknown[0]!r}; known: {', '.join(known)}")
+    return config_cls(**values)
+
+
 @register_locator("steering")
 def _steering(job: EmotionJob) -> Artifact:
     """Mean residual of the emotion's prompts minus that of the other emotions' (Eq. 6)."""
-    aggregate = job.options.get("aggregate", "last")
+    config = method_config(DiffmeanConfig, "steering", layer=job.layer, **job.options)
     others = [e for e in EMOTIONS if e != job.emotion]
     texts = {e: [p.text for p in job.data.prompts(e, job.limit)] for e in EMOTIONS}
     return diffmean_artifact(
         job.model,
         job.model_name,
         Site("resid_post", job.layer),
-        job.residuals_of(job.emotion, aggregate),
-        torch.cat([job.residuals_of(e, aggregate) for e in others]),
+        job.residuals_of(job.emotion, config.aggregate),
+        torch.cat([job.residuals_of(e, config.aggregate) for e in others]),
         data_hash("\n".join(texts[job.emotion]), "\n".join(t for e in others for t in texts[e])),
-        aggregate,
-        job.options.get("strength", 1.0),
+        config.aggregate,
+        config.strength,
     )
 
 
@@ -151,33 +160,39 @@ def _steering(job: EmotionJob) -> Artifact:
 def _sae_features(job: EmotionJob) -> Artifact:
     if job.sae is None:
         raise ValueError("sae-features needs an SAE: a local directory or a sae-lens release/id")
+    config = method_config(SAEFeatureConfig, "sae-features", source=job.sae, **job.options)
     artifact = locate_sae_feature(
         job.model,
         job.tokenizer,
         job.data.prompts(job.emotion, job.limit),
         job.data.probes(),
-        job.sae,
-        job.model_name,
-        **job.options,
+        config,
+        model_name=job.model_name,
     )
     if artifact.site.layer != job.layer:
         raise ValueError(f"the SAE reads layer {artifact.site.layer}, not layer {job.layer}")
     return artifact
 
 
-def _on_prompts(locate: Callable[..., Artifact]) -> Callable[[EmotionJob], Artifact]:
-    """A locator for methods called as locate(model, tokenizer, prompts, layer, name, **options)."""
+def _on_prompts(
+    method: str, locate: Callable[..., Artifact], config_cls: type[Any]
+) -> Callable[[EmotionJob], Artifact]:
+    """A locator for methods called as locate(model, tokenizer, prompts, config, model_name=)."""
 
-    seeded = "seed" in inspect.signature(locate).parameters
+    seeded = "seed" in {f.name for f in fields(config_cls)}
 
     def run(job: EmotionJob) -> Artifact:
         prompts = job.data.prompts(job.emotion, job.limit)
         # one seed per run: the split's seed also orders a method's own randomness (SFT batches)
         options = {"seed": job.data.seed, **job.options} if seeded else job.options
-        return locate(job.model, job.tokenizer, prompts, job.layer, job.model_name, **options)
+        config = method_config(config_cls, method, layer=job.layer, **options)
+        return locate(job.model, job.tokenizer, prompts, config, model_name=job.model_name)
 
     return run
 
 
-register_locator("knowledge-neurons")(_on_prompts(locate_knowledge_neurons))  # Eq. 1-3, A.8
-register_locator("sft")(_on_prompts(locate_sft))  # section 2, W_down only
+for _method, _locate, _config in (
+    ("knowledge-neurons", locate_knowledge_neurons, KnowledgeNeuronsConfig),  # Eq. 1-3, A.8
+    ("sft", locate_sft, SFTConfig),  # section 2, W_down only
+):
+    register_locator(_method)(_on_prompts(_method, _locate, _config))

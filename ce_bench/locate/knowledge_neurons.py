@@ -38,6 +38,7 @@ from ce_bench.locate.golden import prompts_hash
 from ce_bench.sites import Site, attach_hook, module_path, site_width
 
 __all__ = [
+    "KnowledgeNeuronsConfig",
     "NeuronSelection",
     "default_max_neurons",
     "locate_knowledge_neurons",
@@ -196,50 +197,73 @@ def select_neurons(
     return NeuronSelection(ranked.long(), share[ranked], mean[ranked], int(survivors.numel()))
 
 
+@dataclass(frozen=True, kw_only=True)
+class KnowledgeNeuronsConfig:
+    """`locate_knowledge_neurons`'s settings, Unified Concept Editing A.8's defaults."""
+
+    layer: int  # the FFN neurons (input of W_down) of this layer
+    steps: int = DEFAULT_STEPS  # m, the Riemann steps of integrated gradients
+    threshold: float = DEFAULT_THRESHOLD  # t, a fraction of each prompt's maximum attribution
+    min_share: float = DEFAULT_MIN_SHARE  # q, the share of prompts a neuron must pass t in
+    max_neurons: int | None = None  # None: A.8's 450-of-14336 fraction of the layer
+    strength: float = DEFAULT_STRENGTH  # beta of Eq. 3 (2.0 amplifies the concept)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps (m of the Riemann sum) must be at least 1, got {self.steps}")
+        if not 0 <= self.threshold < 1:
+            raise ValueError(
+                f"threshold is a fraction of the maximum in [0, 1), got {self.threshold}"
+            )
+        if not 0 <= self.min_share < 1:
+            raise ValueError(
+                f"min_share is a fraction of the prompts in [0, 1), got {self.min_share}"
+            )
+        if self.max_neurons is not None and self.max_neurons < 1:
+            raise ValueError(f"max_neurons must be at least 1, got {self.max_neurons}")
+
+
 def locate_knowledge_neurons(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]
     prompts: Sequence[Prompt],
-    layer: int,
+    config: KnowledgeNeuronsConfig,
+    *,
     model_name: str,
-    steps: int = DEFAULT_STEPS,
-    threshold: float = DEFAULT_THRESHOLD,
-    min_share: float = DEFAULT_MIN_SHARE,
-    max_neurons: int | None = None,
-    strength: float = DEFAULT_STRENGTH,
 ) -> Artifact:
-    """A `neuron_scale` artifact: the knowledge neurons of `prompts`' golden answers at `layer`.
+    """A `neuron_scale` artifact: the knowledge neurons of `prompts`' golden answers at
+    `config.layer`.
 
-    Each prompt's answer is " " + prompt.golden. `max_neurons` None means
-    `default_max_neurons(d_mlp)`; `strength` is beta of Eq. 3 (2.0 amplifies the concept).
+    Each prompt's answer is " " + prompt.golden.
 
     Example:
-        >>> art = locate_knowledge_neurons(model, tok, prompts, 20, "smollm2-135m")
+        >>> config = KnowledgeNeuronsConfig(layer=20)
+        >>> art = locate_knowledge_neurons(model, tok, prompts, config, model_name="smollm2-135m")
         >>> art.tensors["neurons"].shape, art.provenance.report["neurons"][0]
     """
     if not prompts:
         raise ValueError("knowledge neurons need at least one prompt")
-    _check_ready(model, steps)
-    if not 0 <= threshold < 1:
-        raise ValueError(f"threshold is a fraction of the maximum in [0, 1), got {threshold}")
-    if not 0 <= min_share < 1:
-        raise ValueError(f"min_share is a fraction of the prompts in [0, 1), got {min_share}")
-    if max_neurons is not None and max_neurons < 1:
-        raise ValueError(f"max_neurons must be at least 1, got {max_neurons}")
-    site = Site("mlp_act", layer)
+    _check_ready(model, config.steps)
+    site = Site("mlp_act", config.layer)
     module_path(model, site)  # an out-of-range layer fails here, before any work
-    cap = default_max_neurons(site_width(model, site)) if max_neurons is None else max_neurons
+    cap = (
+        default_max_neurons(site_width(model, site))
+        if config.max_neurons is None
+        else config.max_neurons
+    )
     table = torch.stack(
         [
-            neuron_attributions(model, tokenizer, p.text, " " + p.golden, layer, steps)
-            for p in tqdm(prompts, desc=f"IG attributions, layer {layer}", leave=False)
+            neuron_attributions(
+                model, tokenizer, p.text, " " + p.golden, config.layer, config.steps
+            )
+            for p in tqdm(prompts, desc=f"IG attributions, layer {config.layer}", leave=False)
         ]
     )
-    chosen = select_neurons(table, threshold, min_share, cap)
+    chosen = select_neurons(table, config.threshold, config.min_share, cap)
     return Artifact(
         kind="neuron_scale",
         site=site,
-        params={"strength": strength, "positions": "all"},
+        params={"strength": config.strength, "positions": "all"},
         tensors={"neurons": chosen.neurons},
         model=ModelIdentity.of(model, model_name),
         provenance=Provenance(
@@ -247,9 +271,9 @@ def locate_knowledge_neurons(
             data_hash=prompts_hash(prompts),
             report={
                 "prompts": len(prompts),
-                "steps": steps,
-                "threshold": threshold,
-                "min_share": min_share,
+                "steps": config.steps,
+                "threshold": config.threshold,
+                "min_share": config.min_share,
                 "max_neurons": cap,
                 "candidates": chosen.candidates,
                 "prompts_without_positive_attribution": int((table.max(1).values <= 0).sum()),

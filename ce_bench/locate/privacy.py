@@ -112,23 +112,37 @@ def feature_effects(
     return ranked, float(logprob.detach().exp()), int(active.numel())
 
 
+@dataclass(frozen=True, kw_only=True)
+class FeatureEditConfig:
+    """`locate_featureedit`'s settings (Knowledge Microscope)."""
+
+    source: SAESource  # an SAE of the residual stream after a block
+    tau_2: float = DEFAULT_TAU_2  # decoder-direction threshold of the zeroed W_down rows
+    candidates: int = CANDIDATES  # features per fact whose ablation is measured exactly
+
+    def __post_init__(self) -> None:
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be at least 1, got {self.candidates}")
+
+
 def locate_featureedit(
     model: nn.Module,
     tokenizer: Any,
     facts: Sequence[Fact],
-    source: SAESource,
+    config: FeatureEditConfig,
+    *,
     model_name: str,
-    tau_2: float = DEFAULT_TAU_2,
-    candidates: int = CANDIDATES,
 ) -> Artifact:
-    """A `featureedit` artifact erasing `facts` with the SAE of `source` (see the module doc).
+    """A `featureedit` artifact erasing `facts` with the SAE of `config.source` (see the module
+    doc).
 
     Example:
-        >>> art = locate_featureedit(model, tok, facts, SAESource(sae_path="saes/l20"), "m")
+        >>> config = FeatureEditConfig(source=SAESource(sae_path="saes/l20"))
+        >>> art = locate_featureedit(model, tok, facts, config, model_name="m")
         >>> art.provenance.report["choices"][0]["delta_prob"]
     """
     _check_facts(facts)
-    sae = load_sae(source.sae_path, source.sae_release, source.sae_id)
+    sae = load_sae(config.source.sae_path, config.source.sae_release, config.source.sae_id)
     sae = sae.to(model.get_input_embeddings().weight.device)
     site = site_from_hook_name(model, sae.cfg.metadata.hook_name)
     width = model_dims(model).hidden_size
@@ -139,68 +153,83 @@ def locate_featureedit(
         )
     choices = []
     for fact in tqdm(facts, desc=f"FeatureEdit features at {site}"):
-        ranked, prob, active = feature_effects(model, tokenizer, sae, fact, candidates)
+        ranked, prob, active = feature_effects(model, tokenizer, sae, fact, config.candidates)
         feature, drop = ranked[0]
         choices.append(FeatureChoice(fact.id, feature, round(drop, 4), round(prob, 4), active))
     directions = sae.W_dec.detach().float().cpu()[[c.feature for c in choices]]
-    rows = marked_rows(directions, tau_2)
+    rows = marked_rows(directions, config.tau_2)
     report = {
         "erased": [f.id for f in facts],
         "sae_site": str(site),
-        "candidates": candidates,
+        "candidates": config.candidates,
         "choices": [asdict(c) for c in choices],
         "distinct_features": len({c.feature for c in choices}),
         "marked_rows": int(rows.sum()),
         "zeroed_weights": int(rows.sum()) * model_dims(model).d_mlp,
-        **asdict(source),
+        **asdict(config.source),
     }
     return Artifact(
         kind="featureedit",
         site=Site("mlp_act", site.layer),
-        params={"tau_2": tau_2},
+        params={"tau_2": config.tau_2},
         tensors={"directions": directions},
         model=ModelIdentity.of(model, model_name),
         provenance=Provenance("featureedit", _facts_hash(facts), report=report),
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class FactNeuronsConfig:
+    """`locate_fact_neurons`'s settings: knowledge neurons per fact (Knowledge Microscope's
+    baseline)."""
+
+    layer: int
+    steps: int = DEFAULT_STEPS  # Riemann steps of integrated gradients
+    threshold: float = NEURON_THRESHOLD  # a fraction of the fact's maximum attribution
+    max_neurons: int = NEURONS_PER_FACT
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.max_neurons < 1:
+            raise ValueError("steps and max_neurons must be at least 1")
+
+
 def locate_fact_neurons(
     model: nn.Module,
     tokenizer: Any,
     facts: Sequence[Fact],
-    layer: int,
+    config: FactNeuronsConfig,
+    *,
     model_name: str,
-    steps: int = DEFAULT_STEPS,
-    threshold: float = NEURON_THRESHOLD,
-    max_neurons: int = NEURONS_PER_FACT,
 ) -> Artifact:
-    """A `neuron_scale` artifact (beta = 0) zeroing each fact's knowledge neurons at `layer`.
+    """A `neuron_scale` artifact (beta = 0) zeroing each fact's knowledge neurons at
+    `config.layer`.
 
     Example:
-        >>> art = locate_fact_neurons(model, tok, facts, 20, "m")
+        >>> config = FactNeuronsConfig(layer=20)
+        >>> art = locate_fact_neurons(model, tok, facts, config, model_name="m")
         >>> len(art.tensors["neurons"]), art.provenance.report["facts"][0]
     """
     _check_facts(facts)
-    site = Site("mlp_act", layer)
+    site = Site("mlp_act", config.layer)
     module_path(model, site)  # an out-of-range layer fails here, before any work
     per_fact = []
-    for fact in tqdm(facts, desc=f"knowledge neurons at layer {layer}"):
+    for fact in tqdm(facts, desc=f"knowledge neurons at layer {config.layer}"):
         attr = neuron_attributions(
-            model, tokenizer, fact.training_prompt, " " + fact.value, layer, steps
+            model, tokenizer, fact.training_prompt, " " + fact.value, config.layer, config.steps
         )
         if float(attr.max()) <= 0:
             raise ValueError(
-                f"{fact.id}: no neuron of layer {layer} has a positive attribution for its value;"
-                " has the model memorised the facts (ce-bench inject-facts)?"
+                f"{fact.id}: no neuron of layer {config.layer} has a positive attribution for its"
+                " value; has the model memorised the facts (ce-bench inject-facts)?"
             )
-        chosen = select_neurons(attr[None], threshold, 0.0, max_neurons)
+        chosen = select_neurons(attr[None], config.threshold, 0.0, config.max_neurons)
         per_fact.append({"fact": fact.id, "neurons": chosen.neurons.tolist()})
     neurons = sorted({n for entry in per_fact for n in entry["neurons"]})
     report = {
         "erased": [f.id for f in facts],
-        "steps": steps,
-        "threshold": threshold,
-        "max_neurons_per_fact": max_neurons,
+        "steps": config.steps,
+        "threshold": config.threshold,
+        "max_neurons_per_fact": config.max_neurons,
         "facts": per_fact,
         "zeroed_weights": len(neurons) * model_dims(model).hidden_size,
     }

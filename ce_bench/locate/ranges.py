@@ -125,6 +125,48 @@ class TrainingActivations:
     prompts_hash: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClassData:
+    """Which training examples a class's erasure is located from."""
+
+    source: str = "shipped"  # the project's offline set, or "hub"
+    per_class: int | None = None  # at most this many training examples per class (all if None)
+    shots: int = DEFAULT_SHOTS  # labelled examples in each few-shot prompt (Appendix H)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RangesConfig(ClassData):
+    """`locate_ranges`'s settings, NeuronLens's defaults (5.1, Appendix C, N)."""
+
+    target: str  # the class to erase, by name or label word
+    layer: int = -1  # the residual after this layer; -1: the penultimate (5.3)
+    ranking: Ranking = "max"
+    top: float | None = None  # kept fraction; None: 0.3 of the units, 0.2 of an SAE's latents
+    tau: float = DEFAULT_TAU
+    phi: Phi = "zero"
+    gate: Gate = "range"
+    sae: SAESource | None = None  # mask ranges of this SAE's latents instead (Appendix N)
+
+    def __post_init__(self) -> None:
+        RangeMaskParams(phi=self.phi, gate=self.gate, tau=self.tau)
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassSteeringConfig(ClassData):
+    """`locate_class_direction`'s settings (NeuronLens Appendix M)."""
+
+    target: str  # the class to remove, by name or label word
+    layer: int = -1  # -1: the model's middle layer (Appendix M)
+    kind: str = "steer"  # steer (h + a r) or directional_ablation (h - r r^T h)
+    strength: float = DEFAULT_STEER  # a of h + a r
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("steer", "directional_ablation"):
+            raise ValueError(f"kind must be steer or directional_ablation, got {self.kind!r}")
+
+
 def training_activations(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]
@@ -157,48 +199,37 @@ def locate_ranges(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]
     data: ClassDataset,
-    target: str,
-    layer: int,
+    config: RangesConfig,
+    *,
     model_name: str,
-    ranking: Ranking = "max",
-    top: float | None = None,
-    tau: float = DEFAULT_TAU,
-    phi: Phi = "zero",
-    gate: Gate = "range",
-    source: str = "shipped",
-    per_class: int | None = None,
-    shots: int = DEFAULT_SHOTS,
-    sae: SAESource | None = None,
     activations: TrainingActivations | None = None,
 ) -> Artifact:
-    """A `range_mask` artifact erasing class `target` of `data` at `resid_post` of `layer`.
-
-    `top` is the kept fraction (0.3 for neurons, 0.2 of the frequent latents with an SAE);
-    `per_class` caps the training examples per class. `activations` (from
-    `training_activations` with the same data, layer, source and shots) saves reading them.
+    """A `range_mask` artifact erasing class `config.target` of `data` at `resid_post` of
+    `config.layer`. `activations` (from `training_activations` with the same data, layer,
+    source and shots) saves reading them again.
 
     Example:
-        >>> art = locate_ranges(model, tok, DATASETS["agnews"], "Sports", 28, "smollm2-135m")
+        >>> config = RangesConfig(target="Sports", layer=28)
+        >>> art = locate_ranges(model, tok, DATASETS["agnews"], config, model_name="smollm2-135m")
         >>> art.tensors["neurons"].shape, art.params["tau"]
     """
-    index = data.class_index(target)
-    RangeMaskParams(phi=phi, gate=gate, tau=tau)
-    if ranking not in RANKINGS:
-        raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
-    activations = _activations_for(
-        model, tokenizer, data, layer, source, per_class, shots, activations
-    )
+    index = data.class_index(config.target)
+    layer = penultimate_layer(model) if config.layer == -1 else config.layer
+    sae = config.sae
+    activations = _activations_for(model, tokenizer, data, layer, config, activations)
     h, labels = activations.h, activations.labels
     if not bool((labels == index).any()):
-        raise ValueError(f"no training examples of class {target!r} in {data.name}")
-    params: dict[str, object] = {"phi": phi, "gate": gate, "tau": tau, "positions": "last"}
+        raise ValueError(f"no training examples of class {config.target!r} in {data.name}")
+    params: dict[str, object] = {
+        "phi": config.phi, "gate": config.gate, "tau": config.tau, "positions": "last",
+    }  # fmt: skip
     if sae is None:
-        units = top_fraction(
-            saliency(h, labels, index, ranking), DEFAULT_TOP if top is None else top
-        )
+        top = DEFAULT_TOP if config.top is None else config.top
+        units = top_fraction(saliency(h, labels, index, config.ranking), top)
         values = h
     else:
-        units, values = _sae_units(h, labels, index, sae, SAE_TOP if top is None else top)
+        top = SAE_TOP if config.top is None else config.top
+        units, values = _sae_units(h, labels, index, sae, top)
         params.update({k: v for k, v in vars(sae).items() if v})
     of_target = values[labels == index][:, units]
     others = values[labels != index][:, units]
@@ -208,6 +239,7 @@ def locate_ranges(
         "sigma": of_target.std(0, correction=0),  # 5.1: population standard deviation
         "direction": of_target.mean(0) - others.mean(0),  # M.2: for phi=steer
     }
+    ranking = "sae" if sae else config.ranking
     return Artifact(
         kind="range_mask",
         site=Site("resid_post", layer),
@@ -218,15 +250,15 @@ def locate_ranges(
             method="ranges",
             data_hash=activations.prompts_hash,
             report={
-                "variant": "sae" if sae else ranking,
+                "variant": ranking,
                 "dataset": data.name,
-                "data_source": source,
+                "data_source": config.source,
                 "target": data.classes[index],
                 "target_index": index,
-                "ranking": "sae" if sae else ranking,
+                "ranking": ranking,
                 "kept": int(units.numel()),
                 "examples_per_class": [int((labels == c).sum()) for c in range(len(data.classes))],
-                "shots": shots,
+                "shots": config.shots,
             },
         ),
     )
@@ -237,15 +269,17 @@ def _activations_for(  # type: ignore[no-untyped-def]
     tokenizer,
     data: ClassDataset,
     layer: int,
-    source: str,
-    per_class: int | None,
-    shots: int,
+    chosen: ClassData,
     given: TrainingActivations | None,
 ) -> TrainingActivations:
     """`given` if it was read for this data, layer, source and shots; read them if None."""
     if given is None:
-        return training_activations(model, tokenizer, data, layer, source, per_class, shots)
-    if (given.data, given.layer, given.source, given.shots) != (data, layer, source, shots):
+        return training_activations(
+            model, tokenizer, data, layer, chosen.source, chosen.per_class, chosen.shots
+        )
+    if (given.data, given.layer, given.source, given.shots) != (
+        data, layer, chosen.source, chosen.shots,
+    ):  # fmt: skip
         raise ValueError("the given activations were read for other data, layer or shots")
     return given
 
@@ -273,37 +307,31 @@ def locate_class_direction(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]
     data: ClassDataset,
-    target: str,
-    layer: int,
+    config: ClassSteeringConfig,
+    *,
     model_name: str,
-    kind: str = "steer",
-    strength: float = DEFAULT_STEER,
-    source: str = "shipped",
-    per_class: int | None = None,
     activations: TrainingActivations | None = None,
 ) -> Artifact:
     """NeuronLens Appendix M's baselines from r = mean(class) - mean(other classes) at the
     label-predicting token: `steer` (h + a r, a = -2) or `directional_ablation` (h - r r^T h).
     """
-    index = data.class_index(target)
-    if kind not in ("steer", "directional_ablation"):
-        raise ValueError(f"kind must be steer or directional_ablation, got {kind!r}")
-    activations = _activations_for(
-        model, tokenizer, data, layer, source, per_class, DEFAULT_SHOTS, activations
-    )
+    index = data.class_index(config.target)
+    layer = middle_layer(model) if config.layer == -1 else config.layer
+    activations = _activations_for(model, tokenizer, data, layer, config, activations)
     h, labels = activations.h, activations.labels
     site = Site("resid_post", layer)
     steer = diffmean_artifact(
         model, model_name, site, h[labels == index], h[labels != index],
-        activations.prompts_hash, "last", strength,
+        activations.prompts_hash, "last", config.strength,
     )  # fmt: skip
-    report = {"variant": kind, "dataset": data.name, "data_source": source}
+    report = {"variant": config.kind, "dataset": data.name, "data_source": config.source}
     report["target"] = data.classes[index]
     provenance = dataclasses.replace(
         steer.provenance,
         method="class-steering",
         report={**steer.provenance.report, **report},
     )
+    kind = config.kind
     if kind == "steer":
         return dataclasses.replace(steer, provenance=provenance)
     return Artifact(

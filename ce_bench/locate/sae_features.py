@@ -180,15 +180,27 @@ def names_emotion(words: Sequence[str], emotion: str) -> bool:
     return any(w in forms for w in words)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SAEFeatureConfig:
+    """`locate_sae_feature`'s settings, Unified Concept Editing A.8's defaults."""
+
+    source: SAESource  # the SAE; its hook fixes the layer
+    top: int = TOP  # candidates interpreted by the Reinforcer
+    reinforce_scale: float = REINFORCE_SCALE  # C * |W_dec[k]| in units of the mean residual norm
+
+    def __post_init__(self) -> None:
+        if self.top < 1:
+            raise ValueError(f"top must be at least 1, got {self.top}")
+
+
 def locate_sae_feature(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]
     prompts: Sequence[Prompt],
     probes: Sequence[str],
-    source: SAESource,
+    config: SAEFeatureConfig,
+    *,
     model_name: str,
-    top: int = TOP,
-    reinforce_scale: float = REINFORCE_SCALE,
 ) -> Artifact:
     """A `sae_clamp` artifact for the emotion of `prompts` (one emotion), or FeatureNotFound.
 
@@ -198,18 +210,19 @@ def locate_sae_feature(
     the unit.
 
     Example:
-        >>> art = locate_sae_feature(model, tok, emotion_prompts("anger", split["anger"].locate),
-        ...                          neutral_probes, SAESource(sae_path="saes/l20"), "smollm2-135m")
+        >>> config = SAEFeatureConfig(source=SAESource(sae_path="saes/l20"))
+        >>> prompts = emotion_prompts("anger", split["anger"].locate)
+        >>> art = locate_sae_feature(model, tok, prompts, probes, config, model_name="smollm2-135m")
     """
     emotion = _one_emotion(prompts)
-    sae = load_sae(source.sae_path, source.sae_release, source.sae_id)
+    sae = load_sae(config.source.sae_path, config.source.sae_release, config.source.sae_id)
     device = next(model.parameters()).device
     sae = sae.to(device)
     site = site_from_hook_name(model, sae.cfg.metadata.hook_name)
     attributions = feature_attributions(model, tokenizer, sae, prompts)
-    ranked = attributions.mean(0).argsort(descending=True)[:top].tolist()
+    ranked = attributions.mean(0).argsort(descending=True)[: config.top].tolist()
     unit = _residual_unit(model, tokenizer, site, prompts, sae)
-    clamps = [(feature, reinforce_scale * float(unit[feature])) for feature in ranked]
+    clamps = [(feature, config.reinforce_scale * float(unit[feature])) for feature in ranked]
     readings = interpret(model, tokenizer, sae, clamps, probes)
     candidates = [
         Candidate(
@@ -224,10 +237,15 @@ def locate_sae_feature(
     chosen = next((c for c in candidates if c.matches), None)
     if chosen is None:
         raise FeatureNotFound(emotion, candidates)
-    per_prompt_top = attributions.argsort(dim=1, descending=True)[:, :top]
+    per_prompt_top = attributions.argsort(dim=1, descending=True)[:, : config.top]
     hit_rate = float((per_prompt_top == chosen.feature).any(dim=1).float().mean())
     strength = float(unit[chosen.feature])
-    params = {"feature": chosen.feature, "strength": strength, "mode": "replace", **asdict(source)}
+    params = {
+        "feature": chosen.feature,
+        "strength": strength,
+        "mode": "replace",
+        **asdict(config.source),
+    }
     provenance = Provenance(
         method="sae-features",
         data_hash=prompts_hash(prompts),
@@ -237,8 +255,8 @@ def locate_sae_feature(
             "chosen_rank": chosen.rank,
             "top10_hit_rate": hit_rate,
             "strength_unit": strength,
-            "reinforce_scale": reinforce_scale,
-            **_sae_seed(source),
+            "reinforce_scale": config.reinforce_scale,
+            **_sae_seed(config.source),
         },
     )
     identity = ModelIdentity.of(model, model_name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,39 +29,54 @@ DEFAULT_EPOCHS = 2
 DEFAULT_BATCH_SIZE = 8
 
 
+@dataclass(frozen=True, kw_only=True)
+class SFTConfig:
+    """`locate_sft`'s settings."""
+
+    layer: int  # W_down of this layer is the only weight that trains
+    lr: float = DEFAULT_LR
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0  # the order of the batches
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+
+
 def locate_sft(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]
     prompts: Sequence[Prompt],
-    layer: int,
+    config: SFTConfig,
+    *,
     model_name: str,
-    lr: float = DEFAULT_LR,
-    epochs: int = DEFAULT_EPOCHS,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
 ) -> Artifact:
-    """A `weight_delta` artifact: W_down(layer) after fine-tuning on `prompts` minus before.
+    """A `weight_delta` artifact: W_down(config.layer) after fine-tuning on `prompts` minus
+    before.
 
     Example:
-        >>> art = locate_sft(model, tok, emotion_prompts("anger", split["anger"].locate), 20,
-        ...                  "smollm2-135m")
+        >>> prompts = emotion_prompts("anger", split["anger"].locate)
+        >>> art = locate_sft(model, tok, prompts, SFTConfig(layer=20), model_name="smollm2-135m")
     """
     if not prompts:
         raise ValueError("sft needs at least one prompt")
-    site = Site("mlp_act", layer)
+    site = Site("mlp_act", config.layer)
     weight = model.get_submodule(module_path(model, site)).weight
     original = weight.detach().clone()
     losses: list[float] = []
-    optimiser = torch.optim.Adam([weight], lr=lr)
-    order, rng = list(range(len(prompts))), random.Random(seed)
-    steps = epochs * ((len(order) + batch_size - 1) // batch_size)
+    optimiser = torch.optim.Adam([weight], lr=config.lr)
+    order, rng = list(range(len(prompts))), random.Random(config.seed)
+    steps = config.epochs * ((len(order) + config.batch_size - 1) // config.batch_size)
     try:
         model.train(False)  # no dropout: the fine-tune should be deterministic
         with frozen_parameters(model, [weight]), tqdm(total=steps, desc="sft W_down") as bar:
-            for _ in range(epochs):
+            for _ in range(config.epochs):
                 rng.shuffle(order)
-                for start in range(0, len(order), batch_size):
-                    batch = [prompts[i] for i in order[start : start + batch_size]]
+                for start in range(0, len(order), config.batch_size):
+                    batch = [prompts[i] for i in order[start : start + config.batch_size]]
                     loss = answer_nll(
                         model, golden_batch(tokenizer, golden_pairs(batch), weight.device)
                     ).mean()
@@ -84,10 +100,10 @@ def locate_sft(
             method="sft",
             data_hash=prompts_hash(prompts),
             report={
-                "lr": lr,
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "seed": seed,
+                "lr": config.lr,
+                "epochs": config.epochs,
+                "batch_size": config.batch_size,
+                "seed": config.seed,
                 "prompts": len(prompts),
                 "first_loss": losses[0],
                 "last_loss": losses[-1],

@@ -30,6 +30,8 @@ from ce_bench.artifacts import Artifact
 from ce_bench.classification import dataset as dataset_named
 from ce_bench.interventions.base import save_intervention
 from ce_bench.locate.ranges import (
+    ClassSteeringConfig,
+    RangesConfig,
     TrainingActivations,
     locate_class_direction,
     locate_ranges,
@@ -137,20 +139,25 @@ def _methods(  # type: ignore[no-untyped-def]
 ) -> dict[str, Artifact]:
     """The artifacts compared for one class: neuron and range masking of the same located
     units, and with `baselines` Appendix M's steering (a = -2) and directional ablation."""
-    located = locate_ranges(
-        model, tokenizer, activations.data, target, activations.layer, config.model,
-        config.ranking, phi=config.phi, source=config.data, activations=activations,
+    ranges = RangesConfig(
+        target=target, layer=activations.layer, ranking=config.ranking, phi=config.phi,
+        source=config.data,
     )  # fmt: skip
+    located = locate_ranges(
+        model, tokenizer, activations.data, ranges, model_name=config.model, activations=activations
+    )
     methods = {
         method: dataclasses.replace(located, params={**located.params, "gate": gate})
         for method, gate in GATES.items()
     }
     if middle is not None:
         for method, kind in BASELINES.items():
+            steering = ClassSteeringConfig(
+                target=target, layer=middle.layer, kind=kind, source=config.data
+            )
             methods[method] = locate_class_direction(
-                model, tokenizer, middle.data, target, middle.layer, config.model, kind,
-                source=config.data, activations=middle,
-            )  # fmt: skip
+                model, tokenizer, middle.data, steering, model_name=config.model, activations=middle
+            )
     return methods
 
 
