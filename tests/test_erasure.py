@@ -137,13 +137,8 @@ def test_unknown_class_is_an_error_listing_the_valid_ones(tiny_llama_dir) -> Non
 
 def test_located_ranges_are_the_target_class_statistics_of_the_top_units(tiny_llama_dir) -> None:
     model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
-    art = locate_ranges(
-        model,
-        tokenizer,
-        AGNEWS,
-        RangesConfig(target="Sports", layer=1, per_class=6),
-        model_name="tiny",
-    )
+    config = RangesConfig(target="Sports", layer=1, per_class=6)
+    art = locate_ranges(model, tokenizer, AGNEWS, config, model_name="tiny")
     train = load_examples(AGNEWS, "train")
     shots = choose_shots(AGNEWS, train)
     sports = [e for e in train if e.label == 1 and e not in shots][:6]
@@ -164,13 +159,8 @@ def test_located_ranges_are_the_target_class_statistics_of_the_top_units(tiny_ll
 @pytest.fixture(scope="module")
 def sports_ranges(tmp_path_factory, embedded_dir):  # type: ignore[no-untyped-def]
     model, tokenizer = load_model("smollm2-135m", "cpu")
-    art = locate_ranges(
-        model,
-        tokenizer,
-        AGNEWS,
-        RangesConfig(target="Sports", layer=28, per_class=8),
-        model_name="smollm2-135m",
-    )
+    config = RangesConfig(target="Sports", layer=28, per_class=8)
+    art = locate_ranges(model, tokenizer, AGNEWS, config, model_name="smollm2-135m")
     return save_artifact(art, tmp_path_factory.mktemp("ranges") / "sports")
 
 
@@ -215,13 +205,8 @@ def test_target_all_with_too_few_artifacts_fails_when_the_task_is_built(
     tmp_path, tiny_llama_dir
 ) -> None:
     model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
-    art = locate_ranges(
-        model,
-        tokenizer,
-        AGNEWS,
-        RangesConfig(target="Sports", layer=1, per_class=2),
-        model_name=str(tiny_llama_dir),
-    )
+    config = RangesConfig(target="Sports", layer=1, per_class=2)
+    art = locate_ranges(model, tokenizer, AGNEWS, config, model_name=str(tiny_llama_dir))
     sports = str(save_artifact(art, tmp_path / "sports"))
     with pytest.raises(ValueError, match="no artifact .* located for World, Business, Sci/Tech"):
         load_docs(dataset="agnews", target="all", intervention=sports)
@@ -251,18 +236,13 @@ def test_target_all_measures_each_class_with_its_own_artifact_in_one_run(
     tmp_path, tiny_llama_dir
 ) -> None:
     model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
+    configs = [RangesConfig(target=name, layer=1, per_class=4) for name in AGNEWS.classes]
     paths = [
         save_artifact(
-            locate_ranges(
-                model,
-                tokenizer,
-                AGNEWS,
-                RangesConfig(target=name, layer=1, per_class=4),
-                model_name=str(tiny_llama_dir),
-            ),
+            locate_ranges(model, tokenizer, AGNEWS, config, model_name=str(tiny_llama_dir)),
             tmp_path / "artifacts" / str(i),
         )
-        for i, name in enumerate(AGNEWS.classes)
+        for i, config in enumerate(configs)
     ]
     proc = lm_eval(
         "--model", "edited_hf",
