@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-import json
 import logging
 import re
 from collections.abc import Iterator, MutableMapping
@@ -40,7 +39,14 @@ from ce_bench.lifelong import (
     start_session,
     take_editor_params,
 )
-from ce_bench.models.routing import ContextEnds, UneditedAnswers, in_groups, tags_of, untagged
+from ce_bench.models.routing import (
+    ContextEnds,
+    UneditedAnswers,
+    in_groups,
+    once_per_prompt,
+    tags_of,
+    untagged,
+)
 from ce_bench.run_config import AttachedArtifact, RunConfig
 from ce_bench.runtime import EMBEDDED_NAME
 from ce_bench.scoring import score_tokens
@@ -165,27 +171,19 @@ class EditedHFLM(HFLM):
         return in_groups(requests, lambda r: pairing.is_enabled(tags_of(r)), answer)
 
     def _generate_each_once(self, requests: list[Instance], disable_tqdm: bool) -> list[str]:
-        """With nothing attached, ON is OFF: a paired task's two halves are one generation
-        (greedy requests only; sampled ones stay independent draws)."""
-        plain = [untagged(r) for r in requests]
-        keys = [
-            json.dumps(r.args, sort_keys=True, default=str)
-            if not r.args[1].get("do_sample")
-            else str(i)
-            for i, r in enumerate(plain)
-        ]
-        if len(set(keys)) < len(keys) and not self._warned_unedited:
+        """With nothing attached, ON is OFF: a paired task's two halves are one generation."""
+        texts, repeated = once_per_prompt(
+            requests,
+            lambda todo: super(EditedHFLM, self).generate_until(todo, disable_tqdm=disable_tqdm),
+        )
+        if repeated and not self._warned_unedited:
             self._warned_unedited = True
             logger.warning(
                 "edited_hf has no intervention=, editor= or edits=: the edited half of each paired"
                 " task is the unedited model, so edit metrics (concept_emotion's success_rate,"
                 " changed) are 0 by construction; each prompt is generated once"
             )
-        first = {key: i for i, key in reversed(list(enumerate(keys)))}
-        unique = sorted(first.values())
-        texts = super().generate_until([plain[i] for i in unique], disable_tqdm=disable_tqdm)
-        by_key = dict(zip((keys[i] for i in unique), texts, strict=True))
-        return [by_key[key] for key in keys]
+        return texts
 
     def _in_edit_order(self, requests: list[Instance], compute: Any) -> list:
         """`compute` the answers, each in the editor state the lifelong session asks for."""

@@ -36,6 +36,25 @@ def in_groups(
     return results
 
 
+def once_per_prompt(
+    requests: Sequence[Instance], generate: Callable[[list[Instance]], list[str]]
+) -> tuple[list[str], bool]:
+    """Generate each distinct greedy request once (sampled ones stay independent draws), without
+    ce-bench's tags; returns the texts in request order and whether any request repeated."""
+    plain = [untagged(r) for r in requests]
+    keys = [
+        json.dumps(r.args, sort_keys=True, default=str)
+        if not r.args[1].get("do_sample")
+        else str(i)
+        for i, r in enumerate(plain)
+    ]
+    first = {key: i for i, key in reversed(list(enumerate(keys)))}
+    unique = sorted(first.values())
+    texts = generate([plain[i] for i in unique])
+    by_key = dict(zip((keys[i] for i in unique), texts, strict=True))
+    return [by_key[key] for key in keys], len(unique) < len(keys)
+
+
 def tags_of(request: Instance) -> dict[str, Any]:
     """The ce-bench tags of a request, wherever its type keeps them."""
     args = request.args
