@@ -152,6 +152,48 @@ def test_microedit_moves_only_the_decoder_rows_the_edit_activates(tiny, topk_sae
             h.remove()
 
 
+def _streamed_microedit(model, tokenizer, sae_dir, **params):  # type: ignore[no-untyped-def]
+    """A MicroEdit editor attached, its stream of one record started and applied; the report."""
+    editor = new_editor("microedit", model, {"sae_path": str(sae_dir), "edit_steps": 1, **params})
+    handles = editor.attach(model, Switch())
+    try:
+        editor.start_stream(model, tokenizer, [RECORD])
+        editor.apply_edit(model, tokenizer, RECORD)
+        return editor, editor.stream_report(model, tokenizer, [RECORD])
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_microedit_calibrates_alpha_by_default_when_the_sae_is_not_one_of_the_papers(
+    tiny, topk_sae_dir
+) -> None:
+    from ce_bench.lifelong.microedit import PAPER_ALPHA
+
+    editor, report = _streamed_microedit(*tiny, topk_sae_dir, reg_steps=0)
+    given, _ = _streamed_microedit(*tiny, topk_sae_dir, reg_steps=0, alpha="auto")
+    assert editor.alpha == pytest.approx(given.alpha) and editor.alpha != PAPER_ALPHA
+    assert report["alpha_from"].startswith("calibrated: the SAE is not one of MicroEdit's")
+
+
+def test_microedit_uses_the_papers_alpha_with_the_papers_sae(
+    tiny, topk_sae_dir, monkeypatch
+) -> None:
+    import ce_bench.lifelong.microedit as microedit
+
+    monkeypatch.setattr(microedit, "PAPER_SAES", {(32, 64): "sae-llama-3-8b-32x"})
+    editor, report = _streamed_microedit(*tiny, topk_sae_dir, reg_steps=0)
+    assert editor.alpha == microedit.PAPER_ALPHA == 600
+    assert report["alpha_from"] == "MicroEdit C.1 (sae-llama-3-8b-32x)"
+
+
+def test_microedit_that_switches_no_edit_on_says_so(tiny, topk_sae_dir, caplog) -> None:
+    _, report = _streamed_microedit(*tiny, topk_sae_dir, reg_steps=0, alpha=1e-9)
+    assert report["within_tau_at_end"] == 0
+    assert "MicroEdit changes nothing" in report["warning"]
+    assert "MicroEdit changes nothing" in caplog.text
+
+
 def test_microedit_routes_only_inputs_within_tau_through_the_sae(tiny, topk_sae_dir) -> None:
     model, tokenizer = tiny
     editor = new_editor("microedit", model, {"sae_path": str(topk_sae_dir)})

@@ -10,6 +10,7 @@ the SAE's ordinary error and pass through unchanged.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,13 @@ if TYPE_CHECKING:
 
 # MicroEdit C.1 (LLaMA-3-8B): the switch threshold is 0.5 for T < 100 edits and 0.55 from 100 on.
 TAU_FEW, TAU_MANY, MANY_EDITS = 0.5, 0.55, 100
-AUTO = "auto"
+AUTO, PAPER = "auto", "paper"
+PAPER_ALPHA = 600.0  # MicroEdit C.1, "for all models"
+# The SAEs MicroEdit used (C.1), by (d_in, d_sae): EleutherAI's sae-llama-3-8b-32x at layer 30 of
+# LLaMA-3-8B and SAE Lens's 7b-res-wg (16x) at layer 24 of Mistral-7B. alpha = 600 is in units
+# of their reconstruction errors; another SAE's error per token can differ by orders of magnitude.
+PAPER_SAES = {(4096, 131072): "sae-llama-3-8b-32x", (4096, 65536): "7b-res-wg"}
+logger = logging.getLogger(__name__)
 DEFAULT_SAE_LAYER = 27  # the embedded model's cached SAE (30 layers; MicroEdit uses 30 of 32)
 
 
@@ -52,7 +59,9 @@ class MicroEditParams(EditorParams):
     sae_release: str = ""  # or a sae-lens release and id (hub)
     sae_id: str = ""
     k: int = 0  # active features (Eq. 7); 0: the SAE's own k
-    alpha: float | str = 600.0  # ARD scale (Eq. 11; MicroEdit C.1, LLaMA-3-8B); "auto": below
+    # ARD scale (Eq. 11). "paper": MicroEdit's 600 with one of its SAEs, else calibrated as
+    # "auto" (see `_calibrated_alpha`); a number is used as given.
+    alpha: float | str = PAPER
     tau: float = -1.0  # switch threshold (Eq. 12); -1: 0.5 for T < 100 edits, else 0.55
     lr: float = 5e-5  # Adam, batch size 1 (MicroEdit C.1)
     reg_steps: int = 200  # stage 1 steps: ARD only, no LM pass, cheap; not given in the paper
@@ -63,11 +72,11 @@ class MicroEditParams(EditorParams):
         super().__post_init__()
         for name in ("tau", "lr", "stop_loss"):
             check_number(name, getattr(self, name))
-        if self.alpha != AUTO:
+        if self.alpha not in (AUTO, PAPER):
             check_number("alpha", self.alpha)
         for name in ("k", "reg_steps", "edit_steps"):
             check_integer(name, getattr(self, name), 0)
-        if (self.alpha != AUTO and self.alpha <= 0) or self.lr <= 0:
+        if (self.alpha not in (AUTO, PAPER) and self.alpha <= 0) or self.lr <= 0:
             raise ValueError("alpha and lr must be positive")
 
 
@@ -117,13 +126,23 @@ class MicroEdit(Editor):
                 f"give k (1..{cfg.d_sae}): the SAE ({type(self.sae).__name__}) is not Top-k",
             )
         self.tau = self.params.tau
-        self.alpha = self.params.alpha if self.params.alpha != AUTO else 1.0
+        self.paper_sae = PAPER_SAES.get((cfg.d_in, cfg.d_sae))
+        self.alpha_from = "given"
+        self.alpha = self.params.alpha if self.params.alpha not in (AUTO, PAPER) else 1.0
+        if self.params.alpha == PAPER and self.paper_sae:
+            self.alpha, self.alpha_from = PAPER_ALPHA, f"MicroEdit C.1 ({self.paper_sae})"
 
     def start_stream(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> None:
         if self.params.tau < 0:
             self.tau = TAU_MANY if len(records) >= MANY_EDITS else TAU_FEW
-        if self.params.alpha == AUTO:
+        if self.params.alpha == AUTO or (self.params.alpha == PAPER and not self.paper_sae):
             self.alpha = self._calibrated_alpha(model, tokenizer, records)
+            self.alpha_from = (
+                "calibrated (alpha=auto)"
+                if self.params.alpha == AUTO
+                else "calibrated: the SAE is not one of MicroEdit's, whose alpha = 600 would not"
+                " transfer"
+            )
 
     def resolved(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "tau": self.tau}
@@ -150,7 +169,20 @@ class MicroEdit(Editor):
             z, z_hat = self._reconstruction(model, tokenizer, record)
             ards.append(float(self.ard(z, z_hat, ~sink_positions(z))[0]))
         within = sum(a <= self.tau for a in ards) / max(1, len(ards))
-        return {"ard_at_end": [float(f"{a:.4g}") for a in ards], "within_tau_at_end": within}
+        report: dict[str, Any] = {
+            "alpha_from": self.alpha_from,
+            "ard_at_end": [float(f"{a:.4g}") for a in ards],
+            "within_tau_at_end": within,
+        }
+        if ards and within == 0:
+            report["warning"] = (
+                f"MicroEdit changes nothing: none of the {len(ards)} edited inputs reconstructs"
+                f" within tau = {self.tau} (smallest ARD {min(ards):.3g}, alpha = {self.alpha:.4g},"
+                f" {self.alpha_from}), so every input keeps its own residual; alpha=paper or"
+                " alpha=auto scales the ARD to this SAE"
+            )
+            logger.warning(report["warning"])
+        return report
 
     def _reconstruction(
         self, model: nn.Module, tokenizer: Any, record: EditRecord
