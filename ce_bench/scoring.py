@@ -88,12 +88,13 @@ def frozen_parameters(model: nn.Module, trainable: Sequence[torch.Tensor] = ()) 
 
 
 def answer_logits(
-    model: nn.Module, batch: GoldenBatch
+    model: nn.Module, batch: GoldenBatch, extra: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, target token, row) at each answer position of the batch, float32.
+    """(logits, target token, row) at each answer position of the batch, float32; with `extra`
+    (row, position), that position's logits are appended as one more row (target -1).
 
-    Only the answer positions' last hidden states go through the unembedding (and Gemma-2's
-    final logit soft-capping, where the config has one): the prompt positions' vocabulary-wide
+    Only these positions' last hidden states go through the unembedding (and Gemma-2's final
+    logit soft-capping, where the config has one): the prompt positions' vocabulary-wide
     logits would cost as much again and are not needed.
     """
     hidden = model.base_model(
@@ -101,11 +102,16 @@ def answer_logits(
     ).last_hidden_state
     labels = batch.labels[:, 1:]
     rows, cols = (labels != IGNORE).nonzero(as_tuple=True)
+    targets = labels[rows, cols]
+    if extra is not None:
+        rows = torch.cat([rows, rows.new_tensor([extra[0]])])
+        cols = torch.cat([cols, cols.new_tensor([extra[1]])])
+        targets = torch.cat([targets, targets.new_tensor([-1])])
     logits = model.get_output_embeddings()(hidden[rows, cols]).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return logits, labels[rows, cols], rows
+    return logits, targets, rows
 
 
 def all_answer_tokens_right(

@@ -194,3 +194,9 @@ def _output_hook(edit: Callable[[torch.Tensor], torch.Tensor | None]):  # type: 
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     return hook
+
+
+def out_in(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (or a tensor shaped like it) of a linear `module` as (out, in): nn.Linear stores
+    that; GPT-2's Conv1D computes x @ W and stores the transpose. Its own inverse."""
+    return weight if isinstance(module, nn.Linear) else weight.T

@@ -477,8 +477,8 @@ def test_report_editor_specs_are_checked_before_anything_runs() -> None:
         "microedit",
         {"alpha": "auto", "tau": 0.4},
     )
-    with pytest.raises(ValueError, match="unknown editor 'rome'"):
-        parse_editor("rome")
+    with pytest.raises(ValueError, match="unknown editor 'romee'"):
+        parse_editor("romee")
     with pytest.raises(ValueError, match="steps must be an integer"):
         parse_editor("grace:steps=0")
 

@@ -33,13 +33,12 @@ from typing import TYPE_CHECKING, cast
 import torch
 from rich.table import Table
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from ce_bench.analysis.generalization import check_emotion
 from ce_bench.artifacts import Artifact, ArtifactError, check_model
 from ce_bench.interventions import Intervention, build_intervention
 from ce_bench.interventions.base import ActivationIntervention
-from ce_bench.sites import Site, attach_hook, module_path, site_width
+from ce_bench.sites import Site, attach_hook, module_path, out_in, site_width
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -130,7 +129,7 @@ def down_columns(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     Column j is what neuron j writes to the residual stream. nn.Linear stores exactly that;
     GPT-2's Conv1D computes x @ W and stores the transpose.
     """
-    return weight.T if isinstance(module, Conv1D) else weight
+    return out_in(module, weight)
 
 
 def sft_change(model: nn.Module, layer: int, intervention: Intervention) -> torch.Tensor:

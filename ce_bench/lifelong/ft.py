@@ -8,8 +8,7 @@ lambda * sum F (W - W_prev)^2, where W_prev is W_down after the previous edit an
 diagonal Fisher information, the mean squared gradient of the last `fisher_edits` edits' losses
 (GRACE's FT-EWC: lambda 0.1 over the last 10 edits).
 
-The edited W_down is swapped in while the switch is on (`SwappedWeight`), so the unedited model
-is one switch away, and the state saved after a stream is the weight difference.
+The state is a change of W_down (`ce_bench.lifelong.weight_editor`).
 """
 
 from __future__ import annotations
@@ -19,25 +18,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from ce_bench.interventions.base import (
-    Switch,
     check_integer,
     check_number,
     register_intervention,
 )
-from ce_bench.interventions.weights import SwappedWeight
 from ce_bench.lifelong.editor import (
-    Editor,
     EditorParams,
     edit_batch,
     edit_training,
     target_loss,
 )
 from ce_bench.lifelong.records import EditRecord
+from ce_bench.lifelong.weight_editor import WeightDeltaEditor
 from ce_bench.scoring import GoldenBatch, frozen_parameters
-from ce_bench.sites import Site, module_path
 
 FT_DEPTH = 21 / 32  # EasyEdit's FT edits layer 21 of LLaMA's 32
 
@@ -58,53 +53,25 @@ class FTParams(EditorParams):
 
 
 @register_intervention
-class FineTune(Editor):
+class FineTune(WeightDeltaEditor):
     """State: `delta`, W_down(edited) - W_down, like a `weight_delta` artifact."""
 
     kind = "ft"
     Params = FTParams
-    tensor_names = ("delta",)
-    site_name = "mlp_act"  # W_down reads it
     depth = FT_DEPTH
 
-    @classmethod
-    def initial_tensors(cls, model: nn.Module, site: Site, params: Any) -> dict[str, torch.Tensor]:
-        weight = model.get_submodule(module_path(model, site)).weight
-        return {"delta": torch.zeros(weight.shape, dtype=torch.float32)}
-
-    def check(self, model: nn.Module, source: str) -> None:
-        weight = model.get_submodule(module_path(model, self.site)).weight
-        self.check_shapes(source, {"delta": tuple(weight.shape)})
-
-    def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:
-        module = model.get_submodule(module_path(model, self.site))
-        self.swapped = SwappedWeight(module.weight)
-        self.training = False
-        self._take_state()
-
-        def sync(*_: Any) -> None:
-            if not self.training:
-                self.swapped.sync(switch.on_for(self))
-
-        return [module.register_forward_pre_hook(sync), self.swapped]
-
     def _take_state(self) -> None:
-        """Make the swapped weight's edited values W_down + delta; forget EWC's memory."""
-        delta = self.tensors["delta"].to(self.swapped.weight.device)
-        self.swapped.set_edited(self.swapped.original.float() + delta)
+        """The edited weight from `delta`, and no EWC memory of earlier edits."""
+        super()._take_state()
         self.history: list[GoldenBatch] = []
         self.fisher: torch.Tensor | None = None
         self.anchor: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        super().reset()
-        self._take_state()
 
     def apply_edit(self, model: nn.Module, tokenizer: Any, record: EditRecord) -> dict[str, float]:
         weight = self.swapped.weight
         batch = edit_batch(tokenizer, record, weight.device)
         self.swapped.sync(True)
-        self.training = True
+        self.editing = True
         optimiser = torch.optim.Adam([weight], lr=self.params.lr)
         steps, loss = 0, torch.tensor(float("nan"))
         try:
@@ -122,11 +89,8 @@ class FineTune(Editor):
                 with frozen_parameters(model, [weight]), torch.enable_grad():
                     self._update_fisher(model, weight)
         finally:
-            self.training = False
-        edited = weight.detach().clone()
-        self.swapped.set_edited(edited)
-        self.tensors["delta"] = (edited.float() - self.swapped.original.float()).cpu()
-        self.edits_applied += 1
+            self.editing = False
+        self.commit(weight)
         return {"loss": float(loss.detach()), "steps": steps}
 
     def _ewc_penalty(self, weight: torch.Tensor) -> torch.Tensor | float:
