@@ -62,6 +62,27 @@ def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
     return TINY_BUILDERS[arch]().eval()
 
 
+def tiny_model_with_vocab(arch: str, vocab: int) -> torch.nn.Module:
+    """`tiny_model(arch)` with a real tokenizer's vocabulary (for editors that tokenise text)."""
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=4)
+        return GPT2LMHeadModel(config).eval()
+    config_cls, model_cls, extra = {
+        "llama": (LlamaConfig, LlamaForCausalLM, {}),
+        "gemma2": (Gemma2Config, Gemma2ForCausalLM, {"head_dim": 8}),
+    }[arch]
+    config = config_cls(**{**_COMMON, "vocab_size": vocab}, num_key_value_heads=2, **extra)
+    return model_cls(config).eval()
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer(embedded_dir: Path):  # type: ignore[no-untyped-def]
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return tokenizer
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     from ce_bench.embedded import embedded_model_dir

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from transformers import (
-    AutoTokenizer,
-    Gemma2Config,
-    Gemma2ForCausalLM,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
 
 import ce_bench.lifelong.covariance as covariance
 from ce_bench.artifacts import load_artifact
 from ce_bench.interventions import InterventionSet, save_intervention
 from ce_bench.lifelong import load_stream, new_editor
-from ce_bench.lifelong.rome import rank_one_update, subject_last
+from ce_bench.lifelong.rome import rank_one_update, subject_last, w_down
 from ce_bench.sites import Site, out_in
+from tests.conftest import tiny_model_with_vocab
 from tests.helpers import lm_eval, recording, results_of
 
 TEXTS = [f"Sentence number {i} talks about the weather in town {i}." for i in range(40)]
@@ -49,37 +39,13 @@ def test_rank_one_update_is_the_least_change_on_the_stored_keys_that_maps_k_to_v
     torch.testing.assert_close((weight + update) @ key, value)
 
 
-def _tiny(arch: str, tokenizer) -> torch.nn.Module:  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    vocab, common = (
-        len(tokenizer),
-        dict(hidden_size=32, num_attention_heads=4, intermediate_size=48),
-    )
-    if arch == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=4)).eval()
-    config_cls, model_cls, extra = {
-        "llama": (LlamaConfig, LlamaForCausalLM, {}),
-        "gemma2": (Gemma2Config, Gemma2ForCausalLM, {"head_dim": 8}),
-    }[arch]
-    config = config_cls(
-        vocab_size=vocab, num_hidden_layers=3, num_key_value_heads=2, **common, **extra
-    )
-    return model_cls(config).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(embedded_dir: Path):  # type: ignore[no-untyped-def]
-    tok = AutoTokenizer.from_pretrained(embedded_dir)
-    tok.pad_token = tok.pad_token or tok.eos_token
-    return tok
-
-
 def test_c_is_the_mean_outer_product_of_w_downs_inputs_and_is_cached(
-    tokenizer, monkeypatch, tmp_path
+    embedded_tokenizer, monkeypatch, tmp_path
 ) -> None:
     monkeypatch.setattr(covariance, "corpus", lambda *args: TEXTS[:6])
     monkeypatch.setenv("CE_BENCH_HOME", str(tmp_path))
-    model = _tiny("llama", tokenizer)
+    tokenizer = embedded_tokenizer
+    model = tiny_model_with_vocab("llama", len(tokenizer))
     moment, tokens = covariance.second_moment(model, tokenizer, 1, max_tokens=10_000)
     with recording(model, Site("mlp_act", 1)) as seen, torch.no_grad():
         for text in TEXTS[:6]:
@@ -92,8 +58,8 @@ def test_c_is_the_mean_outer_product_of_w_downs_inputs_and_is_cached(
     assert torch.equal(again, moment)
 
 
-def test_the_subject_last_token_is_found_in_a_templated_prompt(tokenizer) -> None:
-    text = "I walked home. What is the capital of Kenya?"
+def test_the_subject_last_token_is_found_in_a_templated_prompt(embedded_tokenizer) -> None:
+    tokenizer, text = embedded_tokenizer, "I walked home. What is the capital of Kenya?"
     position = subject_last(tokenizer, text, "Kenya")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids[position]).strip() == "Kenya"
@@ -102,11 +68,12 @@ def test_the_subject_last_token_is_found_in_a_templated_prompt(tokenizer) -> Non
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
 def test_a_rome_edit_is_rank_one_maps_the_key_to_v_and_switches_off_exactly(
-    arch: str, tokenizer, monkeypatch, tmp_path
+    arch: str, embedded_tokenizer, monkeypatch, tmp_path
 ) -> None:
     monkeypatch.setattr(covariance, "corpus", lambda *args: TEXTS)
     monkeypatch.setenv("CE_BENCH_HOME", str(tmp_path))
-    model = _tiny(arch, tokenizer)
+    tokenizer = embedded_tokenizer
+    model = tiny_model_with_vocab(arch, len(tokenizer))
     ids = tokenizer(RECORD.prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         plain = model(ids).logits
@@ -116,7 +83,7 @@ def test_a_rome_edit_is_rank_one_maps_the_key_to_v_and_switches_off_exactly(
         editor.start_stream(model, tokenizer, [RECORD])
         stats = editor.apply_edit(model, tokenizer, RECORD)
         assert stats["residual"] < 1e-5  # W_down' k* = v*
-        delta = out_in(editor.w_down(model), editor.tensors["delta"])
+        delta = out_in(w_down(model, 1), editor.tensors["delta"])
         assert torch.linalg.matrix_rank(delta.double(), rtol=1e-6) == 1
         with torch.no_grad():
             on = model(ids).logits

@@ -68,13 +68,11 @@ class FineTune(WeightDeltaEditor):
         self.anchor: torch.Tensor | None = None
 
     def apply_edit(self, model: nn.Module, tokenizer: Any, record: EditRecord) -> dict[str, float]:
-        weight = self.swapped.weight
+        weight = self.swapped[0].weight
         batch = edit_batch(tokenizer, record, weight.device)
-        self.swapped.sync(True)
-        self.editing = True
         optimiser = torch.optim.Adam([weight], lr=self.params.lr)
         steps, loss = 0, torch.tensor(float("nan"))
-        try:
+        with self.holding(True):
             with edit_training(model, self.site.layer, batch, [weight]):
                 for steps in range(self.params.steps + 1):
                     loss, greedy = target_loss(model, batch)
@@ -88,9 +86,8 @@ class FineTune(WeightDeltaEditor):
             if self.params.ewc_lambda > 0:
                 with frozen_parameters(model, [weight]), torch.enable_grad():
                     self._update_fisher(model, weight)
-        finally:
-            self.editing = False
-        self.commit(weight)
+        self.set_layer(0, weight)
+        self.edits_applied += 1
         return {"loss": float(loss.detach()), "steps": steps}
 
     def _ewc_penalty(self, weight: torch.Tensor) -> torch.Tensor | float:

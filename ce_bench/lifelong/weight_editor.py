@@ -1,12 +1,16 @@
-"""Editors whose state is a change of W_down at one layer (FT, FT-EWC, ROME).
+"""Editors whose state is a change of W_down at one layer or a run of layers (FT, FT-EWC, ROME,
+MEMIT, AlphaEdit).
 
-The state is `delta`, W_down(edited) - W_down, like a `weight_delta` artifact. The edited
-weight is swapped in while the switch is on (`SwappedWeight`), so the unedited model is one
-switch away, and the state saved after a stream is the weight difference.
+The state is `delta`, W_down(edited) - W_down: shaped like W_down for one layer (like a
+`weight_delta` artifact), stacked (layers, *W_down's shape) for several. The edited weights are
+swapped in while the switch is on (`SwappedWeight`), so the unedited model is one switch away,
+and the state saved after a stream is the weight difference.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -20,43 +24,83 @@ from ce_bench.sites import Site, module_path
 
 
 class WeightDeltaEditor(Editor):
-    """An editor that rewrites W_down of its layer (see the module docstring)."""
+    """An editor that rewrites W_down of its layers (see the module docstring)."""
 
     tensor_names = ("delta",)
     site_name = "mlp_act"  # W_down reads it
 
+    @staticmethod
+    def span(params: Any) -> int:
+        """How many layers, from the editor's own, it rewrites."""
+        return int(getattr(params, "layers", 1))
+
     @classmethod
     def initial_tensors(cls, model: nn.Module, site: Site, params: Any) -> dict[str, torch.Tensor]:
-        weight = model.get_submodule(module_path(model, site)).weight
-        return {"delta": torch.zeros(weight.shape, dtype=torch.float32)}
+        shape = _w_down(model, site.layer).weight.shape
+        span = cls.span(params)
+        return {"delta": torch.zeros(shape if span == 1 else (span, *shape), dtype=torch.float32)}
+
+    @property
+    def layers(self) -> list[int]:
+        return list(range(self.site.layer, self.site.layer + self.span(self.params)))
 
     def check(self, model: nn.Module, source: str) -> None:
-        weight = model.get_submodule(module_path(model, self.site)).weight
-        self.check_shapes(source, {"delta": tuple(weight.shape)})
+        shape = tuple(_w_down(model, self.layers[-1]).weight.shape)  # also: the layers exist
+        span = self.span(self.params)
+        self.check_shapes(source, {"delta": shape if span == 1 else (span, *shape)})
 
     def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:
-        module = model.get_submodule(module_path(model, self.site))
-        self.swapped = SwappedWeight(module.weight)
-        self.editing = False  # while an edit runs, the weight holds what the editor put there
+        modules = [_w_down(model, layer) for layer in self.layers]
+        self.swapped = [SwappedWeight(module.weight) for module in modules]
+        self.editing = False  # while an edit runs, the weights hold what the editor put there
         self._take_state()
 
         def sync(*_: Any) -> None:
             if not self.editing:
-                self.swapped.sync(switch.on_for(self))
+                for swapped in self.swapped:
+                    swapped.sync(switch.on_for(self))
 
-        return [module.register_forward_pre_hook(sync), self.swapped]
+        return [*(m.register_forward_pre_hook(sync) for m in modules), *self.swapped]
+
+    def deltas(self) -> list[torch.Tensor]:
+        """The state as one W_down difference per layer."""
+        delta = self.tensors["delta"]
+        return [delta] if len(self.layers) == 1 else list(delta)
 
     def _take_state(self) -> None:
-        """Make the swapped weight's edited values W_down + delta."""
-        delta = self.tensors["delta"].to(self.swapped.weight.device)
-        self.swapped.set_edited(self.swapped.original.float() + delta)
+        """Make the swapped weights' edited values W_down + delta."""
+        for swapped, delta in zip(self.swapped, self.deltas(), strict=True):
+            swapped.set_edited(swapped.original.float() + delta.to(swapped.weight.device))
 
     def reset(self) -> None:
         super().reset()
         self._take_state()
 
-    def commit(self, edited: torch.Tensor) -> None:
-        """Make `edited` the edited W_down (and the state its difference from the original)."""
-        self.swapped.set_edited(edited.detach().clone())
-        self.tensors["delta"] = (edited.detach().float() - self.swapped.original.float()).cpu()
-        self.edits_applied += 1
+    @contextmanager
+    def holding(self, edited: bool) -> Iterator[None]:
+        """Inside the block the weights are the edited (or the original) ones, whatever the
+        switch says; an edit runs inside `holding(True)`."""
+        self.editing = True
+        for swapped in self.swapped:
+            swapped.sync(edited)
+        try:
+            yield
+        finally:
+            self.editing = False
+
+    def set_layer(self, index: int, edited: torch.Tensor) -> None:
+        """Make `edited` the edited W_down of the `index`-th layer (and the state its difference
+        from the original); the model holds it at once."""
+        swapped = self.swapped[index]
+        swapped.set_edited(edited.detach().clone())
+        swapped.sync(True)
+        difference = (edited.detach().float() - swapped.original.float()).cpu()
+        if len(self.layers) == 1:
+            self.tensors["delta"] = difference
+        else:
+            self.tensors["delta"] = self.tensors["delta"].clone()
+            self.tensors["delta"][index] = difference
+
+
+def _w_down(model: nn.Module, layer: int) -> nn.Module:
+    return model.get_submodule(module_path(model, Site("mlp_act", layer)))

@@ -1,0 +1,209 @@
+"""MEMIT (Meng et al., 2022b) and AlphaEdit (Fang et al., 2025): W_down updates spread over a run of
+layers.
+
+Per edit, as ROME (`ce_bench.lifelong.rome`), but the target is z, the residual stream after the
+last layer of the run at the subject's last token (ROME's step 2 with the delta added there;
+5 context templates of 10 tokens). Then for each layer l of the run, in order:
+
+    K  = W_down's input at l, at the subject's last token, averaged over the templates
+    R  = (z - the current residual after the last layer) / (layers left, this one included)
+    MEMIT:     Delta = R K^T (lambda C + K K^T)^-1              (lambda = mom2_update_weight)
+    AlphaEdit: Delta = R K^T P (P (K K^T + K_p K_p^T) + L2 I)^-1
+
+with C = E[k k^T] at l (`ce_bench.lifelong.covariance`), P the projection on the null space
+of C (its eigenvectors with eigenvalue < nullspace_threshold: the update leaves what W_down
+does to the preserved keys alone) and K_p the keys of the earlier edits of the stream.
+Defaults: EasyEdit's for LLaMA (hparams/MEMIT/llama-7b.yaml, hparams/AlphaEdit/llama3-8b.yaml:
+layers 4-8 of 32, z layer 8, 25 steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ce_bench.interventions.base import check_integer, check_number, register_intervention
+from ce_bench.lifelong.covariance import second_moment
+from ce_bench.lifelong.records import EditRecord
+from ce_bench.lifelong.rome import (
+    TargetParams,
+    context_templates,
+    optimise_target,
+    subject_keys,
+    subject_last,
+    w_down,
+)
+from ce_bench.lifelong.weight_editor import WeightDeltaEditor
+from ce_bench.sites import Site, attach_hook, out_in
+
+MEMIT_DEPTH = 4 / 32  # EasyEdit: layers 4-8 of LLaMA's 32
+MEMIT_TEMPLATES = ((10, 5),)  # MEMIT's and AlphaEdit's context templates: 5 of 10 tokens
+
+
+@dataclass(frozen=True)
+class MEMITParams(TargetParams):
+    layers: int = 5  # W_down of `layer` .. `layer + layers - 1`
+    mom2_update_weight: float = 15_000.0  # lambda: how much the stored keys weigh
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_integer("layers", self.layers, 1)
+        check_number("mom2_update_weight", self.mom2_update_weight)
+
+
+@dataclass(frozen=True)
+class AlphaEditParams(TargetParams):
+    layers: int = 5
+    v_lr: float = 0.1  # AlphaEdit's LLaMA-3-8B values
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75
+    nullspace_threshold: float = 2e-2  # eigenvalues of C below this span the null space
+    l2: float = 10.0  # L2 of AlphaEdit's solve
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_integer("layers", self.layers, 1)
+        for name in ("nullspace_threshold", "l2"):
+            check_number(name, getattr(self, name))
+
+
+@register_intervention
+class MEMIT(WeightDeltaEditor):
+    """State: `delta`, (layers, *W_down's shape), the stream's updates of each layer."""
+
+    kind = "memit"
+    Params = MEMITParams
+    depth = MEMIT_DEPTH
+
+    def start_stream(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> None:
+        """The context templates and each layer's C, from the unedited model, once per stream."""
+        with self.holding(False):
+            torch.manual_seed(self.params.seed)
+            self.context_templates = context_templates(model, tokenizer, MEMIT_TEMPLATES)
+            stats = [
+                second_moment(model, tokenizer, layer, self.params.mom2_tokens)
+                for layer in self.layers
+            ]
+        self.moments = [moment for moment, _ in stats]
+        self.moment_tokens = stats[0][1]
+        self.prepare()
+
+    def prepare(self) -> None:
+        """What the layer updates need besides C (AlphaEdit: the projections)."""
+
+    def stream_report(
+        self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]
+    ) -> dict[str, Any]:
+        return {"mom2_tokens_seen": self.moment_tokens, "templates": self.context_templates}
+
+    def apply_edit(self, model: nn.Module, tokenizer: Any, record: EditRecord) -> dict[str, float]:
+        last = self.layers[-1]
+        texts = [t.format(record.prompt) for t in self.context_templates]
+        norms = []
+        with self.holding(True):  # each edit starts from the model the earlier ones edited
+            z, stats = optimise_target(
+                model,
+                tokenizer,
+                record,
+                self.context_templates,
+                self.params,
+                lambda edit: attach_hook(model, Site("resid_post", last), edit),
+            )
+            keys_per_layer = []
+            for i, layer in enumerate(self.layers):
+                keys = subject_keys(model, tokenizer, texts, record.subject, layer).mean(0)
+                now = self.residual(model, tokenizer, record, last)
+                residual = (z - now) / (len(self.layers) - i)
+                module = w_down(model, layer)
+                weight = out_in(module, self.swapped[i].weight.detach().float().clone())
+                update = self.layer_update(i, keys[:, None], residual[:, None])
+                self.set_layer(i, out_in(module, weight + update))
+                keys_per_layer.append(keys)
+                norms.append(float(update.norm()))
+            error = float((z - self.residual(model, tokenizer, record, last)).norm() / z.norm())
+            self.remember(model, tokenizer, texts, record.subject)
+        self.edits_applied += 1
+        return {**stats, "update_norm": sum(norms), "z_error": error}
+
+    def layer_update(self, index: int, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """MEMIT's update of the `index`-th layer: keys (in, n), residual (out, n) -> (out, in)."""
+        moment = self.moments[index].to(keys)
+        return memit_update(keys, residual, moment, self.params.mom2_update_weight)
+
+    def remember(self, model: nn.Module, tokenizer: Any, texts: list[str], subject: str) -> None:
+        """After an edit (AlphaEdit keeps the edited keys)."""
+
+    def residual(self, model: nn.Module, tokenizer: Any, record: EditRecord, layer: int) -> Any:
+        """The residual stream after `layer` at the subject's last token of the bare prompt."""
+        position = subject_last(tokenizer, record.prompt, record.subject)
+        ids = tokenizer(record.prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        seen: list[torch.Tensor] = []
+        handle = attach_hook(model, Site("resid_post", layer), lambda h: seen.append(h))
+        try:
+            with torch.no_grad():
+                model(input_ids=ids.to(next(model.parameters()).device))
+        finally:
+            handle.remove()
+        return seen[0][0, position].float()
+
+
+@register_intervention
+class AlphaEdit(MEMIT):
+    """MEMIT with the update projected on the null space of the preserved keys."""
+
+    kind = "alphaedit"
+    Params = AlphaEditParams
+
+    def prepare(self) -> None:
+        self.projections = [
+            null_space_projection(m, self.params.nullspace_threshold) for m in self.moments
+        ]
+        self.edited_keys = [torch.zeros_like(m) for m in self.moments]  # K_p K_p^T per layer
+
+    def layer_update(self, index: int, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        projection = self.projections[index].to(keys)
+        earlier = self.edited_keys[index].to(keys)
+        return alphaedit_update(keys, residual, projection, earlier, self.params.l2)
+
+    def remember(self, model: nn.Module, tokenizer: Any, texts: list[str], subject: str) -> None:
+        for i, layer in enumerate(self.layers):
+            keys = subject_keys(model, tokenizer, texts, subject, layer).mean(0)
+            self.edited_keys[i] = self.edited_keys[i] + torch.outer(keys, keys).cpu()
+
+    def reset(self) -> None:
+        super().reset()
+        if hasattr(self, "edited_keys"):
+            self.edited_keys = [torch.zeros_like(k) for k in self.edited_keys]
+
+
+def memit_update(
+    keys: torch.Tensor, residual: torch.Tensor, moment: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """R K^T (weight C + K K^T)^-1: the change D minimising ||D K - R||^2 + weight tr(D C D^T)."""
+    solved = torch.linalg.solve(weight * moment + keys @ keys.T, keys)  # (in, n)
+    return residual @ solved.T
+
+
+def alphaedit_update(
+    keys: torch.Tensor,
+    residual: torch.Tensor,
+    projection: torch.Tensor,
+    earlier: torch.Tensor,
+    l2: float,
+) -> torch.Tensor:
+    """(P (K K^T + K_p K_p^T) + l2 I)^-1 P K R^T, transposed to (out, in); its rows lie in the
+    null space P projects on."""
+    eye = torch.eye(keys.shape[0], dtype=keys.dtype, device=keys.device)
+    system = projection @ (keys @ keys.T + earlier) + l2 * eye
+    return torch.linalg.solve(system, projection @ keys @ residual.T).T
+
+
+def null_space_projection(moment: torch.Tensor, threshold: float) -> torch.Tensor:
+    """U U^T over C's eigenvectors whose eigenvalue is below `threshold`."""
+    values, vectors = torch.linalg.eigh(moment.double())
+    small = vectors[:, values < threshold]
+    return (small @ small.T).float()
