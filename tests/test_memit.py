@@ -12,6 +12,7 @@ from ce_bench.interventions import InterventionSet, save_intervention
 from ce_bench.lifelong import load_stream, new_editor
 from ce_bench.lifelong.memit import alphaedit_update, memit_update, null_space_projection
 from tests.conftest import tiny_model_with_vocab
+from tests.helpers import lm_eval, results_of
 from tests.test_rome import TEXTS
 
 RECORD = load_stream("zsre", 1).records[0]
@@ -84,3 +85,21 @@ def test_an_edit_spreads_over_the_layers_switches_off_exactly_and_reloads(
         assert torch.equal(model(ids).logits, plain)
         with InterventionSet.attach(model, [load_artifact(path)]):
             torch.testing.assert_close(model(ids).logits, on)
+
+
+@pytest.mark.slow
+def test_lm_eval_runs_an_alphaedit_stream_end_to_end(tmp_path) -> None:
+    """AlphaEdit runs MEMIT's whole path too (z, keys, the spread over layers 4-8, C)."""
+    proc = lm_eval(
+        "--model", "edited_hf",
+        "--model_args", "editor=alphaedit,edits=zsre,num_edits=2,mom2_tokens=5000",
+        "--tasks", "zsre_lifelong",
+        "--output_path", str(tmp_path),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = results_of(tmp_path)
+    metrics = results["results"]["zsre_lifelong"]
+    assert metrics["rel,none"] > metrics["rel_base,none"]  # the edits took
+    lifelong = results["config"]["ce_bench"]["lifelong"]
+    assert lifelong["editor"] == "alphaedit" and lifelong["after_stream"]["mom2_tokens_seen"] > 0

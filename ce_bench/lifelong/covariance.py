@@ -11,6 +11,8 @@ sampled (`ce_bench.sae_training.text`, whose cache it shares); the paper's is Wi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,36 +49,57 @@ def corpus(model: nn.Module, tokenizer: Any, model_name: str) -> list[str]:
 def second_moment(
     model: nn.Module, tokenizer: Any, layer: int, max_tokens: int
 ) -> tuple[torch.Tensor, int]:
-    """(C, tokens): E[k k^T] of the input of W_down at `layer`, float32 (d_mlp, d_mlp), over at
-    most `max_tokens` tokens of `corpus`; cached per model (its folder name and a sample of its
-    weights), layer, token budget and text."""
+    """(C, tokens): E[k k^T] of the input of W_down at `layer` (see `second_moments`)."""
+    return second_moments(model, tokenizer, [layer], max_tokens)[0]
+
+
+def second_moments(
+    model: nn.Module, tokenizer: Any, layers: Sequence[int], max_tokens: int
+) -> list[tuple[torch.Tensor, int]]:
+    """(C, tokens) per layer: E[k k^T] of the input of W_down, float32 (d_mlp, d_mlp), over at
+    most `max_tokens` tokens of `corpus`, all layers from one pass that stops after the last of
+    them; each cached per model (its folder name and a sample of its weights), layer, token
+    budget and text."""
     model_name = Path(str(model.config.name_or_path)).name or model.config.model_type
     texts = corpus(model, tokenizer, model_name)
-    identity = ModelIdentity.of(model, model_name)
-    spec = {
-        "model": asdict(identity),
-        "layer": layer,
-        "tokens": max_tokens,
-        "text": digest(texts),
+    identity = asdict(ModelIdentity.of(model, model_name))
+    paths = {
+        layer: model_cache_dir(model_name)
+        / f"mom2-layer{layer}-{digest([identity, layer, max_tokens, digest(texts)])[:10]}"
+        f".safetensors"
+        for layer in layers
     }
-    path = model_cache_dir(model_name) / f"mom2-layer{layer}-{digest(spec)[:10]}.safetensors"
-    if path.is_file():
-        return _load(path)
-    total = torch.zeros(0)
-    tokens = 0
-    site = Site("mlp_act", layer)
-    mask: torch.Tensor | None = None
+    missing = sorted(layer for layer, path in paths.items() if not path.is_file())
+    if missing:
+        for layer, (moment, tokens) in _estimate(
+            model, tokenizer, texts, missing, max_tokens
+        ).items():
+            _save(paths[layer], moment, tokens)
+    return [_load(paths[layer]) for layer in layers]
 
-    def accumulate(h: torch.Tensor) -> None:
-        nonlocal total, tokens
-        keys = h.detach().float()[mask].double()  # real tokens only
-        total = keys.T @ keys + (total if total.numel() else 0)
-        tokens += keys.shape[0]
+
+def _estimate(
+    model: nn.Module, tokenizer: Any, texts: list[str], layers: list[int], max_tokens: int
+) -> dict[int, tuple[torch.Tensor, int]]:
+    totals: dict[int, torch.Tensor] = {}
+    mask: torch.Tensor | None = None
+    last = layers[-1]
+
+    def accumulate(layer: int) -> Callable[[torch.Tensor], None]:
+        def hook(h: torch.Tensor) -> None:
+            keys = h.detach()[mask].double()  # real tokens only
+            totals[layer] = keys.T @ keys + totals.get(layer, 0)
+            if layer == last:
+                raise _Enough  # the layers above are not needed
+
+        return hook
 
     device = next(model.parameters()).device
-    handle = attach_hook(model, site, accumulate)
+    handles = [attach_hook(model, Site("mlp_act", layer), accumulate(layer)) for layer in layers]
+    tokens = 0
+    desc = f"E[kk^T] at layers {', '.join(map(str, layers))}"
     try:
-        with torch.no_grad(), tqdm(total=max_tokens, desc=f"E[kk^T] at layer {layer}") as bar:
+        with torch.no_grad(), tqdm(total=max_tokens, desc=desc) as bar:
             for start in range(0, len(texts), BATCH):
                 if tokens >= max_tokens:
                     break
@@ -88,16 +111,20 @@ def second_moment(
                     max_length=MAX_TEXT_TOKENS,
                 ).to(device)
                 mask = batch["attention_mask"].bool()
-                before = tokens
-                model(**batch)
-                bar.update(tokens - before)
+                with suppress(_Enough):
+                    model(**batch, use_cache=False)
+                tokens += int(mask.sum())
+                bar.update(int(mask.sum()))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if tokens == 0:
         raise ValueError("no text to estimate W_down's key statistics from")
-    moment = (total / tokens).float()
-    _save(path, moment, tokens)
-    return moment, tokens
+    return {layer: ((totals[layer] / tokens).float(), tokens) for layer in layers}
+
+
+class _Enough(Exception):
+    """Raised after the last layer's keys are read: the rest of the forward pass is not needed."""
 
 
 def _save(path: Path, moment: torch.Tensor, tokens: int) -> None:

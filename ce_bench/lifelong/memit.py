@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ce_bench.interventions.base import check_integer, check_number, register_intervention
-from ce_bench.lifelong.covariance import second_moment
+from ce_bench.lifelong.covariance import second_moments
 from ce_bench.lifelong.records import EditRecord
 from ce_bench.lifelong.rome import (
     TargetParams,
@@ -84,10 +84,7 @@ class MEMIT(WeightDeltaEditor):
         with self.holding(False):
             torch.manual_seed(self.params.seed)
             self.context_templates = context_templates(model, tokenizer, MEMIT_TEMPLATES)
-            stats = [
-                second_moment(model, tokenizer, layer, self.params.mom2_tokens)
-                for layer in self.layers
-            ]
+            stats = second_moments(model, tokenizer, self.layers, self.params.mom2_tokens)
         self.moments = [moment for moment, _ in stats]
         self.moment_tokens = stats[0][1]
         self.prepare()
