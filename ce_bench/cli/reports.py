@@ -52,7 +52,9 @@ def erasure_report_cmd(
 def lifelong_report_cmd(
     edits: str = typer.Option("zsre", help="zsre (Table 1) or selfcheckgpt (Table 2)."),
     editor: list[str] | None = typer.Option(
-        None, help="NAME[:key=value,...], repeatable; default ft grace microedit:alpha=auto wise"
+        None,
+        help="NAME[:key=value,...], repeatable; default ft grace microedit:alpha=auto wise rome"
+        " memit alphaedit",
     ),
     num_edits: list[int] | None = typer.Option(None, help="T, repeatable; default 1, 10, 100."),
     model: str = MODEL,

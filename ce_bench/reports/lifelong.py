@@ -43,7 +43,9 @@ class LifelongReportConfig:
 
     model: str = EMBEDDED_NAME
     edits: str = "zsre"  # zsre or selfcheckgpt (the shipped sets)
-    editors: tuple[str, ...] = ("ft", "grace", "microedit:alpha=auto", "wise")
+    editors: tuple[str, ...] = (
+        "ft", "grace", "microedit:alpha=auto", "wise", "rome", "memit", "alphaedit",
+    )  # fmt: skip
     num_edits: tuple[int, ...] = (1, 10, 100)
     batch_size: int = 16
     out: Path = Path("results/lifelong/zsre")
