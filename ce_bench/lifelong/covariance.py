@@ -23,8 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ce_bench.artifacts import ModelIdentity
-from ce_bench.sae_training.text import digest, model_cache_dir, model_texts, project_texts
-from ce_bench.sae_training.train import SAESettings
+from ce_bench.sae_training.text import digest, model_cache_dir
+from ce_bench.sae_training.train import corpus_texts
 from ce_bench.sites import Site, attach_hook
 
 BATCH = 8
@@ -33,17 +33,7 @@ MAX_TEXT_TOKENS = 128  # each text is cut to this many tokens
 
 def corpus(model: nn.Module, tokenizer: Any, model_name: str) -> list[str]:
     """The project's text and the model's own sampled text (shared with SAE training)."""
-    settings = SAESettings()
-    sampled = model_texts(
-        model,
-        tokenizer,
-        model_name,
-        settings.generated_texts,
-        settings.generated_tokens,
-        settings.temperature,
-        settings.seed,
-    )
-    return project_texts() + sampled
+    return corpus_texts(model, tokenizer, model_name)
 
 
 def second_moment(

@@ -19,7 +19,6 @@ layers 4-8 of 32, z layer 8, 25 steps).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,17 +26,15 @@ import torch
 from torch import nn
 
 from ce_bench.interventions.base import check_integer, check_number, register_intervention
-from ce_bench.lifelong.covariance import second_moments
 from ce_bench.lifelong.records import EditRecord
 from ce_bench.lifelong.rome import (
+    KeyValueEditor,
     TargetParams,
-    context_templates,
     optimise_target,
     subject_keys,
     subject_last,
     w_down,
 )
-from ce_bench.lifelong.weight_editor import WeightDeltaEditor
 from ce_bench.sites import Site, attach_hook, out_in
 
 MEMIT_DEPTH = 4 / 32  # EasyEdit: layers 4-8 of LLaMA's 32
@@ -72,30 +69,15 @@ class AlphaEditParams(TargetParams):
 
 
 @register_intervention
-class MEMIT(WeightDeltaEditor):
+class MEMIT(KeyValueEditor):
     """State: `delta`, (layers, *W_down's shape), the stream's updates of each layer."""
 
     kind = "memit"
     Params = MEMITParams
     depth = MEMIT_DEPTH
 
-    def start_stream(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> None:
-        """The context templates and each layer's C, from the unedited model, once per stream."""
-        with self.holding(False):
-            torch.manual_seed(self.params.seed)
-            self.context_templates = context_templates(model, tokenizer, MEMIT_TEMPLATES)
-            stats = second_moments(model, tokenizer, self.layers, self.params.mom2_tokens)
-        self.moments = [moment for moment, _ in stats]
-        self.moment_tokens = stats[0][1]
-        self.prepare()
-
-    def prepare(self) -> None:
-        """What the layer updates need besides C (AlphaEdit: the projections)."""
-
-    def stream_report(
-        self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]
-    ) -> dict[str, Any]:
-        return {"mom2_tokens_seen": self.moment_tokens, "templates": self.context_templates}
+    def template_lengths(self) -> tuple[tuple[int, int], ...]:
+        return MEMIT_TEMPLATES
 
     def apply_edit(self, model: nn.Module, tokenizer: Any, record: EditRecord) -> dict[str, float]:
         last = self.layers[-1]

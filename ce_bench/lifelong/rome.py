@@ -21,6 +21,7 @@ with MEMIT and AlphaEdit (`ce_bench.lifelong.memit`).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ce_bench.interventions.base import check_integer, check_number, register_intervention
-from ce_bench.lifelong.covariance import second_moment
+from ce_bench.lifelong.covariance import second_moments
 from ce_bench.lifelong.editor import EditorParams
 from ce_bench.lifelong.records import EditRecord
 from ce_bench.lifelong.weight_editor import WeightDeltaEditor
@@ -74,31 +75,52 @@ class ROMEParams(TargetParams):
             raise ValueError(f"mom2_adjustment must be true or false, got {self.mom2_adjustment!r}")
 
 
+class KeyValueEditor(WeightDeltaEditor):
+    """What ROME, MEMIT and AlphaEdit prepare once per stream, from the unedited model: the
+    context templates and C = E[k k^T] at each edited layer."""
+
+    @abstractmethod
+    def template_lengths(self) -> tuple[tuple[int, int], ...]:
+        """(tokens, how many) of the sampled context templates."""
+
+    def uses_moments(self) -> bool:
+        return True
+
+    def start_stream(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> None:
+        with self.holding(False):
+            torch.manual_seed(self.params.seed)
+            self.context_templates = context_templates(model, tokenizer, self.template_lengths())
+            stats = (
+                second_moments(model, tokenizer, self.layers, self.params.mom2_tokens)
+                if self.uses_moments()
+                else []
+            )
+        self.moments = [moment for moment, _ in stats]
+        self.moment_tokens = stats[0][1] if stats else 0
+        self.prepare()
+
+    def prepare(self) -> None:  # noqa: B027 (optional override)
+        """What the updates need besides C (AlphaEdit: its projections)."""
+
+    def stream_report(
+        self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]
+    ) -> dict[str, Any]:
+        return {"mom2_tokens_seen": self.moment_tokens, "templates": self.context_templates}
+
+
 @register_intervention
-class ROME(WeightDeltaEditor):
+class ROME(KeyValueEditor):
     """State: `delta`, the sum of the stream's rank-one updates of W_down."""
 
     kind = "rome"
     Params = ROMEParams
     depth = ROME_DEPTH
 
-    def start_stream(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> None:
-        """The context templates and C, from the unedited model, once per stream."""
-        lengths = tuple((tokens, self.params.templates) for tokens, _ in ROME_TEMPLATES)
-        with self.holding(False):
-            torch.manual_seed(self.params.seed)
-            self.context_templates = context_templates(model, tokenizer, lengths)
-            self.moment: torch.Tensor | None = None
-            self.moment_tokens = 0
-            if self.params.mom2_adjustment:
-                self.moment, self.moment_tokens = second_moment(
-                    model, tokenizer, self.site.layer, self.params.mom2_tokens
-                )
+    def template_lengths(self) -> tuple[tuple[int, int], ...]:
+        return tuple((tokens, self.params.templates) for tokens, _ in ROME_TEMPLATES)
 
-    def stream_report(
-        self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]
-    ) -> dict[str, Any]:
-        return {"mom2_tokens_seen": self.moment_tokens, "templates": self.context_templates}
+    def uses_moments(self) -> bool:
+        return self.params.mom2_adjustment
 
     def apply_edit(self, model: nn.Module, tokenizer: Any, record: EditRecord) -> dict[str, float]:
         module = w_down(model, self.site.layer)
@@ -115,8 +137,8 @@ class ROME(WeightDeltaEditor):
             )
             weight = out_in(module, self.swapped[0].weight.detach().float().clone())
             direction = keys.mean(0)
-            if self.moment is not None:
-                direction = torch.linalg.solve(self.moment.to(direction), direction)
+            if self.moments:
+                direction = torch.linalg.solve(self.moments[0].to(direction), direction)
             update = rank_one_update(weight, keys[0], value, direction / direction.norm())
             self.set_layer(0, out_in(module, weight + update))
         self.edits_applied += 1

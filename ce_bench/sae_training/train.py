@@ -143,6 +143,29 @@ def load_report(path: Path | str) -> dict[str, Any]:
 # --- activations ------------------------------------------------------------------------------
 
 
+def corpus_texts(
+    model: nn.Module,
+    tokenizer: Any,
+    model_name: str,
+    settings: SAESettings | None = None,
+    bf16: bool = False,
+) -> list[str]:
+    """The offline text an SAE of `model` trains on: the project's own and what the model
+    samples (cached per model, so the SAEs of every layer and the editors' C share it)."""
+    settings = settings or SAESettings()
+    sampled = model_texts(
+        model,
+        tokenizer,
+        model_name,
+        settings.generated_texts,
+        settings.generated_tokens,
+        settings.temperature,
+        settings.seed,
+        bf16=bf16,
+    )
+    return project_texts() + sampled
+
+
 class _StopForward(Exception):
     """Raised by the capture hook: layers after the site are not needed."""
 
@@ -241,17 +264,8 @@ def _train(layer: int, model_name: str, settings: SAESettings, target: Path) -> 
 
     hf_model, tokenizer = load_model(model_name, "cpu")
     hook_name = module_path(hf_model, Site("resid_post", layer))  # checks the layer exists
-    texts = model_texts(
-        hf_model,
-        tokenizer,
-        model_name,
-        settings.generated_texts,
-        settings.generated_tokens,
-        settings.temperature,
-        settings.seed,
-        bf16=native_bf16(),
-    )
-    corpus = split_corpus(project_texts() + texts)
+    texts = corpus_texts(hf_model, tokenizer, model_name, settings, native_bf16())
+    corpus = split_corpus(texts)
     lap("text")
     acts, ids, sinks = token_activations(
         hf_model, tokenizer, layer, corpus.train, settings.context_size, bf16=native_bf16()
@@ -287,7 +301,7 @@ def _train(layer: int, model_name: str, settings: SAESettings, target: Path) -> 
             "corpus": {
                 "train_documents": len(corpus.train),
                 "held_out_documents": len(corpus.held_out),
-                "generated_documents": len(texts),
+                "generated_documents": len(texts) - len(project_texts()),
                 "train_tokens": len(acts),
                 "sink_tokens_left_out": sinks + held_sinks,
             },
