@@ -164,6 +164,11 @@ def site_device(model: nn.Module, site: Site) -> tuple[torch.device, torch.dtype
     return param.device, param.dtype
 
 
+class StopForward(Exception):
+    """Raised by a hook that has read what it needs: the layers after it are not run (catch it
+    around the forward pass with `contextlib.suppress(StopForward)`)."""
+
+
 def attach_hook(
     model: nn.Module, site: Site, edit: Callable[[torch.Tensor], torch.Tensor | None]
 ) -> RemovableHandle:

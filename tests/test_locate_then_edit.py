@@ -11,7 +11,8 @@ from ce_bench.artifacts import load_artifact
 from ce_bench.interventions import InterventionSet, save_intervention
 from ce_bench.lifelong import load_stream, new_editor
 from ce_bench.lifelong.memit import alphaedit_update, memit_update, null_space_projection
-from ce_bench.lifelong.rome import rank_one_update, subject_last, w_down
+from ce_bench.lifelong.rome import rank_one_update, subject_last
+from ce_bench.lifelong.weight_editor import w_down
 from ce_bench.sites import Site, out_in
 from tests.conftest import tiny_model_with_vocab
 from tests.helpers import lm_eval, recording, results_of
@@ -44,11 +45,11 @@ def test_rank_one_update_is_the_least_change_on_the_stored_keys_that_maps_k_to_v
 def test_c_is_the_mean_outer_product_of_w_downs_inputs_and_is_cached(
     embedded_tokenizer, monkeypatch, tmp_path
 ) -> None:
-    monkeypatch.setattr(covariance, "corpus", lambda *args: TEXTS[:6])
+    monkeypatch.setattr(covariance, "corpus_texts", lambda *args: TEXTS[:6])
     monkeypatch.setenv("CE_BENCH_HOME", str(tmp_path))
     tokenizer = embedded_tokenizer
     model = tiny_model_with_vocab("llama", len(tokenizer))
-    moment, tokens = covariance.second_moment(model, tokenizer, 1, max_tokens=10_000)
+    ((moment, tokens),) = covariance.second_moments(model, tokenizer, [1], max_tokens=10_000)
     with recording(model, Site("mlp_act", 1)) as seen, torch.no_grad():
         for text in TEXTS[:6]:
             model(**tokenizer(text, return_tensors="pt"))
@@ -56,7 +57,7 @@ def test_c_is_the_mean_outer_product_of_w_downs_inputs_and_is_cached(
     assert tokens == keys.shape[0]
     torch.testing.assert_close(moment, (keys.T @ keys / tokens).float(), rtol=1e-5, atol=1e-6)
     assert len(list(tmp_path.rglob("mom2-layer1-*.safetensors"))) == 1
-    again, _ = covariance.second_moment(model, tokenizer, 1, max_tokens=10_000)
+    ((again, _),) = covariance.second_moments(model, tokenizer, [1], max_tokens=10_000)
     assert torch.equal(again, moment)
 
 
@@ -111,7 +112,7 @@ TINY = {
 def test_an_edit_changes_w_down_as_its_method_says_switches_off_exactly_and_reloads(
     kind: str, arch: str, embedded_tokenizer, monkeypatch, tmp_path
 ) -> None:
-    monkeypatch.setattr(covariance, "corpus", lambda *args: TEXTS)
+    monkeypatch.setattr(covariance, "corpus_texts", lambda *args: TEXTS)
     monkeypatch.setenv("CE_BENCH_HOME", str(tmp_path))
     tokenizer = embedded_tokenizer
     model = tiny_model_with_vocab(arch, len(tokenizer))

@@ -1,4 +1,4 @@
-"""The second moment C = E[k k^T] of W_down's input at one layer, over a text corpus.
+"""The second moment C = E[k k^T] of W_down's input at the edited layers, over a text corpus.
 
 ROME inserts a fact with the update that changes W_down's outputs least on the keys it already
 stores (ROME Eq. 2); C stands for those keys. It is estimated once per (model, layer, corpus,
@@ -18,40 +18,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from ce_bench.artifacts import ModelIdentity
 from ce_bench.sae_training.text import digest, model_cache_dir
 from ce_bench.sae_training.train import corpus_texts
-from ce_bench.sites import Site, attach_hook
+from ce_bench.sites import Site, StopForward, attach_hook
 
 BATCH = 8
 MAX_TEXT_TOKENS = 128  # each text is cut to this many tokens
-
-
-def corpus(model: nn.Module, tokenizer: Any, model_name: str) -> list[str]:
-    """The project's text and the model's own sampled text (shared with SAE training)."""
-    return corpus_texts(model, tokenizer, model_name)
-
-
-def second_moment(
-    model: nn.Module, tokenizer: Any, layer: int, max_tokens: int
-) -> tuple[torch.Tensor, int]:
-    """(C, tokens): E[k k^T] of the input of W_down at `layer` (see `second_moments`)."""
-    return second_moments(model, tokenizer, [layer], max_tokens)[0]
 
 
 def second_moments(
     model: nn.Module, tokenizer: Any, layers: Sequence[int], max_tokens: int
 ) -> list[tuple[torch.Tensor, int]]:
     """(C, tokens) per layer: E[k k^T] of the input of W_down, float32 (d_mlp, d_mlp), over at
-    most `max_tokens` tokens of `corpus`, all layers from one pass that stops after the last of
+    most `max_tokens` tokens of `corpus_texts` (the project's text and the model's own, shared
+    with SAE training), all layers from one pass that stops after the last of
     them; each cached per model (its folder name and a sample of its weights), layer, token
     budget and text."""
     model_name = Path(str(model.config.name_or_path)).name or model.config.model_type
-    texts = corpus(model, tokenizer, model_name)
+    texts = corpus_texts(model, tokenizer, model_name)
     identity = asdict(ModelIdentity.of(model, model_name))
     paths = {
         layer: model_cache_dir(model_name)
@@ -80,7 +70,7 @@ def _estimate(
             keys = h.detach()[mask].double()  # real tokens only
             totals[layer] = keys.T @ keys + totals.get(layer, 0)
             if layer == last:
-                raise _Enough  # the layers above are not needed
+                raise StopForward  # the layers above are not needed
 
         return hook
 
@@ -101,7 +91,7 @@ def _estimate(
                     max_length=MAX_TEXT_TOKENS,
                 ).to(device)
                 mask = batch["attention_mask"].bool()
-                with suppress(_Enough):
+                with suppress(StopForward):
                     model(**batch, use_cache=False)
                 tokens += int(mask.sum())
                 bar.update(int(mask.sum()))
@@ -113,10 +103,6 @@ def _estimate(
     return {layer: ((totals[layer] / tokens).float(), tokens) for layer in layers}
 
 
-class _Enough(Exception):
-    """Raised after the last layer's keys are read: the rest of the forward pass is not needed."""
-
-
 def _save(path: Path, moment: torch.Tensor, tokens: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}")
@@ -125,8 +111,5 @@ def _save(path: Path, moment: torch.Tensor, tokens: int) -> None:
 
 
 def _load(path: Path) -> tuple[torch.Tensor, int]:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
-        tokens = int(f.metadata()["tokens"])
-    return load_file(str(path))["moment"], tokens
+        return f.get_tensor("moment"), int(f.metadata()["tokens"])

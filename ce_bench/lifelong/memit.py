@@ -30,11 +30,10 @@ from ce_bench.lifelong.records import EditRecord
 from ce_bench.lifelong.rome import (
     KeyValueEditor,
     TargetParams,
+    at_subject,
     optimise_target,
-    subject_keys,
-    subject_last,
-    w_down,
 )
+from ce_bench.lifelong.weight_editor import w_down
 from ce_bench.sites import Site, attach_hook, out_in
 
 MEMIT_DEPTH = 4 / 32  # EasyEdit: layers 4-8 of LLaMA's 32
@@ -42,19 +41,25 @@ MEMIT_TEMPLATES = ((10, 5),)  # MEMIT's and AlphaEdit's context templates: 5 of 
 
 
 @dataclass(frozen=True)
-class MEMITParams(TargetParams):
+class LayerRunParams(TargetParams):
     layers: int = 5  # W_down of `layer` .. `layer + layers - 1`
-    mom2_update_weight: float = 15_000.0  # lambda: how much the stored keys weigh
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_integer("layers", self.layers, 1)
+
+
+@dataclass(frozen=True)
+class MEMITParams(LayerRunParams):
+    mom2_update_weight: float = 15_000.0  # lambda: how much the stored keys weigh
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         check_number("mom2_update_weight", self.mom2_update_weight)
 
 
 @dataclass(frozen=True)
-class AlphaEditParams(TargetParams):
-    layers: int = 5
+class AlphaEditParams(LayerRunParams):
     v_lr: float = 0.1  # AlphaEdit's LLaMA-3-8B values
     v_weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75
@@ -63,7 +68,6 @@ class AlphaEditParams(TargetParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_integer("layers", self.layers, 1)
         for name in ("nullspace_threshold", "l2"):
             check_number(name, getattr(self, name))
 
@@ -92,16 +96,14 @@ class MEMIT(KeyValueEditor):
                 self.params,
                 lambda edit: attach_hook(model, Site("resid_post", last), edit),
             )
-            keys_per_layer = []
             for i, layer in enumerate(self.layers):
-                keys = subject_keys(model, tokenizer, texts, record.subject, layer).mean(0)
+                keys = self.keys(model, tokenizer, texts, record.subject, layer)
                 now = self.residual(model, tokenizer, record, last)
                 residual = (z - now) / (len(self.layers) - i)
                 module = w_down(model, layer)
                 weight = out_in(module, self.swapped[i].weight.detach().float().clone())
                 update = self.layer_update(i, keys[:, None], residual[:, None])
                 self.set_layer(i, out_in(module, weight + update))
-                keys_per_layer.append(keys)
                 norms.append(float(update.norm()))
             error = float((z - self.residual(model, tokenizer, record, last)).norm() / z.norm())
             self.remember(model, tokenizer, texts, record.subject)
@@ -116,18 +118,16 @@ class MEMIT(KeyValueEditor):
     def remember(self, model: nn.Module, tokenizer: Any, texts: list[str], subject: str) -> None:
         """After an edit (AlphaEdit keeps the edited keys)."""
 
-    def residual(self, model: nn.Module, tokenizer: Any, record: EditRecord, layer: int) -> Any:
+    @staticmethod
+    def keys(model: nn.Module, tokenizer: Any, texts: list[str], subject: str, layer: int) -> Any:
+        """W_down's input at `layer` at the subject's last token, averaged over the templates."""
+        return at_subject(model, tokenizer, texts, subject, Site("mlp_act", layer)).mean(0)
+
+    @staticmethod
+    def residual(model: nn.Module, tokenizer: Any, record: EditRecord, layer: int) -> Any:
         """The residual stream after `layer` at the subject's last token of the bare prompt."""
-        position = subject_last(tokenizer, record.prompt, record.subject)
-        ids = tokenizer(record.prompt, add_special_tokens=False, return_tensors="pt").input_ids
-        seen: list[torch.Tensor] = []
-        handle = attach_hook(model, Site("resid_post", layer), lambda h: seen.append(h))
-        try:
-            with torch.no_grad():
-                model(input_ids=ids.to(next(model.parameters()).device))
-        finally:
-            handle.remove()
-        return seen[0][0, position].float()
+        site = Site("resid_post", layer)
+        return at_subject(model, tokenizer, [record.prompt], record.subject, site)[0]
 
 
 @register_intervention
@@ -150,7 +150,7 @@ class AlphaEdit(MEMIT):
 
     def remember(self, model: nn.Module, tokenizer: Any, texts: list[str], subject: str) -> None:
         for i, layer in enumerate(self.layers):
-            keys = subject_keys(model, tokenizer, texts, subject, layer).mean(0)
+            keys = self.keys(model, tokenizer, texts, subject, layer)
             self.edited_keys[i] = self.edited_keys[i] + torch.outer(keys, keys).cpu()
 
     def reset(self) -> None:

@@ -34,9 +34,9 @@ from ce_bench.interventions.base import check_integer, check_number, register_in
 from ce_bench.lifelong.covariance import second_moments
 from ce_bench.lifelong.editor import EditorParams
 from ce_bench.lifelong.records import EditRecord
-from ce_bench.lifelong.weight_editor import WeightDeltaEditor
+from ce_bench.lifelong.weight_editor import WeightDeltaEditor, w_down
 from ce_bench.scoring import answer_logits, golden_batch
-from ce_bench.sites import Site, attach_hook, model_dims, module_path, out_in
+from ce_bench.sites import Site, attach_hook, model_dims, out_in
 
 ROME_DEPTH = 5 / 32  # EasyEdit's ROME edits layer 5 of LLaMA-2-7B's 32
 TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You")  # ROME's context templates
@@ -126,7 +126,8 @@ class ROME(KeyValueEditor):
         module = w_down(model, self.site.layer)
         with self.holding(True):  # each edit starts from the model the earlier ones edited
             texts = [t.format(record.prompt) for t in self.context_templates]
-            keys = subject_keys(model, tokenizer, texts, record.subject, self.site.layer)
+            site = Site("mlp_act", self.site.layer)
+            keys = at_subject(model, tokenizer, texts, record.subject, site)
             value, stats = optimise_target(
                 model,
                 tokenizer,
@@ -157,10 +158,6 @@ def rank_one_update(
     return torch.outer(right, direction)
 
 
-def w_down(model: nn.Module, layer: int) -> nn.Module:
-    return model.get_submodule(module_path(model, Site("mlp_act", layer)))
-
-
 def subject_last(tokenizer: Any, text: str, subject: str) -> int:
     """The index of the subject's last token in `text` (tokenised without special tokens, as
     `golden_batch` does); the text's last token when there is no subject in it."""
@@ -168,15 +165,16 @@ def subject_last(tokenizer: Any, text: str, subject: str) -> int:
     return len(tokenizer(text[:end], add_special_tokens=False)["input_ids"]) - 1
 
 
-def subject_keys(
-    model: nn.Module, tokenizer: Any, texts: list[str], subject: str, layer: int
+def at_subject(
+    model: nn.Module, tokenizer: Any, texts: list[str], subject: str, site: Site
 ) -> torch.Tensor:
-    """(texts, d_mlp): W_down's input at `layer` at the subject's last token of each text."""
+    """(texts, width): the activation at `site` at the subject's last token of each text (W_down's
+    input, the key, at `mlp_act`; the residual stream at `resid_post`)."""
     positions = torch.tensor([subject_last(tokenizer, text, subject) for text in texts])
     device = next(model.parameters()).device
     batch = golden_batch(tokenizer, [(t, "") for t in texts], device)
     seen: list[torch.Tensor] = []
-    handle = attach_hook(model, Site("mlp_act", layer), lambda h: seen.append(h))
+    handle = attach_hook(model, site, lambda h: seen.append(h))
     try:
         with torch.no_grad():
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)

@@ -35,22 +35,25 @@ class WeightDeltaEditor(Editor):
         return int(getattr(params, "layers", 1))
 
     @classmethod
-    def initial_tensors(cls, model: nn.Module, site: Site, params: Any) -> dict[str, torch.Tensor]:
-        shape = _w_down(model, site.layer).weight.shape
+    def delta_shape(cls, model: nn.Module, site: Site, params: Any) -> tuple[int, ...]:
+        """W_down's shape for one layer, (layers, *W_down's shape) for several."""
         span = cls.span(params)
-        return {"delta": torch.zeros(shape if span == 1 else (span, *shape), dtype=torch.float32)}
+        shape = tuple(w_down(model, site.layer + span - 1).weight.shape)  # the layers exist
+        return shape if span == 1 else (span, *shape)
+
+    @classmethod
+    def initial_tensors(cls, model: nn.Module, site: Site, params: Any) -> dict[str, torch.Tensor]:
+        return {"delta": torch.zeros(cls.delta_shape(model, site, params), dtype=torch.float32)}
 
     @property
     def layers(self) -> list[int]:
         return list(range(self.site.layer, self.site.layer + self.span(self.params)))
 
     def check(self, model: nn.Module, source: str) -> None:
-        shape = tuple(_w_down(model, self.layers[-1]).weight.shape)  # also: the layers exist
-        span = self.span(self.params)
-        self.check_shapes(source, {"delta": shape if span == 1 else (span, *shape)})
+        self.check_shapes(source, {"delta": self.delta_shape(model, self.site, self.params)})
 
     def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:
-        modules = [_w_down(model, layer) for layer in self.layers]
+        modules = [w_down(model, layer) for layer in self.layers]
         self.swapped = [SwappedWeight(module.weight) for module in modules]
         self.editing = False  # while an edit runs, the weights hold what the editor put there
         self._take_state()
@@ -102,5 +105,6 @@ class WeightDeltaEditor(Editor):
             self.tensors["delta"][index] = difference
 
 
-def _w_down(model: nn.Module, layer: int) -> nn.Module:
+def w_down(model: nn.Module, layer: int) -> nn.Module:
+    """The down projection of `layer`'s MLP (what these editors rewrite)."""
     return model.get_submodule(module_path(model, Site("mlp_act", layer)))

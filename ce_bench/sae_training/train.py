@@ -29,7 +29,7 @@ from ce_bench.sae_training.text import (
     project_texts,
     split_corpus,
 )
-from ce_bench.sites import Site, attach_hook, module_path
+from ce_bench.sites import Site, StopForward, attach_hook, module_path
 
 REPORT_FILE = "training_report.json"
 FORMAT_VERSION = 1
@@ -166,10 +166,6 @@ def corpus_texts(
     return project_texts() + sampled
 
 
-class _StopForward(Exception):
-    """Raised by the capture hook: layers after the site are not needed."""
-
-
 @torch.no_grad()
 def token_activations(
     model: nn.Module,
@@ -205,7 +201,7 @@ def token_activations(
     handle = attach_hook(model, Site("resid_post", layer), _capture_and_stop(captured))
     try:
         for start in tqdm(range(0, len(ids), LM_BATCH), desc=f"activations at layer {layer}"):
-            with suppress(_StopForward), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            with suppress(StopForward), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 model(ids[start : start + LM_BATCH], use_cache=False)
     finally:
         handle.remove()
@@ -221,7 +217,7 @@ def token_activations(
 def _capture_and_stop(captured: list[torch.Tensor]):  # type: ignore[no-untyped-def]
     def capture(h: torch.Tensor) -> None:
         captured.append(h.detach().float().cpu())
-        raise _StopForward
+        raise StopForward
 
     return capture
 
