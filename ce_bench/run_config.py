@@ -58,35 +58,27 @@ class AttachedArtifact:
     @property
     def method(self) -> str:
         """The method's one name (see the module docstring)."""
-        return method_name(self.provenance) or self.kind
+        return method_of(self.provenance)[0] or self.kind
 
     @property
     def variant(self) -> str:
-        return method_variant(self.provenance)
+        return method_of(self.provenance)[1]
 
 
-def method_name(provenance: dict[str, Any]) -> str:
-    """The one name of the method that located an artifact, from its provenance (as saved in a
-    manifest or a results file), older spellings included."""
-    method = str(provenance.get("method") or "")
+def method_of(provenance: dict[str, Any]) -> tuple[str, str]:
+    """(the one name of the method that located an artifact, its variant or ''), from its
+    provenance as saved in a manifest or a results file, older spellings included."""
     report = provenance.get("report") or {}
+    old, _, suffix = str(provenance.get("method") or "").partition("/")
     if report.get("locate_method"):  # emotion jobs before the rename: the job's method
-        return str(report["locate_method"])
-    old, _, variant = method.partition("/")
-    if old == "lifelong":
-        return variant
-    if old == "privacy":
-        return {"knowledge_neurons": "fact-neurons"}.get(variant, variant)
-    return _RENAMED.get(old, old)
-
-
-def method_variant(provenance: dict[str, Any]) -> str:
-    """The variant of the method, '' if it has one way only."""
-    report = provenance.get("report") or {}
-    if "variant" in report:
-        return str(report["variant"])
-    old, _, variant = str(provenance.get("method") or "").partition("/")
-    return "" if old in ("lifelong", "privacy") or report.get("locate_method") else variant
+        name, suffix = str(report["locate_method"]), ""
+    elif old == "lifelong":  # "lifelong/ft": the editor
+        name, suffix = suffix, ""
+    elif old == "privacy":  # "privacy/featureedit", "privacy/knowledge_neurons"
+        name, suffix = {"knowledge_neurons": "fact-neurons"}.get(suffix, suffix), ""
+    else:
+        name = _RENAMED.get(old, old)
+    return name, str(report.get("variant", suffix))
 
 
 @dataclass(frozen=True)

@@ -277,9 +277,8 @@ def _activations_for(  # type: ignore[no-untyped-def]
         return training_activations(
             model, tokenizer, data, layer, chosen.source, chosen.per_class, chosen.shots
         )
-    if (given.data, given.layer, given.source, given.shots) != (
-        data, layer, chosen.source, chosen.shots,
-    ):  # fmt: skip
+    wanted = (data, layer, chosen.source, chosen.shots)
+    if (given.data, given.layer, given.source, given.shots) != wanted:
         raise ValueError("the given activations were read for other data, layer or shots")
     return given
 

@@ -26,7 +26,6 @@ from rich.table import Table
 
 from ce_bench.interventions.base import parse_params
 from ce_bench.lifelong.editor import editor_class
-from ce_bench.run_config import RunConfig
 from ce_bench.runtime import EMBEDDED_NAME
 
 # edit set -> (task, the columns of MicroEdit's table, their headings)
@@ -113,7 +112,7 @@ def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
     try:
         metadata = {"edits": config.edits, "num_edits": num_edits}
         results = evaluate(lm, [task], metadata=metadata, stderr=False)
-        lifelong = RunConfig.from_json(lm.get_model_info()["ce_bench"]).lifelong
+        lifelong = lm.lifelong.describe()  # what the results record, without building them
     finally:
         lm.close()
     metrics = metrics_of(results, task)
