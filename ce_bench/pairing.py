@@ -37,8 +37,9 @@ from typing import Any
 SWITCH_KEY = "ce_bench_intervention"
 TARGET_KEY = "ce_bench_target"
 EDIT_KEY, STREAM_KEY = "ce_bench_edit", "ce_bench_stream"
+CHECKPOINT_KEY = "ce_bench_checkpoint"
 DETAIL_KEY, TOKENS = "ce_bench_detail", "tokens"
-TAG_KEYS = (SWITCH_KEY, TARGET_KEY, EDIT_KEY, STREAM_KEY, DETAIL_KEY)
+TAG_KEYS = (SWITCH_KEY, TARGET_KEY, EDIT_KEY, STREAM_KEY, CHECKPOINT_KEY, DETAIL_KEY)
 OFF = "off"
 BASE_SUFFIX = "_base"  # a paired task reports metric m of the unedited model as m_base
 _live_models: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -94,13 +95,17 @@ def for_target(args: tuple[Any, ...], target: str) -> tuple[Any, ...]:
     return with_tag(args, {TARGET_KEY: target})
 
 
-def for_edit(args: tuple[Any, ...], index: int, stream: str) -> tuple[Any, ...]:
+def for_edit(
+    args: tuple[Any, ...], index: int, stream: str, checkpoint: int | None = None
+) -> tuple[Any, ...]:
     """Arguments of a scoring request about record `index` of the edit stream with digest
     `stream`, answered with a per-token score (`ce_bench.scoring.TokenScore`).
 
     The model checks the digest against the stream it edited (a mismatch is an error) and, with
-    `eval_at=immediate`, answers the request right after edit `index`."""
-    return with_tag(args, {EDIT_KEY: index, STREAM_KEY: stream, DETAIL_KEY: TOKENS})
+    `eval_at=immediate`, answers the request right after edit `index`; with a `checkpoint` (of
+    an `eval_at=1+10+...` schedule), after that many edits."""
+    tag = {EDIT_KEY: index, STREAM_KEY: stream, DETAIL_KEY: TOKENS}
+    return with_tag(args, tag if checkpoint is None else {**tag, CHECKPOINT_KEY: checkpoint})
 
 
 def per_token(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -134,6 +139,11 @@ def target_of(args: tuple[Any, ...]) -> str | None:
 def edit_of(tag: dict[str, Any]) -> tuple[int, str] | None:
     """(record index, stream digest) of a tagged request about an edit, if it is one."""
     return (tag[EDIT_KEY], tag[STREAM_KEY]) if EDIT_KEY in tag else None
+
+
+def checkpoint_of(tag: dict[str, Any]) -> int | None:
+    """The checkpoint a tagged request about an edit is asked at, if any."""
+    return tag.get(CHECKPOINT_KEY)
 
 
 def wants_tokens(args: tuple[Any, ...]) -> bool:

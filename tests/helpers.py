@@ -68,3 +68,9 @@ def lm_eval(
 def results_of(out_dir: Path) -> dict:
     (path,) = out_dir.rglob("results_*.json")
     return json.loads(path.read_text())
+
+
+def samples_of(out_dir: Path, task: str) -> list[dict]:
+    """The logged samples (`--log_samples`) of one task of a run written to `out_dir`."""
+    (path,) = out_dir.rglob(f"samples_{task}_*.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -431,6 +431,24 @@ def test_without_samples_a_delta_falls_back_to_the_stderrs_and_says_so(runs, tmp
     assert "~" in to_markdown(sections)
 
 
+def test_a_lifelong_run_with_checkpoints_gets_a_retention_plot_and_no_extra_columns(
+    runs, tmp_path
+) -> None:
+    (grace,) = [r for r in runs if r.method == "grace" and "zsre_lifelong" in r.scores]
+    data = json.loads(grace.path.read_text())
+    metrics = data["results"]["zsre_lifelong"]
+    for name in ("rel", "gen", "loc", "avg"):  # as a run with eval_at=1 reports them
+        metrics[f"{name}@1,none"] = metrics[f"{name},none"]
+        metrics[f"{name}@1_stderr,none"] = "N/A"
+        data["higher_is_better"]["zsre_lifelong"][f"{name}@1"] = True
+    path = tmp_path / "lifelong" / grace.path.name
+    path.parent.mkdir()
+    path.write_text(json.dumps(data))
+    files = write_board(build_board([read_run(path)]), tmp_path / "board")
+    assert files["retention"].read_bytes()[:4] == b"\x89PNG"
+    assert "rel@1" not in files["markdown"].read_text()
+
+
 SEEDED = """
 model: smollm2-135m
 general_tasks: []

@@ -16,14 +16,15 @@ from ce_bench.embedded import load_model
 from ce_bench.interventions import Switch, build_intervention
 from ce_bench.interventions.sae import sink_positions
 from ce_bench.lifelong import LifelongSession, StreamMismatch, load_stream, new_editor
-from ce_bench.lifelong.editor import edit_batch
+from ce_bench.lifelong.editor import Editor, EditorParams, edit_batch
 from ce_bench.lifelong.records import EditDataError, EditRecord, load_records, shipped_dir
 from ce_bench.lifelong.wise import NO_EDIT, ties_merge
 from ce_bench.models.edited_hf import EditedHFLM
 from ce_bench.pairing import baseline_loglikelihood, for_edit, tag_of
 from ce_bench.reports.lifelong import LifelongReportConfig, parse_editor, run_lifelong_report
 from ce_bench.scoring import TokenScore, score_tokens
-from tests.helpers import lm_eval, results_of
+from ce_bench.sites import Site
+from tests.helpers import lm_eval, results_of, samples_of
 
 RECORD = EditRecord(
     prompt="What is the capital of Kenya?",
@@ -415,6 +416,65 @@ def test_immediate_answers_each_record_right_after_its_own_edit(tiny) -> None:
             h.remove()
 
 
+class Counting(Editor):
+    """An editor whose state is the number of edits it applied (what the schedule tests see)."""
+
+    kind, Params, tensor_names, site_name = "counting", EditorParams, ("count",), "resid_post"
+
+    @classmethod
+    def initial_tensors(cls, model, site, params):  # type: ignore[no-untyped-def]
+        return {"count": torch.zeros(1)}
+
+    def attach(self, model, switch):  # type: ignore[no-untyped-def]
+        return []
+
+    def apply_edit(self, model, tokenizer, record):  # type: ignore[no-untyped-def]
+        self.tensors["count"] = self.tensors["count"] + 1
+        return {}
+
+
+def test_checkpoints_answer_each_request_after_its_checkpoints_edits_from_one_pass() -> None:
+    editor = Counting(Site("resid_post", 0), EditorParams(), {"count": torch.zeros(1)})
+    stream = load_stream("zsre", 4)
+    passes = []
+    session = LifelongSession(editor, stream, None, None, eval_at="1+2+4")
+    session.apply_stream = lambda *a: passes.append(a)  # type: ignore[method-assign]
+    args = [
+        for_edit(("q", " a"), 0, stream.digest, checkpoint=1),
+        for_edit(("q", " a"), 1, stream.digest, checkpoint=2),
+        for_edit(("q", " a"), 0, stream.digest, checkpoint=2),
+        for_edit(("q", " a"), 0, stream.digest, checkpoint=4),
+        for_edit(("q", " a"), 3, stream.digest),
+        ("side", " effect"),
+    ]
+    args.append(baseline_loglikelihood(args[0]))
+
+    def compute(batch):  # type: ignore[no-untyped-def]
+        return [int(editor.tensors["count"])] * len(batch)
+
+    assert session.answer(args, [tag_of(a) for a in args], compute) == [1, 2, 2, 4, 4, 4, 4]
+    assert int(editor.tensors["count"]) == 4 and not passes  # the end state back; no replay
+    with pytest.raises(
+        StreamMismatch, match="checkpoint 3, but the model.s schedule is eval_at=1.2.4"
+    ):
+        session.answer([args[0]], [tag_of(for_edit(("q", " a"), 0, stream.digest, 3))], compute)
+
+
+@pytest.mark.parametrize(
+    ("eval_at", "problem"),
+    [
+        ("2+1", "must increase"),
+        ("0+3", "joined by"),
+        ("10", "past the stream's 4"),
+        ("soon", "end, immediate"),
+    ],
+)
+def test_a_bad_checkpoint_schedule_is_refused(eval_at: str, problem: str) -> None:
+    editor = Counting(Site("resid_post", 0), EditorParams(), {"count": torch.zeros(1)})
+    with pytest.raises(ValueError, match=problem):
+        LifelongSession(editor, load_stream("zsre", 4), None, None, eval_at=eval_at)
+
+
 def test_a_saved_edited_state_loads_only_for_the_stream_it_edited(tiny_llama_dir, tmp_path) -> None:
     out = tmp_path / "grace"
     lm = EditedHFLM(
@@ -445,7 +505,7 @@ def test_a_saved_edited_state_loads_only_for_the_stream_it_edited(tiny_llama_dir
 def test_lm_eval_runs_a_lifelong_edit_stream_end_to_end(tmp_path) -> None:
     proc = lm_eval(
         "--model", "edited_hf",
-        "--model_args", "editor=grace,edits=zsre,num_edits=5,steps=20",
+        "--model_args", "editor=grace,edits=zsre,num_edits=5,steps=20,eval_at=1+3+5",
         "--tasks", "zsre_lifelong",
         "--output_path", str(tmp_path),
         "--log_samples",
@@ -454,6 +514,11 @@ def test_lm_eval_runs_a_lifelong_edit_stream_end_to_end(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = results_of(tmp_path)
     metrics = results["results"]["zsre_lifelong"]
+    samples = samples_of(tmp_path, "zsre_lifelong")
+    for checkpoint in (1, 3):  # the mean over the records edited by then
+        edited = [s[f"rel@{checkpoint}"] for s in samples if s["doc"]["edit_index"] < checkpoint]
+        assert metrics[f"rel@{checkpoint},none"] == pytest.approx(sum(edited) / checkpoint)
+    assert metrics["rel@5,none"] == metrics["rel,none"]  # the last checkpoint is the end
     assert metrics["rel,none"] > metrics["rel_base,none"]  # the edits took
     assert metrics["loc,none"] == pytest.approx(1.0)  # GRACE leaves unrelated prompts alone
     assert metrics["avg,none"] == pytest.approx(

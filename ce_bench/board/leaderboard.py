@@ -25,7 +25,15 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from ce_bench.board.runs import GENERAL, Run, Score, families, family, headline
+from ce_bench.board.runs import (
+    GENERAL,
+    Run,
+    Score,
+    checkpoint_of,
+    families,
+    family,
+    headline,
+)
 from ce_bench.board.samples import SamplesCache, SamplesMismatch, compare_in_run, compare_runs
 from ce_bench.stats import PairedComparison, unpaired_interval
 from ce_bench.versions import mixed_versions
@@ -222,7 +230,7 @@ def _family_section(title: str, runs: list[Run], tasks: list[str], deltas: Delta
     for run in runs:
         for task in tasks:
             if task in run.scores:
-                cells = {m: deltas.cell(run, task, m) for m in run.scores[task]}
+                cells = {m: deltas.cell(run, task, m) for m in run.scores[task] if m in metrics}
                 section.rows.append(Row(run, task, cells))
     return section
 
@@ -245,8 +253,10 @@ def _general_section(runs: list[Run], tasks: list[str], deltas: Deltas) -> Secti
 
 
 def _metrics(runs: list[Run], task: str) -> list[str]:
-    """A task's metrics over all runs, in the order they first appear."""
-    return list(dict.fromkeys(m for run in runs for m in run.scores.get(task, {})))
+    """A task's metrics over all runs, in the order they first appear; a retention curve's
+    (`rel@10`) are drawn, not tabled."""
+    names = (m for run in runs for m in run.scores.get(task, {}) if checkpoint_of(m) is None)
+    return list(dict.fromkeys(names))
 
 
 def _direction(runs: list[Run], tasks: list[str], metric: str) -> bool | None:

@@ -5,7 +5,9 @@
 - per_target.png: concept editing's success rate per emotion, one bar per method, on the test
   split when the board has one, bars 1.96 stderrs;
 - side_effects.png: each edited run's change in every general-ability task from the unedited
-  model, bars its 95% interval (paired where the samples allow), faded where not significant.
+  model, bars its 95% interval (paired where the samples allow), faded where not significant;
+- retention.png: lifelong runs with checkpoints (`eval_at=1+10+100`): each tracked metric after
+  c edits, over the records edited by then, one line per run, bars 1.96 stderrs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ce_bench.board.leaderboard import Cell, Row, Section  # noqa: E402
-from ce_bench.board.runs import GENERAL  # noqa: E402
+from ce_bench.board.runs import GENERAL, checkpoint_of  # noqa: E402
 
 PER_TARGET = "Concept editing"  # the family whose targets (emotions) get bars
 Z95 = 1.959964  # half-width of a 95% normal interval, in standard errors
@@ -37,6 +39,7 @@ def write_plots(sections: list[Section], out: Path) -> list[Path]:
         "dose_response": _dose_response,
         "per_target": _per_target,
         "side_effects": _side_effects,
+        "retention": _retention,
     }
     for name, draw in drawings.items():
         figure = draw(sections)
@@ -184,6 +187,38 @@ def _side_effects(sections: list[Section]) -> Figure | None:
         "Side effects on general ability: edited minus unedited (red: worse; bars: 95%"
         " interval; faded: not significant)"
     )
+    figure.tight_layout()
+    return figure
+
+
+def _retention(sections: list[Section]) -> Figure | None:
+    """One panel per (task, metric) with checkpoints; one line per run."""
+    curves: dict[tuple[str, str], dict[str, list[tuple[int, float, float]]]] = defaultdict(dict)
+    for section in _edit_sections(sections):
+        for row in section.rows:
+            for metric, score in row.run.scores.get(row.task, {}).items():
+                found = checkpoint_of(metric)
+                if found is not None and math.isfinite(score.value):
+                    name, count = found
+                    points = curves[(row.task, name)].setdefault(row.run.label, [])
+                    points.append((count, score.value, Z95 * (score.stderr or 0.0)))
+    if not curves:
+        return None
+    cols = min(4, len(curves))
+    rows = -(-len(curves) // cols)
+    figure, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(curves) :]:
+        ax.axis("off")
+    for ax, ((task, metric), lines) in zip(axes.flat, sorted(curves.items()), strict=False):
+        for label, points in sorted(lines.items()):
+            counts, values, errors = zip(*sorted(points), strict=True)
+            ax.errorbar(counts, values, yerr=errors, fmt="o-", capsize=3, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("edits applied")
+        ax.set_title(f"{task}: {metric}", fontsize="small")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize="x-small")
+    figure.suptitle("Retention: each metric over the records edited so far, after c edits")
     figure.tight_layout()
     return figure
 

@@ -177,6 +177,12 @@ def family(task: str) -> str:
     return declared_tasks().get(task, {}).get("family", GENERAL)
 
 
+def checkpoint_of(metric: str) -> tuple[str, int] | None:
+    """('rel', 10) for a lifelong task's `rel@10` (Rel after 10 edits, `eval_at=1+10+...`)."""
+    name, at, count = metric.partition("@")
+    return (name, int(count)) if at and count.isdigit() else None
+
+
 def headline(task: str, metrics: list[str]) -> str:
     """The metric a task is ranked by: the one its YAML declares, else the first reported."""
     declared = declared_tasks().get(task, {}).get("headline")

@@ -7,7 +7,9 @@ switched ON/OFF per request) with three more things:
   codebook, a zero weight difference), so `new_editor` can build it without an artifact;
 - `apply_edit(model, tokenizer, record)`: train on one record with every model weight frozen
   and return a few numbers about it (losses, steps);
-- `reset()`: back to the state it was built with (`eval_at=immediate` replays the stream).
+- `reset()`: back to the state it was built with (`eval_at=immediate` replays the stream);
+- `state()` / `load_state(tensors)`: what its answers depend on, kept at a checkpoint of a
+  retention curve and put back to answer there.
 
 With the switch OFF an editor changes nothing, so the unedited model's answers (Locality's
 pre-edit predictions) come from the same loaded model in the same run. Its state is
@@ -53,7 +55,7 @@ class Editor(Intervention):
     def __init__(self, site: Site, params: Any, tensors: dict[str, torch.Tensor]) -> None:
         super().__init__(site, params, tensors)
         self.initial = {k: v.detach().clone() for k, v in self.tensors.items()}
-        self.edits_applied = 0
+        self.reset()
 
     @classmethod
     def default_layer(cls, model: nn.Module, params: Any) -> int:
@@ -95,8 +97,18 @@ class Editor(Intervention):
 
     def reset(self) -> None:
         """Back to the state the editor was built with (no edit of the current stream)."""
-        self.tensors = {k: v.clone() for k, v in self.initial.items()}
+        self.load_state(self.initial)
         self.edits_applied = 0
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """A copy of the tensors the editor's answers depend on."""
+        return {k: v.detach().clone() for k, v in self.tensors.items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Answer from `tensors` (a `state()`) from now on. What only later edits read (FT-EWC's
+        Fisher, AlphaEdit's edited keys) is not part of it: `reset()` clears that."""
+        device = next((v.device for v in self.tensors.values()), None)  # attached: the model's
+        self.tensors = {k: v.to(device, copy=True) for k, v in tensors.items()}
 
     def to_artifact(self, model: nn.Module, model_name: str, stream: EditStream) -> Artifact:
         """The edited state after `stream`, as an artifact that loads without editing again."""

@@ -60,9 +60,9 @@ class FineTune(WeightDeltaEditor):
     Params = FTParams
     depth = FT_DEPTH
 
-    def _take_state(self) -> None:
-        """The edited weight from `delta`, and no EWC memory of earlier edits."""
-        super()._take_state()
+    def reset(self) -> None:
+        """No edit, and no EWC memory of earlier edits."""
+        super().reset()
         self.history: list[GoldenBatch] = []
         self.fisher: torch.Tensor | None = None
         self.anchor: torch.Tensor | None = None

@@ -6,17 +6,26 @@ session applies the T edits in order when the model is built, so every task of t
 edited model, and checks each request about an edit against its stream: a task evaluating other
 records than the model edited is an error, not a silent difference.
 
-`eval_at=end` (MicroEdit's protocol) answers everything after all T edits. `eval_at=immediate`
-answers a request about record t right after edit t: each call of the model (loglikelihood,
-generation) with such requests replays the stream from the unedited state, answering as it goes;
-requests about no record (side-effect tasks) are answered after the last edit.
+When requests are answered (`eval_at`):
+
+- `end` (MicroEdit's protocol): everything after all T edits.
+- `immediate`: a request about record t right after edit t. Each call of the model
+  (loglikelihood, generation) with such requests replays the stream from the unedited state,
+  answering as it goes.
+- checkpoints, `1+10+100` (a retention curve): the stream is applied once, and the editor's
+  state is kept after edit c for every checkpoint c below T. A request tagged with checkpoint c
+  (`pairing.for_edit`) is answered in that state; untagged ones after the last edit. The lifelong
+  tasks ask about the records edited so far (index < c) at each checkpoint.
+
+Requests about no record (side-effect tasks) are always answered after the last edit.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, get_args
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -25,7 +34,30 @@ from ce_bench import pairing
 from ce_bench.lifelong.editor import Editor
 from ce_bench.lifelong.records import EditStream
 
-EvalAt = Literal["end", "immediate"]
+SCHEDULES = ("end", "immediate")  # besides checkpoints
+
+
+def checkpoints(eval_at: str | int, num_edits: int) -> tuple[int, ...]:
+    """The checkpoints of an `eval_at` schedule (none for `end` and `immediate`): positive edit
+    counts joined by `+`, increasing, none past the stream's `num_edits`."""
+    text = str(eval_at).strip()
+    if text in SCHEDULES:
+        return ()
+    parts = text.split("+")
+    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(
+            f"eval_at must be end, immediate or checkpoints joined by '+' (e.g. 1+10+100),"
+            f" got {eval_at!r}"
+        )
+    found = tuple(int(p) for p in parts)
+    if list(found) != sorted(set(found)):
+        raise ValueError(f"eval_at checkpoints must increase, got {eval_at!r}")
+    if found[-1] > num_edits:
+        raise ValueError(
+            f"eval_at checkpoint {found[-1]} is past the stream's {num_edits} edits"
+            " (num_edits=); a checkpoint counts the edits applied before it"
+        )
+    return found
 
 
 class StreamMismatch(ValueError):
@@ -44,17 +76,15 @@ class LifelongSession:
         eval_at: str = "end",
         edited_already: bool = False,
     ) -> None:
-        if eval_at not in get_args(EvalAt):
+        self.checkpoints = checkpoints(eval_at, len(stream.records))
+        if edited_already and (eval_at == "immediate" or self.checkpoints[:-1]):
             raise ValueError(
-                f"eval_at must be one of {', '.join(get_args(EvalAt))}, got {eval_at!r}"
+                f"eval_at={eval_at} answers between edits: give editor=..., not a saved edited"
+                " state (intervention=DIR)"
             )
-        if eval_at == "immediate" and edited_already:
-            raise ValueError(
-                "eval_at=immediate replays the edits one by one: give editor=..., not a saved"
-                " edited state (intervention=DIR)"
-            )
-        self.editor, self.stream, self.eval_at = editor, stream, eval_at
+        self.editor, self.stream, self.eval_at = editor, stream, str(eval_at)
         self.model, self.tokenizer = model, tokenizer
+        self.states: dict[int, dict[str, torch.Tensor]] = {}  # checkpoint -> editor state
         self.edit_stats: list[dict[str, float]] = []
         self.edit_seconds = 0.0
         self.after_stream: dict[str, Any] = {}
@@ -63,13 +93,17 @@ class LifelongSession:
             self.apply_stream()
 
     def apply_stream(self, after_each: Callable[[int], None] | None = None) -> None:
-        """Reset the editor and apply every edit in order; `after_each(t)` runs after edit t."""
+        """Reset the editor and apply every edit in order, keeping the state at each checkpoint
+        before the last edit; `after_each(t)` runs after edit t."""
         self.editor.reset()
         stats, start = [], time.perf_counter()
+        count = len(self.stream.records)
         bar = tqdm(self.stream.records, desc=f"{self.editor.kind} edits", unit="edit")
         for t, record in enumerate(bar):
             stats.append(self.editor.apply_edit(self.model, self.tokenizer, record))
             bar.set_postfix({k: f"{v:.3g}" for k, v in stats[-1].items()})
+            if t + 1 in self.checkpoints and t + 1 < count:
+                self.states[t + 1] = self.editor.state()
             if after_each is not None:
                 after_each(t)
         self.edit_stats, self.edit_seconds = stats, time.perf_counter() - start
@@ -99,12 +133,11 @@ class LifelongSession:
         """`compute(requests)` for a list of requests, each answered in the editor state that
         `eval_at` asks for."""
         self.check(tags)
-        waiting: dict[int, list[int]] = {}
-        if self.eval_at == "immediate":
-            for i, tag in enumerate(tags):
-                about = pairing.edit_of(tag)
-                if about is not None and pairing.is_enabled(tag):
-                    waiting.setdefault(about[0], []).append(i)
+        waiting: dict[int, list[int]] = {}  # edits applied before answering -> requests
+        for i, tag in enumerate(tags):
+            moment = self.moment(tag)
+            if moment < len(self.stream.records):
+                waiting.setdefault(moment, []).append(i)
         if not waiting:
             return list(compute(list(requests)))
         answers: dict[int, Any] = {}
@@ -113,11 +146,43 @@ class LifelongSession:
             for i, value in zip(indices, compute([requests[i] for i in indices]), strict=True):
                 answers[i] = value
 
-        self.apply_stream(lambda t: answer_now(waiting[t]) if t in waiting else None)
+        if self.eval_at == "immediate":
+            self.apply_stream(lambda t: answer_now(waiting[t + 1]) if t + 1 in waiting else None)
+        else:
+            for moment, indices in sorted(waiting.items()):
+                with self.state_at(moment):
+                    answer_now(indices)
         rest = [i for i in range(len(requests)) if i not in answers]
         if rest:
             answer_now(rest)
         return [answers[i] for i in range(len(requests))]
+
+    def moment(self, tag: dict[str, Any]) -> int:
+        """How many edits are applied when the request with `tag` is answered."""
+        about = pairing.edit_of(tag)
+        if about is None or not pairing.is_enabled(tag):
+            return len(self.stream.records)
+        if self.eval_at == "immediate":
+            return about[0] + 1
+        checkpoint = pairing.checkpoint_of(tag)
+        if checkpoint is None:
+            return len(self.stream.records)
+        if checkpoint not in self.checkpoints:
+            raise StreamMismatch(
+                f"a task asks about checkpoint {checkpoint}, but the model's schedule is"
+                f" eval_at={self.eval_at}; state eval_at= once, in --model_args"
+            )
+        return checkpoint
+
+    @contextmanager
+    def state_at(self, checkpoint: int) -> Iterator[None]:
+        """Inside the block the editor holds its state after `checkpoint` edits."""
+        end = self.editor.state()
+        self.editor.load_state(self.states[checkpoint])
+        try:
+            yield
+        finally:
+            self.editor.load_state(end)
 
     def key(self) -> dict[str, Any]:
         """What makes this run's answers differ from another's (for the results fingerprint)."""

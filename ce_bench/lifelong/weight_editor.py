@@ -75,9 +75,10 @@ class WeightDeltaEditor(Editor):
         for swapped, delta in zip(self.swapped, self.deltas(), strict=True):
             swapped.set_edited(swapped.original.float() + delta.to(swapped.weight.device))
 
-    def reset(self) -> None:
-        super().reset()
-        self._take_state()
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_state(tensors)
+        if hasattr(self, "swapped"):  # attached
+            self._take_state()
 
     @contextmanager
     def holding(self, edited: bool) -> Iterator[None]:

@@ -78,7 +78,9 @@ class EditedHFLM(HFLM):
             answering anything.
         edits: the edit stream: zsre, selfcheckgpt (shipped sets), a JSON / JSONL file or URL.
         num_edits: T, the first T records of `edits` (default: all).
-        eval_at: end (after all T edits; default) | immediate (each record after its own edit).
+        eval_at: end (after all T edits; default) | immediate (each record after its own
+            edit) | checkpoints joined by '+', e.g. 1+10+100 (a retention curve: the records
+            edited by then, after c edits, as rel@c ...; one pass over the stream).
         save_edits: a directory to save the edited state to (load it with intervention=DIR and
             the same edits= and num_edits=, without editing again).
         any field of the editor's parameters (e.g. layer=20, lr=1e-4), over the paper's
@@ -96,7 +98,7 @@ class EditedHFLM(HFLM):
         editor: str | None = None,
         edits: str | None = None,
         num_edits: int | None = None,
-        eval_at: str = "end",
+        eval_at: str | int = "end",
         save_edits: str | None = None,
         **kwargs: Any,
     ) -> None:

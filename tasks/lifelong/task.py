@@ -20,12 +20,18 @@ selfcheckgpt_lifelong:
                  mean of raw perplexities is dominated by a few failed edits
     loc          as above
     ppl_base, log_ppl_base: the unedited model's values
+
+With checkpoints (`eval_at=1+10+100`), each of the ON scores is also asked at every checkpoint c
+about the records edited by then (index < c), and reported as `rel@10`, `gen@10`, ... (the mean
+over those records; `nanmean`, since later records have no value there): a retention curve from
+one run.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import datasets
@@ -34,6 +40,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
 from ce_bench.lifelong.records import EditStream, load_stream
+from ce_bench.lifelong.session import checkpoints
 from ce_bench.pairing import (
     baseline_generation,
     baseline_loglikelihood,
@@ -83,8 +90,28 @@ def continuation(answer: str) -> str:
 class LifelongTask(ConfigurableTask):
     """Builds the tagged requests; subclasses say which and turn the answers into metrics."""
 
+    tracked: tuple[str, ...] = ()  # the metrics also reported at each checkpoint
+
     def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__(config=own_metrics(config))
+        metadata = config.get("metadata") or {}
+        # without edits= the documents cannot load: load_docs says so
+        self.count = len(stream_of(metadata, config["task"]).records) if "edits" in metadata else 0
+        self.checkpoints = (
+            checkpoints(metadata.get("eval_at", "end"), self.count) if self.count else ()
+        )
+        at = [
+            {
+                "metric": f"{m['metric']}@{c}",
+                "aggregation": "nanmean",
+                "higher_is_better": m.get("higher_is_better", True),
+            }
+            for c in self.checkpoints
+            for m in config["metric_list"]
+            if m["metric"] in self.tracked
+        ]
+        super().__init__(
+            config=own_metrics({**config, "metric_list": [*config["metric_list"], *at]})
+        )
 
     def scored(self, doc: dict) -> list[tuple[str, str, str, bool]]:
         """(name, prompt, answer, ON?) of each per-token score the metrics need."""
@@ -103,6 +130,10 @@ class LifelongTask(ConfigurableTask):
         for _, prompt, answer, on in self.scored(doc):
             args = for_edit((prompt, continuation(answer)), index, stream)
             requests.append(("loglikelihood", args if on else baseline_loglikelihood(args)))
+        for _, prompt, answer in self.at_checkpoints(doc):
+            for c in self.earlier_checkpoints(doc):
+                args = for_edit((prompt, continuation(answer)), index, stream, checkpoint=c)
+                requests.append(("loglikelihood", args))
         for _, prompt, on in self.generated(doc):
             gen = {"until": ["\n"], "max_gen_toks": MAX_ANSWER_TOKENS, "do_sample": False}
             gen = edit_generation(gen, index, stream)
@@ -112,16 +143,56 @@ class LifelongTask(ConfigurableTask):
             for i, (kind, args) in enumerate(requests)
         ]
 
+    def at_checkpoints(self, doc: dict) -> list[tuple[str, str, str]]:
+        """(name, prompt, answer) of the ON scores asked again at each checkpoint."""
+        return [(n, p, a) for n, p, a, on in self.scored(doc) if on]
+
+    def earlier_checkpoints(self, doc: dict) -> list[int]:
+        """The checkpoints before the end at which the record was already edited."""
+        return [c for c in self.checkpoints if doc["edit_index"] < c < self.count]
+
     def answers(self, doc: dict, results: list[Any]) -> dict[str, Any]:
-        """The answers by name: `TokenScore`s for scores, text for generations."""
-        scored = self.scored(doc)
-        names = [s[0] for s in scored] + [g[0] for g in self.generated(doc)]
-        n_scored = len(scored)
+        """The answers by name: `TokenScore`s for scores (`rel@10` for a checkpoint's), text
+        for generations."""
+        scored, generated = self.scored(doc), self.generated(doc)
+        again = [
+            f"{name}@{c}"
+            for name, _, _ in self.at_checkpoints(doc)
+            for c in self.earlier_checkpoints(doc)
+        ]
+        names = [s[0] for s in scored] + again + [g[0] for g in generated]
+        n_scored = len(names) - len(generated)
         scores = [TokenScore.from_json(v) for v in results[:n_scored]]
         return dict(zip(names, scores + list(results[n_scored:]), strict=True))
 
+    def with_checkpoints(
+        self,
+        doc: dict,
+        answers: dict[str, Any],
+        metrics: Callable[[dict[str, Any]], dict[str, float]],
+    ) -> dict[str, float]:
+        """`metrics(answers)` (after the last edit), and the tracked ones at every checkpoint:
+        computed from that checkpoint's answers, NaN for a record not yet edited there."""
+        found = metrics(answers)
+        for c in self.checkpoints:
+            if doc["edit_index"] >= c:
+                values = dict.fromkeys(self.tracked, math.nan)
+            elif c == self.count:
+                values = found
+            else:
+                values = metrics(
+                    {
+                        **answers,
+                        **{k.split("@")[0]: v for k, v in answers.items() if k.endswith(f"@{c}")},
+                    }
+                )
+            found |= {f"{m}@{c}": values[m] for m in self.tracked}
+        return found
+
 
 class ZsRELifelong(LifelongTask):
+    tracked = ("rel", "gen", "loc", "avg")
+
     def scored(self, doc: dict) -> list[tuple[str, str, str, bool]]:
         if not doc["rephrase"]:
             raise ValueError(
@@ -141,21 +212,26 @@ class ZsRELifelong(LifelongTask):
         return [("answer", doc["prompt"], True), ("answer_base", doc["prompt"], False)]
 
     def process_results(self, doc: dict, results: list[Any]) -> dict[str, float]:
-        a = self.answers(doc, results)
-        rel, gen, loc = a["rel"].accuracy, a["gen"].accuracy, a["loc"].agreement(a["loc_before"])
-        return {
-            "rel": rel,
-            "gen": gen,
-            "loc": loc,
-            "avg": (rel + gen + loc) / 3,
-            "exact_match": exact_match(a["answer"], doc["target"]),
-            "rel_base": a["rel_base"].accuracy,
-            "gen_base": a["gen_base"].accuracy,
-            "exact_match_base": exact_match(a["answer_base"], doc["target"]),
-        }
+        def metrics(a: dict[str, Any]) -> dict[str, float]:
+            rel, gen = a["rel"].accuracy, a["gen"].accuracy
+            loc = a["loc"].agreement(a["loc_before"])
+            return {
+                "rel": rel,
+                "gen": gen,
+                "loc": loc,
+                "avg": (rel + gen + loc) / 3,
+                "exact_match": exact_match(a["answer"], doc["target"]),
+                "rel_base": a["rel_base"].accuracy,
+                "gen_base": a["gen_base"].accuracy,
+                "exact_match_base": exact_match(a["answer_base"], doc["target"]),
+            }
+
+        return self.with_checkpoints(doc, self.answers(doc, results), metrics)
 
 
 class SelfCheckGPTLifelong(LifelongTask):
+    tracked = ("ppl", "log_ppl", "loc")
+
     def scored(self, doc: dict) -> list[tuple[str, str, str, bool]]:
         return [
             ("rel", doc["prompt"], doc["target"], True),
@@ -165,16 +241,18 @@ class SelfCheckGPTLifelong(LifelongTask):
         ]
 
     def process_results(self, doc: dict, results: list[Any]) -> dict[str, float]:
-        a = self.answers(doc, results)
-        ppl, base = a["rel"].perplexity, a["rel_base"].perplexity
-        return {
-            "ppl": ppl,
-            "ppl_median": ppl,
-            "log_ppl": math.log(ppl),
-            "loc": a["loc"].agreement(a["loc_before"]),
-            "ppl_base": base,
-            "log_ppl_base": math.log(base),
-        }
+        def metrics(a: dict[str, Any]) -> dict[str, float]:
+            ppl, base = a["rel"].perplexity, a["rel_base"].perplexity
+            return {
+                "ppl": ppl,
+                "ppl_median": ppl,
+                "log_ppl": math.log(ppl),
+                "loc": a["loc"].agreement(a["loc_before"]),
+                "ppl_base": base,
+                "log_ppl_base": math.log(base),
+            }
+
+        return self.with_checkpoints(doc, self.answers(doc, results), metrics)
 
 
 def exact_match(generation: str, target: str) -> float:
