@@ -1,7 +1,10 @@
-"""ROME, MEMIT and AlphaEdit: their updates against their defining equations, C = E[k k^T], and
-the editors on tiny Llama, Gemma-2 and GPT-2 layouts and on the embedded model."""
+"""ROME, MEMIT, AlphaEdit and MEND: their updates against their defining equations, C = E[k k^T],
+MEND's factors and training, and the editors on tiny Llama, Gemma-2 and GPT-2 layouts and on
+the embedded model."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -10,7 +13,19 @@ import ce_bench.lifelong.covariance as covariance
 from ce_bench.artifacts import load_artifact
 from ce_bench.interventions import InterventionSet, save_intervention
 from ce_bench.lifelong import load_stream, new_editor
+from ce_bench.lifelong.editor import edit_batch
 from ce_bench.lifelong.memit import alphaedit_update, memit_update, null_space_projection
+from ce_bench.lifelong.mend import (
+    MENDNet,
+    NetShape,
+    edited_layers,
+    gradient_factors,
+    mend_updates,
+    shape_for,
+    target_nll,
+)
+from ce_bench.lifelong.mend_training import MENDTrainConfig, train_mend
+from ce_bench.lifelong.records import shipped_dir
 from ce_bench.lifelong.rome import rank_one_update, subject_last
 from ce_bench.lifelong.weight_editor import w_down
 from ce_bench.sites import Site, out_in
@@ -69,7 +84,6 @@ def test_the_subject_last_token_is_found_in_a_templated_prompt(embedded_tokenize
     assert subject_last(tokenizer, text, "") == len(ids) - 1
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
 def _problem(seed: int = 0):  # type: ignore[no-untyped-def]
     torch.manual_seed(seed)
     stored = torch.randn(6, 40, dtype=torch.float64)
@@ -99,12 +113,87 @@ def test_alphaedit_update_leaves_the_preserved_keys_alone() -> None:
     torch.testing.assert_close(unprojected, expected)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_mend_factors_are_one_rank_one_term_per_token_summing_to_w_downs_gradient(
+    arch: str, embedded_tokenizer
+) -> None:
+    tokenizer = embedded_tokenizer
+    model = tiny_model_with_vocab(arch, len(tokenizer))
+    batch = edit_batch(tokenizer, RECORD, torch.device("cpu"))
+    factors = gradient_factors(model, batch, [1, 2])
+    modules = [w_down(model, layer) for layer in (1, 2)]
+    model.zero_grad()
+    target_nll(model, batch).backward()
+    for module, (x, delta) in zip(modules, factors, strict=True):
+        assert x.shape[0] == delta.shape[0] > 1  # one (x_t, delta_t) pair per token
+        torch.testing.assert_close(delta.T @ x, out_in(module, module.weight.grad))
+
+
+def test_an_untrained_mend_network_is_a_step_along_the_standardised_factors() -> None:
+    net = MENDNet(NetShape(x_dim=6, delta_dim=4, layers=2, rank=5, edit_lr=0.5))
+    torch.manual_seed(0)
+    rows = torch.randn(30, 10) * 3 + 1
+    net.observe(rows[:12])
+    net.observe(rows[12:])  # two merges = one pass over all rows
+    torch.testing.assert_close(net.mean, rows.mean(0))
+    std = rows.std(0)
+    x, delta = torch.randn(7, 6), torch.randn(7, 4)
+    expected = 0.5 * ((delta - rows.mean(0)[6:]) / std[6:]).T @ ((x - rows.mean(0)[:6]) / std[:6])
+    torch.testing.assert_close(net(x, delta, mode=1), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_saved_mend_network_loads_bit_for_bit_and_a_wrong_one_is_refused(tmp_path) -> None:
+    net = MENDNet(NetShape(x_dim=6, delta_dim=4, layers=2, rank=5))
+    net.observe(torch.randn(9, 10))
+    net.save(tmp_path / "a", {"training": {"steps": 3}})
+    loaded, description = MENDNet.load(tmp_path / "a")
+    assert description["training"] == {"steps": 3}
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in net.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="not a trained MEND"):
+        MENDNet.load(tmp_path / "missing")
+    other = MENDNet(NetShape(x_dim=6, delta_dim=4, layers=3, rank=5))
+    other.save(tmp_path / "b", {})
+    (tmp_path / "b" / "mend.json").write_text((tmp_path / "a" / "mend.json").read_text())
+    with pytest.raises(ValueError, match="do not fit"):
+        MENDNet.load(tmp_path / "b")
+
+
+def test_mend_training_lowers_its_loss_and_keeps_what_trained_it(
+    embedded_tokenizer, tmp_path
+) -> None:
+    records = json.loads((shipped_dir() / "zsre.json").read_text())[:12]
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    model = tiny_model_with_vocab("llama", len(embedded_tokenizer))
+    config = MENDTrainConfig(
+        train=str(tmp_path / "train.json"), val_records=2, layers=2, rank=8, lr=1e-2,
+        accumulate=1, max_steps=60, val_every=30,
+    )  # fmt: skip
+    path, description = train_mend(model, embedded_tokenizer, config, tmp_path / "net")
+    history = description["training"]["history"]
+    assert [h["step"] for h in history] == [30, 60]
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    assert description["layers"] == [1, 2] and description["training"]["records"] == 10
+    net, again = MENDNet.load(path)
+    assert again.pop("shape")["layers"] == 2 and net.count > 1
+    assert again == json.loads(json.dumps(description))
+
+
 # editor -> (its parameters on a 3-layer model, the layers it rewrites)
 TINY = {
     "rome": ({"layer": 1, "templates": 2, "v_steps": 10}, 1),
     "memit": ({"layer": 0, "layers": 2, "v_steps": 5, "mom2_update_weight": 1.0}, 2),
     "alphaedit": ({"layer": 0, "layers": 2, "v_steps": 5, "nullspace_threshold": 1e9}, 2),
+    "mend": ({"layers": 2}, 2),
 }
+
+
+def untrained_mend(model: torch.nn.Module, layers: int, out) -> MENDNet:  # type: ignore[no-untyped-def]
+    """A MEND network at its initialisation (the identity) with input statistics, saved."""
+    net = MENDNet(shape_for(model, layers, rank=8))
+    torch.manual_seed(1)
+    net.observe(torch.randn(50, net.shape.x_dim + net.shape.delta_dim))
+    net.save(out, {"model": "tiny", "layers": edited_layers(model, layers), "training": {}})
+    return net
 
 
 @pytest.mark.parametrize("kind", sorted(TINY))
@@ -120,6 +209,11 @@ def test_an_edit_changes_w_down_as_its_method_says_switches_off_exactly_and_relo
     with torch.no_grad():
         plain = model(ids).logits
     params, layers = TINY[kind]
+    if kind == "mend":
+        net = untrained_mend(model, layers, tmp_path / "net")
+        params = {**params, "mend_path": str(tmp_path / "net")}
+        batch = edit_batch(tokenizer, RECORD, torch.device("cpu"))
+        expected = [-u for u in mend_updates(net, gradient_factors(model, batch, [1, 2]))]
     editor = new_editor(kind, model, params)
     with InterventionSet(model) as edits:
         edits.add(editor)
@@ -131,6 +225,9 @@ def test_an_edit_changes_w_down_as_its_method_says_switches_off_exactly_and_relo
             assert stats["residual"] < 1e-5  # W_down' k* = v*
             delta = out_in(w_down(model, 1), deltas[0]).double()
             assert torch.linalg.matrix_rank(delta, rtol=1e-6) == 1
+        elif kind == "mend":  # -alpha sum_t delta~_t x~_t^T, from the unedited model's factors
+            for layer, delta, change in zip((1, 2), deltas, expected, strict=True):
+                torch.testing.assert_close(out_in(w_down(model, layer), delta), change)
         else:
             assert stats["z_error"] < 1.0  # the layers moved the residual towards z
         with torch.no_grad():

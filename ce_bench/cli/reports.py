@@ -76,6 +76,53 @@ def lifelong_report_cmd(
     console.print(f"tables in {config.out}/")
 
 
+@app.command("train-mend")
+def train_mend_cmd(
+    model: str = MODEL,
+    train: str = typer.Option(
+        "zsre_train",
+        help="ZsRE-format training records: zsre_train (shipped, synthetic) or a file such as"
+        " MEND's zsre_mend_train.json.",
+    ),
+    max_steps: int | None = typer.Option(
+        None, help="Training records seen at most; default 100000 (EasyEdit)."
+    ),
+    val_every: int | None = typer.Option(None, help="Validate every N steps; default 1000."),
+    patience: int | None = typer.Option(None, help="Stop N steps after the best; default 30000."),
+    device: str | None = DEVICE,
+    out: Path | None = typer.Option(None, help="Where to save it; default: the ce-bench cache."),
+    force: bool = typer.Option(False, "--force", help="Retrain even if it is cached."),
+) -> None:
+    """Train MEND's gradient-transform network for a model (the `mend` editor uses the newest
+    one in the cache, or mend_path=DIR)."""
+    from ce_bench.embedded import load_model
+    from ce_bench.lifelong.mend import MENDNet, model_key
+    from ce_bench.lifelong.mend_training import MENDTrainConfig, cache_dir, train_mend
+    from ce_bench.lifelong.records import load_stream
+
+    given = {"max_steps": max_steps, "val_every": val_every, "patience": patience}
+    config = MENDTrainConfig(train=train, **given_options(**given))
+    digest = load_stream(train).digest  # a missing or malformed file fails before the model loads
+    model_, tokenizer = load_model(model, device)
+    path = out or cache_dir(model_key(model_), config, digest)
+    if (path / "mend.json").is_file() and not force:
+        _, description = MENDNet.load(path)
+    else:
+        path, description = train_mend(model_, tokenizer, config, path)
+    trained = description["training"]
+    table = Table(title=f"MEND for {description['model']}", show_header=False)
+    table.add_row("edited layers (W_down)", ", ".join(map(str, description["layers"])))
+    table.add_row("training records / held out", f"{trained['records']} / {trained['held_out']}")
+    table.add_row("steps (best at)", f"{trained['steps']} ({trained['best_step']})")
+    table.add_row(
+        "held-out edit accuracy",
+        f"{trained['val_edit_acc']:.3f} (unedited {trained['unedited_val_acc']:.3f})",
+    )
+    table.add_row("seconds", str(trained["seconds"]))
+    console.print(table)
+    console.print(f"MEND: {path}")
+
+
 @app.command("inject-facts")
 def inject_facts_cmd(
     model: str = MODEL,

@@ -10,7 +10,7 @@ import torch
 
 from ce_bench.artifacts import Artifact
 from ce_bench.interventions import INTERVENTIONS, Intervention
-from ce_bench.lifelong import ft, grace, memit, microedit, rome, wise  # noqa: F401 (registers)
+from ce_bench.lifelong import ft, grace, memit, mend, microedit, rome, wise  # noqa: F401
 from ce_bench.lifelong.editor import Editor, editor_class, new_editor
 from ce_bench.lifelong.records import EditStream, load_stream
 from ce_bench.lifelong.session import LifelongSession, StreamMismatch

@@ -30,7 +30,11 @@ from typing import Any
 
 from ce_bench.runtime import task_dir
 
-BUILTIN = {"zsre": "zsre.json", "selfcheckgpt": "selfcheckgpt.json"}
+BUILTIN = {
+    "zsre": "zsre.json",
+    "selfcheckgpt": "selfcheckgpt.json",
+    "zsre_train": "zsre_train.json",  # MEND's training split (ce-bench train-mend)
+}
 
 
 class EditDataError(ValueError):
