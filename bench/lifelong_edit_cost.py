@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
 import torch
+
+from ce_bench.runtime import peak_rss_mb
 
 CHILD = "--child"
 
@@ -86,8 +87,7 @@ def main() -> None:
         result = (
             reference() if args.child == ["reference"] else edit(args.child[0], int(args.child[1]))
         )
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({**result, "peak_mb": peak_kb / 1024}))
+        print(json.dumps({**result, "peak_mb": peak_rss_mb()}))
         return
     base = run_child(["reference"], args.threads)
     print(

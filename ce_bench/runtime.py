@@ -7,6 +7,8 @@ except the installed task package.
 from __future__ import annotations
 
 import os
+import resource
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,3 +49,10 @@ def free_cores() -> int:
 
     busy = os.getloadavg()[0]
     return max(1, min(torch.get_num_threads(), round((os.cpu_count() or 1) - busy)))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (getrusage: KB on Linux, bytes on
+    macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)

@@ -17,6 +17,7 @@ from ce_bench.interventions import Switch, build_intervention
 from ce_bench.interventions.sae import sink_positions
 from ce_bench.lifelong import LifelongSession, StreamMismatch, load_stream, new_editor
 from ce_bench.lifelong.editor import Editor, EditorParams, edit_batch
+from ce_bench.lifelong.microedit import row_overlap
 from ce_bench.lifelong.records import EditDataError, EditRecord, load_records, shipped_dir
 from ce_bench.lifelong.wise import NO_EDIT, ties_merge
 from ce_bench.models.edited_hf import EditedHFLM
@@ -148,9 +149,16 @@ def test_microedit_moves_only_the_decoder_rows_the_edit_activates(tiny, topk_sae
         ard = float(editor.ard(hidden, z_hat, ~sink_positions(hidden)))
         assert report["ard_at_end"] == [pytest.approx(ard, rel=1e-3)]
         assert report["within_tau_at_end"] == float(report["ard_at_end"][0] <= editor.tau)
+        assert report["rows_per_edit"] == int(active.sum())
     finally:
         for h in handles:
             h.remove()
+
+
+def test_row_overlap_is_the_mean_jaccard_share_over_pairs_of_edits() -> None:
+    rows = [torch.tensor([1, 1, 0, 0]), torch.tensor([0, 1, 1, 0]), torch.tensor([0, 0, 0, 1])]
+    found = row_overlap([r.bool() for r in rows])
+    assert found == {"rows_per_edit": pytest.approx(5 / 3), "row_overlap": pytest.approx(1 / 9)}
 
 
 def _streamed_microedit(model, tokenizer, sae_dir, **params):  # type: ignore[no-untyped-def]
@@ -548,6 +556,18 @@ def test_report_editor_specs_are_checked_before_anything_runs() -> None:
         parse_editor("grace:steps=0")
 
 
+def test_report_with_a_mend_row_and_no_trained_mend_says_how_to_train_one(
+    tiny_llama_dir, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("CE_BENCH_HOME", str(tmp_path))
+    config = LifelongReportConfig(
+        model=str(tiny_llama_dir), editors=("grace", "mend"), out=tmp_path
+    )
+    with pytest.raises(ValueError, match="ce-bench train-mend --model"):
+        run_lifelong_report(config)
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
     tiny_llama_dir, tmp_path, monkeypatch
 ) -> None:
@@ -559,6 +579,7 @@ def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
     )
     (cell,) = run_lifelong_report(config)
     assert cell["key"]["num_edits"] == 1 and cell["params"]["steps"] == 1
+    assert cell["peak_mb"] > 100  # measured in the cell's own process
     assert 0 <= cell["metrics"]["rel"] <= 1 and "rel_base" in cell["metrics"]
     table = (tmp_path / "table.md").read_text()
     assert "| unedited |" in table and "| grace:layer=1,steps=1 |" in table
@@ -566,5 +587,5 @@ def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
     def must_not_run(*args):  # type: ignore[no-untyped-def]
         raise AssertionError("a finished cell ran again")
 
-    monkeypatch.setattr("ce_bench.reports.lifelong._evaluate", must_not_run)
+    monkeypatch.setattr("ce_bench.reports.lifelong._run_cell", must_not_run)
     assert run_lifelong_report(config) == [cell]

@@ -53,10 +53,12 @@ def lifelong_report_cmd(
     edits: str = typer.Option("zsre", help="zsre (Table 1) or selfcheckgpt (Table 2)."),
     editor: list[str] | None = typer.Option(
         None,
-        help="NAME[:key=value,...], repeatable; default ft grace microedit:alpha=auto wise rome"
-        " memit alphaedit",
+        help="NAME[:key=value,...], repeatable; default MicroEdit's rows (ft, ft:ewc_lambda=0.1,"
+        " rome, memit, mend, grace, wise, microedit:alpha=auto) and alphaedit",
     ),
-    num_edits: list[int] | None = typer.Option(None, help="T, repeatable; default 1, 10, 100."),
+    num_edits: list[int] | None = typer.Option(
+        None, help="T, repeatable; default 1 10 100 (zsre) or 1 10 50 (selfcheckgpt)."
+    ),
     model: str = MODEL,
     out: Path | None = typer.Option(None, help="Where table.md and results.json go."),
 ) -> None:

@@ -49,7 +49,7 @@ from ce_bench.lifelong.mend import (
 from ce_bench.lifelong.records import EditRecord, load_stream
 from ce_bench.lifelong.weight_editor import w_down
 from ce_bench.runtime import ce_bench_home
-from ce_bench.scoring import answer_logits, golden_batch
+from ce_bench.scoring import answer_logits, frozen_parameters, golden_batch
 from ce_bench.sites import out_in
 
 
@@ -109,22 +109,54 @@ def train_mend(
     train, held_out = records[: -config.val_records], records[-config.val_records :]
     out = out or cache_dir(model_key(model), config, load_stream(config.train).digest)
     torch.manual_seed(config.seed)
-    order = random.Random(config.seed)
     layers = edited_layers(model, config.layers)
     modules = [w_down(model, layer) for layer in layers]
-    device = modules[0].weight.device
     sizes = {"rank": config.rank, "n_hidden": config.n_hidden, "edit_lr": config.edit_lr}
-    net = MENDNet(shape_for(model, config.layers, **sizes)).to(device)
+    net = MENDNet(shape_for(model, config.layers, **sizes)).to(modules[0].weight.device)
+    start = time.perf_counter()
+    model.eval()
+    with frozen_parameters(model):  # gradients reach the network only
+        progress = _optimise(model, tokenizer, net, modules, layers, train, held_out, config)
+        unedited = validate(model, tokenizer, None, modules, layers, held_out)
+    description = {
+        "model": model_key(model),
+        "layers": layers,
+        "training": {
+            "data": config.train,
+            "data_digest": load_stream(config.train).digest,
+            "records": len(train),
+            "held_out": len(held_out),
+            "settings": asdict(config),
+            **progress,
+            "unedited_val_acc": unedited,
+            "seconds": round(time.perf_counter() - start, 1),
+        },
+    }
+    net.cpu().save(out, description)
+    return out, description
+
+
+def _optimise(
+    model: nn.Module,
+    tokenizer: Any,
+    net: MENDNet,
+    modules: list[nn.Module],
+    layers: list[int],
+    train: list[EditRecord],
+    held_out: list[EditRecord],
+    config: MENDTrainConfig,
+) -> dict[str, Any]:
+    """The training loop; leaves the best validated network in `net` and returns the steps
+    run, the best step, its held-out edit accuracy and the validation history."""
     optimiser = torch.optim.Adam(
         [
             {"params": [p for n, p in net.named_parameters() if n != "edit_lrs"], "lr": config.lr},
             {"params": [net.edit_lrs], "lr": config.lr_lr},
         ]
     )
-    best, best_step, history = -1.0, 0, []
+    order = random.Random(config.seed)
+    best, best_step, history, losses = -1.0, 0, [], []
     best_state = {k: v.clone() for k, v in net.state_dict().items()}
-    start, losses = time.perf_counter(), []
-    model.eval()
     bar = tqdm(range(1, config.max_steps + 1), desc="train MEND", unit="step")
     for step in bar:
         record = train[order.randrange(len(train))]
@@ -146,25 +178,7 @@ def train_mend(
             elif step - best_step >= config.patience:
                 break
     net.load_state_dict(best_state)
-    description = {
-        "model": model_key(model),
-        "layers": layers,
-        "training": {
-            "data": config.train,
-            "data_digest": load_stream(config.train).digest,
-            "records": len(train),
-            "held_out": len(held_out),
-            "settings": asdict(config),
-            "steps": step,
-            "best_step": best_step,
-            "val_edit_acc": best,
-            "unedited_val_acc": validate(model, tokenizer, None, modules, layers, held_out),
-            "history": history,
-            "seconds": round(time.perf_counter() - start, 1),
-        },
-    }
-    net.cpu().save(out, description)
-    return out, description
+    return {"steps": step, "best_step": best_step, "val_edit_acc": best, "history": history}
 
 
 def _step(

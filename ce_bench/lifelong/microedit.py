@@ -132,6 +132,10 @@ class MicroEdit(Editor):
         if self.params.alpha == PAPER and self.paper_sae:
             self.alpha, self.alpha_from = PAPER_ALPHA, f"MicroEdit C.1 ({self.paper_sae})"
 
+    def reset(self) -> None:
+        super().reset()
+        self.rows_moved: list[torch.Tensor] = []  # per edit, the decoder rows it trained
+
     def start_stream(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> None:
         if self.params.tau < 0:
             self.tau = TAU_MANY if len(records) >= MANY_EDITS else TAU_FEW
@@ -173,6 +177,7 @@ class MicroEdit(Editor):
             "alpha_from": self.alpha_from,
             "ard_at_end": [float(f"{a:.4g}") for a in ards],
             "within_tau_at_end": within,
+            **row_overlap(self.rows_moved),
         }
         if ards and within == 0:
             report["warning"] = (
@@ -292,12 +297,30 @@ class MicroEdit(Editor):
         finally:
             self.training = None
         self.tensors["w_dec"] = w_dec.detach()
+        self.rows_moved.append(state["rows"].detach().bool().cpu())
         self.edits_applied += 1
         return {
             "ard": float(state["ard"].detach()),
             "edit_loss": float(edit_loss.detach()),
             "steps": steps,
         }
+
+
+def row_overlap(rows: Sequence[torch.Tensor]) -> dict[str, float]:
+    """How many decoder rows each edit moved, and the mean Jaccard overlap |A & B| / |A | B| of
+    the rows two edits moved, over all pairs: the rows later edits can undo earlier ones in."""
+    if not rows:
+        return {}
+    moved = torch.stack(rows).float()  # (edits, d_sae)
+    both = moved @ moved.T
+    sizes = moved.sum(1)
+    either = sizes[:, None] + sizes[None, :] - both
+    pairs = torch.triu(torch.ones_like(both, dtype=torch.bool), diagonal=1)
+    overlap = (both / either.clamp(min=1))[pairs]
+    return {
+        "rows_per_edit": float(sizes.mean()),
+        "row_overlap": float(overlap.mean()) if overlap.numel() else 0.0,
+    }
 
 
 def _load(params: MicroEditParams, layer: int = DEFAULT_SAE_LAYER) -> SAE:

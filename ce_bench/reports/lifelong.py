@@ -3,9 +3,12 @@
 For every T and every editor, one lm-eval run of `zsre_lifelong` (Rel, Gen, Loc, Avg) or
 `selfcheckgpt_lifelong` (PPL, Loc) on a model that applied the first T records of the edit set,
 scored after the last edit (`eval_at=end`, MicroEdit's protocol). The unedited model's values
-come from the same runs (the editor switched off). Each finished cell is written to
-`results.json` at once, and a cell already there with the same settings is not run again, so
-an interrupted report resumes where it stopped.
+come from the same runs (the editor switched off). Each cell runs in a fresh process, so its
+peak memory is its own, and is written to `results.json` at once; a cell already there with the
+same settings is not run again, so an interrupted report resumes where it stopped.
+
+The default rows are MicroEdit's (FT, FT-EWC, ROME, MEMIT, MEND, GRACE, WISE, MicroEdit) and
+AlphaEdit; MEND needs a trained network (`ce-bench train-mend`), which is checked first.
 
 Example:
     >>> config = LifelongReportConfig(editors=("grace:steps=20",), num_edits=(1,))
@@ -15,9 +18,11 @@ Example:
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "selfcheckgpt": ("selfcheckgpt_lifelong", ("ppl", "loc"), ("PPL", "Loc.")),
 }
 BASE = {"rel": "rel_base", "gen": "gen_base", "ppl": "ppl_base"}  # Loc. of no edit is 1
+NUM_EDITS = {"zsre": (1, 10, 100), "selfcheckgpt": (1, 10, 50)}  # MicroEdit Tables 1 and 2
 
 
 @dataclass
@@ -43,9 +49,10 @@ class LifelongReportConfig:
     model: str = EMBEDDED_NAME
     edits: str = "zsre"  # zsre or selfcheckgpt (the shipped sets)
     editors: tuple[str, ...] = (
-        "ft", "grace", "microedit:alpha=auto", "wise", "rome", "memit", "alphaedit",
+        "ft", "ft:ewc_lambda=0.1", "rome", "memit", "mend", "grace", "wise",
+        "microedit:alpha=auto", "alphaedit",
     )  # fmt: skip
-    num_edits: tuple[int, ...] = (1, 10, 100)
+    num_edits: tuple[int, ...] = ()  # default: the paper's, NUM_EDITS[edits]
     batch_size: int = 16
     out: Path = Path("results/lifelong/zsre")
     resume: bool = True  # skip cells already in out/results.json with the same settings
@@ -68,8 +75,11 @@ def run_lifelong_report(
     """Every (T, editor) cell, resuming from `config.out/results.json`; writes the tables."""
     if config.edits not in TABLES:
         raise ValueError(f"edits must be one of {', '.join(TABLES)}, got {config.edits!r}")
+    config = replace(config, num_edits=config.num_edits or NUM_EDITS[config.edits])
     for spec in config.editors:
-        parse_editor(spec)
+        name, params = parse_editor(spec)
+        if name == "mend" and not params.get("mend_path"):
+            _check_trained_mend(config.model)
     console = console or Console()
     path = config.out / "results.json"
     done = json.loads(path.read_text())["cells"] if config.resume and path.exists() else []
@@ -80,7 +90,7 @@ def run_lifelong_report(
             cell = next((c for c in done if c["key"] == key), None)
             if cell is None:
                 console.print(f"[bold]{spec}[/bold], T = {t}")
-                cell = _evaluate(config, spec, t)
+                cell = _run_cell(config, spec, t)
                 cell["key"] = key
                 done.append(cell)
                 _write(config, done, cells + [cell])
@@ -92,6 +102,34 @@ def run_lifelong_report(
 
 def _cell_key(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[str, Any]:
     return {"model": config.model, "edits": config.edits, "editor": spec, "num_edits": num_edits}
+
+
+def _check_trained_mend(model: str) -> None:
+    """Fail before anything runs if the `mend` row has no network to edit with."""
+    from ce_bench.embedded import resolve_pretrained
+    from ce_bench.lifelong.mend import cached_nets
+
+    name = Path(str(resolve_pretrained(model))).name
+    if not cached_nets(name):
+        raise ValueError(
+            f"the mend row needs a trained MEND for {name!r}: run `ce-bench train-mend"
+            f" --model {model}` first (docs/lifelong.md gives its time), give"
+            " --editor mend:mend_path=DIR, or leave mend out with --editor"
+        )
+
+
+def _run_cell(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[str, Any]:
+    """One cell in a fresh process, so that its peak memory is its own."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_measured, config, spec, num_edits).result()
+
+
+def _measured(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[str, Any]:
+    from ce_bench.runtime import peak_rss_mb
+
+    cell = _evaluate(config, spec, num_edits)
+    return {**cell, "peak_mb": round(peak_rss_mb())}
 
 
 def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[str, Any]:
@@ -185,6 +223,7 @@ def _write(
     timing = [
         f"| {c['key']['editor']} | {c['key']['num_edits']} | {c['edit_seconds']:.0f} |"
         f" {c['edit_seconds'] / c['key']['num_edits']:.1f} | {c['seconds']:.0f} |"
+        f" {c.get('peak_mb', '–')} |"
         for c in cells
     ]
     note = (
@@ -193,8 +232,8 @@ def _write(
         " the last edit. The unedited row comes from the same runs with the editor off.\n"
     )
     time_table = [
-        "| editor | T | edit s | s per edit | run s |",
-        "|---|---:|---:|---:|---:|",
+        "| editor | T | edit s | s per edit | run s | peak MB |",
+        "|---|---:|---:|---:|---:|---:|",
         *timing,
     ]
     (config.out / "table.md").write_text(
