@@ -22,7 +22,12 @@ from ce_bench.lifelong.records import EditDataError, EditRecord, load_records, s
 from ce_bench.lifelong.wise import NO_EDIT, ties_merge
 from ce_bench.models.edited_hf import EditedHFLM
 from ce_bench.pairing import baseline_loglikelihood, for_edit, tag_of
-from ce_bench.reports.lifelong import LifelongReportConfig, parse_editor, run_lifelong_report
+from ce_bench.reports.lifelong import (
+    LifelongReportConfig,
+    parse_editor,
+    run_lifelong_report,
+    stream_table,
+)
 from ce_bench.scoring import TokenScore, score_tokens
 from ce_bench.sites import Site
 from tests.helpers import lm_eval, results_of, samples_of
@@ -554,6 +559,19 @@ def test_report_editor_specs_are_checked_before_anything_runs() -> None:
         parse_editor("romee")
     with pytest.raises(ValueError, match="steps must be an integer"):
         parse_editor("grace:steps=0")
+
+
+def test_report_tables_what_an_editor_says_about_the_whole_stream() -> None:
+    cells = [
+        {"key": {"editor": "grace", "num_edits": 10}, "after_stream": {}},
+        {
+            "key": {"editor": "microedit", "num_edits": 10},
+            "after_stream": {"within_tau_at_end": 0.3, "row_overlap": 0.35},
+        },
+    ]
+    table = stream_table(cells)
+    assert "| microedit | 10 | 0.30 | 0.35 | – |" in table and "grace" not in table
+    assert stream_table(cells[:1]) == ""
 
 
 def test_report_with_a_mend_row_and_no_trained_mend_says_how_to_train_one(

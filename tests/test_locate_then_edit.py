@@ -11,6 +11,7 @@ import torch
 
 import ce_bench.lifelong.covariance as covariance
 from ce_bench.artifacts import load_artifact
+from ce_bench.embedded import load_model
 from ce_bench.interventions import InterventionSet, save_intervention
 from ce_bench.lifelong import load_stream, new_editor
 from ce_bench.lifelong.editor import edit_batch
@@ -250,9 +251,15 @@ def test_an_edit_changes_w_down_as_its_method_says_switches_off_exactly_and_relo
         "editor=rome,edits=zsre,num_edits=3,mom2_adjustment=False,templates=2",
         # AlphaEdit runs MEMIT's whole path too (z, keys, the spread over layers 4-8, C)
         "editor=alphaedit,edits=zsre,num_edits=2,mom2_tokens=5000",
+        "editor=mend,edits=zsre,num_edits=3",
     ],
 )
 def test_lm_eval_runs_a_stream_and_the_edits_take(model_args: str, tmp_path) -> None:
+    if "editor=mend" in model_args:  # a network trained briefly, in the test's folder
+        model, tokenizer = load_model()
+        config = MENDTrainConfig(val_records=5, max_steps=10, val_every=10)
+        train_mend(model, tokenizer, config, tmp_path / "net")
+        model_args += f",mend_path={tmp_path / 'net'}"
     proc = lm_eval(
         "--model", "edited_hf",
         "--model_args", model_args,

@@ -74,8 +74,8 @@ class EditedHFLM(HFLM):
 
     Lifelong editing (`ce_bench.lifelong`), stated once here; lm-eval passes these model_args
     to every task's metadata, so the tasks evaluate the records the model edited:
-        editor: microedit | ft | grace | wise | rome | memit | alphaedit: edit the model before
-            answering anything.
+        editor: microedit | ft | grace | wise | rome | memit | alphaedit | mend: edit the model
+            before answering anything.
         edits: the edit stream: zsre, selfcheckgpt (shipped sets), a JSON / JSONL file or URL.
         num_edits: T, the first T records of `edits` (default: all).
         eval_at: end (after all T edits; default) | immediate (each record after its own

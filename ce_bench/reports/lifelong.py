@@ -243,4 +243,30 @@ def _write(
         + "\n\nTime on this machine:\n\n"
         + "\n".join(time_table)
         + "\n"
+        + stream_table(cells)
     )
+
+
+STREAM_COLUMNS = {  # after_stream numbers shown, when an editor reports them (MicroEdit)
+    "within_tau_at_end": "edits within tau at the end",
+    "row_overlap": "decoder-row overlap (Jaccard)",
+    "rows_per_edit": "rows per edit",
+}
+
+
+def stream_table(cells: list[dict[str, Any]]) -> str:
+    """What editors reported about the whole stream (`after_stream`), as a Markdown table."""
+    rows = [c for c in cells if any(k in c.get("after_stream", {}) for k in STREAM_COLUMNS)]
+    if not rows:
+        return ""
+    lines = [
+        "| editor | T | " + " | ".join(STREAM_COLUMNS.values()) + " |",
+        "|---|---:|" + "---:|" * len(STREAM_COLUMNS),
+    ]
+    for c in rows:
+        values = [c["after_stream"].get(k) for k in STREAM_COLUMNS]
+        shown = [
+            "–" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v) for v in values
+        ]
+        lines.append(f"| {c['key']['editor']} | {c['key']['num_edits']} | {' | '.join(shown)} |")
+    return "\nAfter the stream:\n\n" + "\n".join(lines) + "\n"
