@@ -251,21 +251,23 @@ class MEND(WeightDeltaEditor):
         return edited_layers(model, params.layers)[0]
 
     def start_stream(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> None:
-        path = self._net_path(model)
-        self.net, description = MENDNet.load(path)
-        expected = shape_for(model, len(self.layers))
-        got = self.net.shape
+        self.net_path = self._net_path(model)
+        self.net: MENDNet | None = None  # loaded at the first edit (a saved state needs none)
+
+    def _load_net(self, model: nn.Module) -> MENDNet:
+        net, self.net_description = MENDNet.load(self.net_path)
+        expected, got = shape_for(model, len(self.layers)), net.shape
         if (got.x_dim, got.delta_dim, got.layers) != (
             expected.x_dim,
             expected.delta_dim,
             expected.layers,
         ):
             raise ValueError(
-                f"{path}: MEND trained for W_down {got.delta_dim}x{got.x_dim} over {got.layers}"
-                f" layers; this model's is {expected.delta_dim}x{expected.x_dim}, editing"
-                f" {expected.layers}"
+                f"{self.net_path}: MEND trained for W_down {got.delta_dim}x{got.x_dim} over"
+                f" {got.layers} layers; this model's is {expected.delta_dim}x{expected.x_dim},"
+                f" editing {expected.layers}"
             )
-        self.net_path, self.net_description = path, description
+        return net
 
     def _net_path(self, model: nn.Module) -> Path:
         if self.params.mend_path:
@@ -285,11 +287,12 @@ class MEND(WeightDeltaEditor):
     def apply_edit(self, model: nn.Module, tokenizer: Any, record: EditRecord) -> dict[str, float]:
         device = self.swapped[0].weight.device
         batch = edit_batch(tokenizer, record, device)
+        if self.net is None:
+            self.net = self._load_net(model).to(device)
         with self.holding(True):  # each edit starts from the model the earlier ones edited
             factors = gradient_factors(model, batch, self.layers)
             with torch.no_grad():
-                net = self.net.to(device)
-                updates = mend_updates(net, factors)
+                updates = mend_updates(self.net, factors)
                 for i, (module, update) in enumerate(
                     zip((w_down(model, layer) for layer in self.layers), updates, strict=True)
                 ):
@@ -302,5 +305,5 @@ class MEND(WeightDeltaEditor):
     def stream_report(
         self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]
     ) -> dict[str, Any]:
-        trained = self.net_description.get("training", {})
+        trained = getattr(self, "net_description", {}).get("training", {})
         return {"mend_path": str(self.net_path), "mend_training": trained}
