@@ -565,12 +565,13 @@ def test_report_tables_what_an_editor_says_about_the_whole_stream() -> None:
     cells = [
         {"key": {"editor": "grace", "num_edits": 10}, "after_stream": {}},
         {
-            "key": {"editor": "microedit", "num_edits": 10},
+            "key": {"editor": "microedit:sae_path=/cache/saes/layer27-8c00", "num_edits": 10},
             "after_stream": {"within_tau_at_end": 0.3, "row_overlap": 0.35},
         },
     ]
-    table = stream_table(cells)
-    assert "| microedit | 10 | 0.30 | 0.35 | – |" in table and "grace" not in table
+    table = stream_table(cells)  # paths shown by their last part
+    assert "| microedit:sae_path=layer27-8c00 | 10 | 0.30 | 0.35 | – |" in table
+    assert "grace" not in table
     assert stream_table(cells[:1]) == ""
 
 

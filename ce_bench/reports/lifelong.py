@@ -69,6 +69,16 @@ def parse_editor(spec: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
+def shown_spec(spec: str) -> str:
+    """An editor spec as tables show it: paths by their last part (`sae_path=layer27-8c00`)."""
+    name, _, rest = spec.partition(":")
+    params = [
+        f"{k}={Path(v).name}" if "/" in v else f"{k}={v}"
+        for k, _, v in (p.partition("=") for p in rest.split(",") if p)
+    ]
+    return ":".join([name, ",".join(params)]) if params else name
+
+
 def run_lifelong_report(
     config: LifelongReportConfig, console: Console | None = None
 ) -> list[dict[str, Any]]:
@@ -190,7 +200,10 @@ def _rows(cells: list[dict[str, Any]], config: LifelongReportConfig) -> list[lis
     rows = [["unedited", *[v for cell in first for v in values(cell, unedited)]]]
     for spec in config.editors:
         rows.append(
-            [spec, *[v for t in config.num_edits for v in values(find(spec, t), lambda m, k: m[k])]]
+            [
+                shown_spec(spec),
+                *[v for t in config.num_edits for v in values(find(spec, t), lambda m, k: m[k])],
+            ]
         )
     return rows
 
@@ -221,7 +234,7 @@ def _write(
     lines = [f"| editor | {' | '.join(heads)} |", "|---|" + "---:|" * len(heads)]
     lines += [f"| {' | '.join(row)} |" for row in _rows(cells, config)]
     timing = [
-        f"| {c['key']['editor']} | {c['key']['num_edits']} | {c['edit_seconds']:.0f} |"
+        f"| {shown_spec(c['key']['editor'])} | {c['key']['num_edits']} | {c['edit_seconds']:.0f} |"
         f" {c['edit_seconds'] / c['key']['num_edits']:.1f} | {c['seconds']:.0f} |"
         f" {c.get('peak_mb', '–')} |"
         for c in cells
@@ -268,5 +281,6 @@ def stream_table(cells: list[dict[str, Any]]) -> str:
         shown = [
             "–" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v) for v in values
         ]
-        lines.append(f"| {c['key']['editor']} | {c['key']['num_edits']} | {' | '.join(shown)} |")
+        editor = shown_spec(c["key"]["editor"])
+        lines.append(f"| {editor} | {c['key']['num_edits']} | {' | '.join(shown)} |")
     return "\nAfter the stream:\n\n" + "\n".join(lines) + "\n"
