@@ -16,7 +16,28 @@ import random
 from pathlib import Path
 
 RECORDS = 1200
-SYLLABLES = "ka lo mi ra ven tu sor bel dri fa nor quel zan pim ost rul gea lin mor tes".split()
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ra",
+    "ven",
+    "tu",
+    "sor",
+    "bel",
+    "dri",
+    "fa",
+    "nor",
+    "quel",
+    "zan",
+    "pim",
+    "ost",
+    "rul",
+    "gea",
+    "lin",
+    "mor",
+    "tes",
+]
 
 # relation: (subject kind, question, paraphrase, targets)
 RELATIONS = {
