@@ -39,12 +39,8 @@ lint: setup
 	$(VENV)/bin/ruff check ce_bench tasks tests bench
 	$(VENV)/bin/ruff format --check ce_bench tasks tests bench
 
-# One pytest worker per core, each test file in one worker (its module fixtures built once), one
-# torch thread per worker (two workers with two threads each on two cores fight for them).
-PYTEST = OMP_NUM_THREADS=1 $(1)/bin/pytest -q -n auto --dist loadfile
-
 test: lint
-	$(call PYTEST,$(VENV))
+	$(VENV)/bin/pytest -q
 
 # Re-resolve every dependency to the newest versions setup.cfg allows, in a throwaway venv, and
 # write them as exact pins. Run it on purpose (then `make test`), never as part of CI.
@@ -64,4 +60,4 @@ test-latest:
 	rm -rf $(LATEST_VENV)
 	$(call install,$(LATEST_VENV),)
 	$(call freeze,$(LATEST_VENV)) | diff $(LOCK) - | grep '^[<>] [^#]' || true
-	cd $(CURDIR) && $(call PYTEST,$(LATEST_VENV))
+	cd $(CURDIR) && $(LATEST_VENV)/bin/pytest -q
