@@ -61,7 +61,7 @@ def test_rank_one_update_is_the_least_change_on_the_stored_keys_that_maps_k_to_v
 def test_c_is_the_mean_outer_product_of_w_downs_inputs_and_is_cached(
     embedded_tokenizer, monkeypatch, tmp_path
 ) -> None:
-    monkeypatch.setattr(covariance, "corpus_texts", lambda *args: TEXTS[:6])
+    monkeypatch.setattr(covariance, "texts_for", lambda *args: TEXTS[:6])
     monkeypatch.setenv("CE_BENCH_HOME", str(tmp_path))
     tokenizer = embedded_tokenizer
     model = tiny_model_with_vocab("llama", len(tokenizer))
@@ -75,6 +75,18 @@ def test_c_is_the_mean_outer_product_of_w_downs_inputs_and_is_cached(
     assert len(list(tmp_path.rglob("mom2-layer1-*.safetensors"))) == 1
     ((again, _),) = covariance.second_moments(model, tokenizer, [1], max_tokens=10_000)
     assert torch.equal(again, moment)
+
+
+def test_c_samples_the_models_own_text_only_when_the_project_text_is_too_short(
+    embedded_tokenizer, monkeypatch
+) -> None:
+    sampled = ["a text the model wrote"]
+    monkeypatch.setattr(covariance, "corpus_texts", lambda *args: ["own", *sampled])
+    model = tiny_model_with_vocab("llama", len(embedded_tokenizer))
+    own = covariance.texts_for(model, embedded_tokenizer, "tiny", max_tokens=5_000)
+    assert own == covariance.project_texts() and sampled[0] not in own
+    both = covariance.texts_for(model, embedded_tokenizer, "tiny", max_tokens=10**7)
+    assert both[-1] == sampled[0]
 
 
 def test_the_subject_last_token_is_found_in_a_templated_prompt(embedded_tokenizer) -> None:
@@ -202,7 +214,7 @@ def untrained_mend(model: torch.nn.Module, layers: int, out) -> MENDNet:  # type
 def test_an_edit_changes_w_down_as_its_method_says_switches_off_exactly_and_reloads(
     kind: str, arch: str, embedded_tokenizer, monkeypatch, tmp_path
 ) -> None:
-    monkeypatch.setattr(covariance, "corpus_texts", lambda *args: TEXTS)
+    monkeypatch.setattr(covariance, "texts_for", lambda *args: TEXTS)
     monkeypatch.setenv("CE_BENCH_HOME", str(tmp_path))
     tokenizer = embedded_tokenizer
     model = tiny_model_with_vocab(arch, len(tokenizer))
@@ -248,9 +260,11 @@ def test_an_edit_changes_w_down_as_its_method_says_switches_off_exactly_and_relo
 @pytest.mark.parametrize(
     "model_args",
     [
-        "editor=rome,edits=zsre,num_edits=3,mom2_adjustment=False,templates=2",
+        "editor=rome,edits=zsre,num_edits=3,mom2_adjustment=False,templates=2,v_steps=12",
         # AlphaEdit runs MEMIT's whole path too (z, keys, the spread over layers 4-8, C)
-        "editor=alphaedit,edits=zsre,num_edits=2,mom2_tokens=5000",
+        # (with MEMIT's z step, under which its edits take: docs/lifelong.md)
+        "editor=alphaedit,edits=zsre,num_edits=2,mom2_tokens=5000,v_lr=0.5,v_weight_decay=0.001,"
+        "v_steps=12",
         "editor=mend,edits=zsre,num_edits=3",
     ],
 )

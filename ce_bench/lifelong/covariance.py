@@ -4,8 +4,9 @@ ROME inserts a fact with the update that changes W_down's outputs least on the k
 stores (ROME Eq. 2); C stands for those keys. It is estimated once per (model, layer, corpus,
 token budget) and cached as safetensors under $CE_BENCH_HOME with the token count it saw.
 
-The corpus is offline, as the SAE training's: the project's own text and text the model itself
-sampled (`ce_bench.sae_training.text`, whose cache it shares); the paper's is Wikipedia.
+The corpus is offline, as the SAE training's: the project's own text, then text the model itself
+sampled (`ce_bench.sae_training.text`, whose cache it shares), which is sampled only when the
+token budget reaches past the project's text; the paper's is Wikipedia.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ce_bench.artifacts import ModelIdentity
-from ce_bench.sae_training.text import digest, model_cache_dir
+from ce_bench.sae_training.text import digest, model_cache_dir, project_texts
 from ce_bench.sae_training.train import corpus_texts
 from ce_bench.sites import Site, StopForward, attach_hook
 
@@ -41,7 +42,7 @@ def second_moments(
     them; each cached per model (its folder name and a sample of its weights), layer, token
     budget and text."""
     model_name = Path(str(model.config.name_or_path)).name or model.config.model_type
-    texts = corpus_texts(model, tokenizer, model_name)
+    texts = texts_for(model, tokenizer, model_name, max_tokens)
     identity = asdict(ModelIdentity.of(model, model_name))
     paths = {
         layer: model_cache_dir(model_name)
@@ -56,6 +57,17 @@ def second_moments(
         ).items():
             _save(paths[layer], moment, tokens)
     return [_load(paths[layer]) for layer in layers]
+
+
+def texts_for(model: nn.Module, tokenizer: Any, model_name: str, max_tokens: int) -> list[str]:
+    """The corpus C is estimated from: the project's text when its tokens (as `_estimate`
+    reads them) fill the budget, else the project's and the model's sampled text (sampling
+    192 texts costs about 45 s on 2 cores, so it is done only when needed)."""
+    own = project_texts()
+    counted = tokenizer(own, truncation=True, max_length=MAX_TEXT_TOKENS)["input_ids"]
+    if sum(len(ids) for ids in counted) >= max_tokens:
+        return own
+    return corpus_texts(model, tokenizer, model_name)
 
 
 def _estimate(
