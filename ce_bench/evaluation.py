@@ -29,6 +29,7 @@ def evaluate(
     gen_kwargs: dict[str, Any] | None = None,
     stderr: bool = True,
     out_dir: Path | None = None,
+    samples: bool = False,
     manager: Any = None,
     verbosity: str = "WARNING",
 ) -> dict[str, Any]:
@@ -39,6 +40,7 @@ def evaluate(
         stderr: bootstrap stderrs (off when only the point values are used, e.g. choosing a
             strength on the validation split).
         out_dir: write results and per-document samples there, as `--output_path --log_samples`.
+        samples: without out_dir, keep the per-document samples in `results["samples"]`.
         manager: a TaskManager to reuse across many calls (see `task_manager`).
     """
     import lm_eval
@@ -50,7 +52,7 @@ def evaluate(
         tasks=tasks,
         limit=limit,
         task_manager=manager or task_manager(tasks, metadata or {}),
-        log_samples=tracker is not None,
+        log_samples=tracker is not None or samples,
         evaluation_tracker=tracker,
         gen_kwargs=gen_kwargs,
         bootstrap_iters=BOOTSTRAP_ITERS if stderr else 0,

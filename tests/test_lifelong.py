@@ -24,6 +24,7 @@ from ce_bench.models.edited_hf import EditedHFLM
 from ce_bench.pairing import baseline_loglikelihood, for_edit, tag_of
 from ce_bench.reports.lifelong import (
     LifelongReportConfig,
+    change_text,
     parse_editor,
     run_lifelong_report,
     stream_table,
@@ -599,9 +600,15 @@ def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
     (cell,) = run_lifelong_report(config)
     assert cell["key"]["num_edits"] == 1 and cell["params"]["steps"] == 1
     assert cell["peak_mb"] > 100  # measured in the cell's own process
+    change = cell["paired"]["rel"]  # paired over the edited record
+    metrics = cell["metrics"]
+    assert change["delta"] == pytest.approx(metrics["rel"] - metrics["rel_base"])
+    assert change["n"] == 1 and change_text(change).endswith("(1 record)")  # no interval
+    assert change_text({**change, "n": 5, "ci": [-0.1, 0.3]}).endswith("[-0.10, +0.30]")
     assert 0 <= cell["metrics"]["rel"] <= 1 and "rel_base" in cell["metrics"]
     table = (tmp_path / "table.md").read_text()
     assert "| unedited |" in table and "| grace:layer=1,steps=1 |" in table
+    assert "Change from the unedited model" in table and "| T=1 | ΔRel. |" in table
 
     def must_not_run(*args):  # type: ignore[no-untyped-def]
         raise AssertionError("a finished cell ran again")

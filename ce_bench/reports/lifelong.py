@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 from ce_bench.interventions.base import parse_params
@@ -107,6 +108,7 @@ def run_lifelong_report(
             cells.append(cell)
     _write(config, done, cells)
     console.print(report_table(cells, config))
+    console.print(Markdown(changes_table(cells, config)))
     return cells
 
 
@@ -159,13 +161,14 @@ def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
     )
     try:
         metadata = {"edits": config.edits, "num_edits": num_edits}
-        results = evaluate(lm, [task], metadata=metadata, stderr=False)
+        results = evaluate(lm, [task], metadata=metadata, stderr=False, samples=True)
         lifelong = lm.lifelong.describe()  # what the results record, without building them
     finally:
         lm.close()
     metrics = metrics_of(results, task)
     return {
         "metrics": metrics,
+        "paired": paired_changes(results["samples"][task], config.edits),
         "edit_seconds": lifelong["edit_seconds"],
         "seconds": round(time.perf_counter() - start, 1),
         "params": lifelong["params"],
@@ -173,6 +176,68 @@ def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
         "mean_edit_stats": lifelong["mean_edit_stats"],
         "after_stream": lifelong["after_stream"],
     }
+
+
+def unedited(metrics: dict[str, float], k: str) -> float:
+    """Column `k`'s value for the unedited model, from a run's (or a record's) metrics."""
+    if k == "avg":
+        return (metrics["rel_base"] + metrics["gen_base"] + 1.0) / 3
+    return metrics[BASE[k]] if k in BASE else 1.0
+
+
+def paired_changes(records: list[dict[str, Any]], edits: str) -> dict[str, dict[str, Any]]:
+    """Each column's change from the unedited model over the same records (one lm-eval sample
+    per edited record): the mean difference, its 95% bootstrap interval and the two-sided p
+    of the paired test (`ce_bench.stats.compare_paired`)."""
+    from ce_bench.stats import compare_paired
+
+    changes = {}
+    for k in TABLES[edits][1]:
+        compared = compare_paired(
+            [unedited(r, k) for r in records], [r[k] for r in records], higher_is_better=k != "ppl"
+        )
+        changes[k] = {
+            "delta": compared.delta,
+            "ci": list(compared.ci),
+            "p": compared.p_two_sided,
+            "n": compared.n,
+        }
+    return changes
+
+
+def change_text(change: dict[str, Any] | None) -> str:
+    """'+0.35 [+0.10, +0.60]'; without an interval for one record (nothing to resample), '–'
+    for a cell run before changes were recorded."""
+    if change is None:
+        return "–"
+    if change.get("n", 2) < 2:
+        return f"{change['delta']:+.2f} (1 record)"
+    low, high = change["ci"]
+    return f"{change['delta']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def changes_table(cells: list[dict[str, Any]], config: LifelongReportConfig) -> str:
+    """Markdown: per T, each editor's change from the unedited model with its interval."""
+    heads = TABLES[config.edits][2]
+    lines = [
+        "\nChange from the unedited model, with its 95% interval (paired over the T edited"
+        " records; an interval that excludes 0 is a change the records support):\n",
+    ]
+    for t in config.num_edits:
+        lines += [
+            f"| T={t} | " + " | ".join(f"Δ{h}" for h in heads) + " |",
+            "|---|" + "---:|" * len(heads),
+        ]
+        for spec in config.editors:
+            cell = next(
+                (c for c in cells if c["key"]["editor"] == spec and c["key"]["num_edits"] == t),
+                None,
+            )
+            paired = (cell or {}).get("paired") or {}
+            texts = [change_text(paired.get(k)) for k in TABLES[config.edits][1]]
+            lines.append(f"| {shown_spec(spec)} | {' | '.join(texts)} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _rows(cells: list[dict[str, Any]], config: LifelongReportConfig) -> list[list[str]]:
@@ -190,11 +255,6 @@ def _rows(cells: list[dict[str, Any]], config: LifelongReportConfig) -> list[lis
         if cell is None:
             return ["–"] * len(columns)
         return [f"{read(cell['metrics'], k):.2f}" for k in columns]
-
-    def unedited(metrics: dict[str, float], k: str) -> float:
-        if k == "avg":
-            return (metrics["rel_base"] + metrics["gen_base"] + 1.0) / 3
-        return metrics[BASE[k]] if k in BASE else 1.0
 
     first = [next((c for c in cells if c["key"]["num_edits"] == t), None) for t in config.num_edits]
     rows = [["unedited", *[v for cell in first for v in values(cell, unedited)]]]
@@ -256,6 +316,7 @@ def _write(
         + "\n\nTime on this machine:\n\n"
         + "\n".join(time_table)
         + "\n"
+        + changes_table(cells, config)
         + stream_table(cells)
     )
 
