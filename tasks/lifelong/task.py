@@ -22,9 +22,9 @@ selfcheckgpt_lifelong:
     ppl_base, log_ppl_base: the unedited model's values
 
 With checkpoints (`eval_at=1+10+100`), each of the ON scores is also asked at every checkpoint c
-about the records edited by then (index < c), and reported as `rel@10`, `gen@10`, ... (the mean
-over those records; `nanmean`, since later records have no value there): a retention curve from
-one run.
+about the records edited by then (index < c), and reported as `rel@10`, `gen@10`, ...: a
+retention curve from one run. A record not yet edited at c reports no `rel@c`, so lm-eval's mean
+and stderr are over the records edited by then.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class LifelongTask(ConfigurableTask):
         at = [
             {
                 "metric": f"{m['metric']}@{c}",
-                "aggregation": "nanmean",
+                "aggregation": "mean",
                 "higher_is_better": m.get("higher_is_better", True),
             }
             for c in self.checkpoints
@@ -171,13 +171,13 @@ class LifelongTask(ConfigurableTask):
         answers: dict[str, Any],
         metrics: Callable[[dict[str, Any]], dict[str, float]],
     ) -> dict[str, float]:
-        """`metrics(answers)` (after the last edit), and the tracked ones at every checkpoint:
-        computed from that checkpoint's answers, NaN for a record not yet edited there."""
+        """`metrics(answers)` (after the last edit), and the tracked ones at every checkpoint
+        by which the record was edited, computed from that checkpoint's answers."""
         found = metrics(answers)
         for c in self.checkpoints:
             if doc["edit_index"] >= c:
-                values = dict.fromkeys(self.tracked, math.nan)
-            elif c == self.count:
+                continue
+            if c == self.count:
                 values = found
             else:
                 values = metrics(
