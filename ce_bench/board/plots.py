@@ -209,11 +209,14 @@ def _retention(sections: list[Section]) -> Figure | None:
     figure, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.flat[len(curves) :]:
         ax.axis("off")
-    for ax, ((task, metric), lines) in zip(axes.flat, sorted(curves.items()), strict=False):
+    for ax, ((task, metric), lines) in zip(axes.flat, curves.items(), strict=False):
         for label, points in sorted(lines.items()):
             counts, values, errors = zip(*sorted(points), strict=True)
             ax.errorbar(counts, values, yerr=errors, fmt="o-", capsize=3, label=label)
         ax.set_xscale("log")
+        ticks = sorted({count for points in lines.values() for count, _, _ in points})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("edits applied")
         ax.set_title(f"{task}: {metric}", fontsize="small")
         ax.grid(alpha=0.3)
