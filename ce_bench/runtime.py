@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 EMBEDDED_NAME = "smollm2-135m"  # the embedded default model (ce_bench.embedded)
 
@@ -56,3 +57,9 @@ def peak_rss_mb() -> float:
     macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def model_cache_name(model: Any) -> str:
+    """The name a loaded model's derived files are cached under (C, MEND networks): its folder
+    or hub name, else its model type."""
+    return Path(str(model.config.name_or_path)).name or model.config.model_type

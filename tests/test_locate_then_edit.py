@@ -14,7 +14,7 @@ from ce_bench.artifacts import load_artifact
 from ce_bench.embedded import load_model
 from ce_bench.interventions import InterventionSet, save_intervention
 from ce_bench.lifelong import load_stream, new_editor
-from ce_bench.lifelong.editor import edit_batch
+from ce_bench.lifelong.editor import edit_batch, target_loss
 from ce_bench.lifelong.memit import alphaedit_update, memit_update, null_space_projection
 from ce_bench.lifelong.mend import (
     MENDNet,
@@ -23,7 +23,6 @@ from ce_bench.lifelong.mend import (
     gradient_factors,
     mend_updates,
     shape_for,
-    target_nll,
 )
 from ce_bench.lifelong.mend_training import MENDTrainConfig, train_mend
 from ce_bench.lifelong.records import shipped_dir
@@ -136,7 +135,7 @@ def test_mend_factors_are_one_rank_one_term_per_token_summing_to_w_downs_gradien
     factors = gradient_factors(model, batch, [1, 2])
     modules = [w_down(model, layer) for layer in (1, 2)]
     model.zero_grad()
-    target_nll(model, batch).backward()
+    target_loss(model, batch)[0].backward()
     for module, (x, delta) in zip(modules, factors, strict=True):
         assert x.shape[0] == delta.shape[0] > 1  # one (x_t, delta_t) pair per token
         torch.testing.assert_close(delta.T @ x, out_in(module, module.weight.grad))

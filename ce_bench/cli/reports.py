@@ -98,15 +98,16 @@ def train_mend_cmd(
     """Train MEND's gradient-transform network for a model (the `mend` editor uses the newest
     one in the cache, or mend_path=DIR)."""
     from ce_bench.embedded import load_model
-    from ce_bench.lifelong.mend import MENDNet, model_key
+    from ce_bench.lifelong.mend import MENDNet
     from ce_bench.lifelong.mend_training import MENDTrainConfig, cache_dir, train_mend
     from ce_bench.lifelong.records import load_stream
+    from ce_bench.runtime import model_cache_name
 
     given = {"max_steps": max_steps, "val_every": val_every, "patience": patience}
     config = MENDTrainConfig(train=train, **given_options(**given))
     digest = load_stream(train).digest  # a missing or malformed file fails before the model loads
     model_, tokenizer = load_model(model, device)
-    path = out or cache_dir(model_key(model_), config, digest)
+    path = out or cache_dir(model_cache_name(model_), config, digest)
     if (path / "mend.json").is_file() and not force:
         _, description = MENDNet.load(path)
     else:

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ce_bench.artifacts import ModelIdentity
+from ce_bench.runtime import model_cache_name
 from ce_bench.sae_training.text import digest, model_cache_dir, project_texts
 from ce_bench.sae_training.train import corpus_texts
 from ce_bench.sites import Site, StopForward, attach_hook
@@ -41,7 +42,7 @@ def second_moments(
     with SAE training), all layers from one pass that stops after the last of
     them; each cached per model (its folder name and a sample of its weights), layer, token
     budget and text."""
-    model_name = Path(str(model.config.name_or_path)).name or model.config.model_type
+    model_name = model_cache_name(model)
     texts = texts_for(model, tokenizer, model_name, max_tokens)
     identity = asdict(ModelIdentity.of(model, model_name))
     paths = {

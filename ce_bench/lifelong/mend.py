@@ -33,11 +33,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ce_bench.interventions.base import check_integer, register_intervention
-from ce_bench.lifelong.editor import EditorParams, edit_batch
+from ce_bench.lifelong.editor import EditorParams, edit_batch, target_loss
 from ce_bench.lifelong.records import EditRecord
 from ce_bench.lifelong.weight_editor import WeightDeltaEditor, w_down
-from ce_bench.runtime import ce_bench_home
-from ce_bench.scoring import GoldenBatch, answer_logits, frozen_parameters
+from ce_bench.runtime import ce_bench_home, model_cache_name
+from ce_bench.scoring import GoldenBatch, frozen_parameters
 from ce_bench.sites import model_dims, out_in
 
 MEND_LAYERS = 3  # MEND edits the MLPs of the last three layers
@@ -157,12 +157,6 @@ def edited_layers(model: nn.Module, layers: int) -> list[int]:
     return list(range(count - layers, count))
 
 
-def target_nll(model: nn.Module, batch: GoldenBatch) -> torch.Tensor:
-    """Mean NLL of the batch's answer tokens."""
-    logits, labels, _ = answer_logits(model, batch)
-    return nn.functional.cross_entropy(logits, labels)
-
-
 def gradient_factors(
     model: nn.Module, batch: GoldenBatch, layers: Sequence[int]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -179,7 +173,7 @@ def gradient_factors(
     handles = [m.register_forward_hook(keep) for m in modules]
     try:
         with frozen_parameters(model, [m.weight for m in modules]), torch.enable_grad():
-            loss = target_nll(model, batch)
+            loss = target_loss(model, batch)[0]
             grads = torch.autograd.grad(loss, outputs)
     finally:
         for handle in handles:
@@ -215,11 +209,6 @@ def mend_updates(
 ) -> list[torch.Tensor]:
     """Each layer's update (out, in) from its factors."""
     return [net(x, delta, mode) for mode, (x, delta) in enumerate(factors)]
-
-
-def model_key(model: nn.Module) -> str:
-    """The name trained networks are cached under: the model's folder or hub name."""
-    return Path(str(getattr(model.config, "name_or_path", ""))).name or "model"
 
 
 def cached_nets(model_name: str) -> list[Path]:
@@ -272,7 +261,7 @@ class MEND(WeightDeltaEditor):
     def _net_path(self, model: nn.Module) -> Path:
         if self.params.mend_path:
             return Path(self.params.mend_path)
-        name = model_key(model)
+        name = model_cache_name(model)
         found = cached_nets(name)
         if not found:
             raise FileNotFoundError(
@@ -298,7 +287,7 @@ class MEND(WeightDeltaEditor):
                 ):
                     weight = out_in(module, self.swapped[i].weight.detach().float())
                     self.set_layer(i, out_in(module, weight - update))
-                loss = float(target_nll(model, batch))
+                loss = float(target_loss(model, batch)[0])
         self.edits_applied += 1
         return {"tokens": float(len(factors[0][0])), "loss_after": loss}
 

@@ -26,7 +26,7 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +35,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ce_bench.interventions.base import check_integer, check_number
+from ce_bench.lifelong.editor import target_loss
 from ce_bench.lifelong.mend import (
     MEND_LAYERS,
     MENDNet,
     edited_layers,
     gradient_factors,
     mend_updates,
-    model_key,
     shape_for,
-    target_nll,
     weights_in_place,
 )
 from ce_bench.lifelong.records import EditRecord, load_stream
 from ce_bench.lifelong.weight_editor import w_down
-from ce_bench.runtime import ce_bench_home
+from ce_bench.runtime import ce_bench_home, model_cache_name
 from ce_bench.scoring import answer_logits, frozen_parameters, golden_batch
 from ce_bench.sites import out_in
 
@@ -75,16 +74,11 @@ class MENDTrainConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        for name in ("val_records", "layers", "rank", "n_hidden", "accumulate", "max_steps"):
-            check_integer(name, getattr(self, name), 1)
-        for name in ("val_every", "patience"):
+        for name in ("val_records", "layers", "rank", "n_hidden", "accumulate", "max_steps",
+                     "val_every", "patience"):  # fmt: skip
             check_integer(name, getattr(self, name), 1)
         for name in ("edit_lr", "lr", "lr_lr", "cedit", "cloc", "grad_clip"):
             check_number(name, getattr(self, name))
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 def cache_dir(model_name: str, config: MENDTrainConfig, data_digest: str) -> Path:
@@ -98,7 +92,8 @@ def train_mend(
 ) -> tuple[Path, dict[str, Any]]:
     """Train a network for `model` and save it into `out` (default: the cache); returns the
     directory and what its `mend.json` records."""
-    records = list(load_stream(config.train).records)
+    stream = load_stream(config.train)
+    records = list(stream.records)
     if any(r.rephrase is None for r in records):
         raise ValueError(f"{config.train}: MEND trains on paraphrases; these records have none")
     if len(records) <= config.val_records:
@@ -107,7 +102,7 @@ def train_mend(
             f"{config.val_records}"
         )
     train, held_out = records[: -config.val_records], records[-config.val_records :]
-    out = out or cache_dir(model_key(model), config, load_stream(config.train).digest)
+    out = out or cache_dir(model_cache_name(model), config, stream.digest)
     torch.manual_seed(config.seed)
     layers = edited_layers(model, config.layers)
     modules = [w_down(model, layer) for layer in layers]
@@ -119,11 +114,11 @@ def train_mend(
         progress = _optimise(model, tokenizer, net, modules, layers, train, held_out, config)
         unedited = validate(model, tokenizer, None, modules, layers, held_out)
     description = {
-        "model": model_key(model),
+        "model": model_cache_name(model),
         "layers": layers,
         "training": {
             "data": config.train,
-            "data_digest": load_stream(config.train).digest,
+            "data_digest": stream.digest,
             "records": len(train),
             "held_out": len(held_out),
             "settings": asdict(config),
@@ -208,7 +203,7 @@ def _step(
     ]
     outer = golden_batch(tokenizer, [(record.rephrase or record.prompt, record.target)], device)
     with weights_in_place(modules, weights):
-        edit_loss = target_nll(model, outer)
+        edit_loss = target_loss(model, outer)[0]
         after = model(**locality).logits.float()
     kl = nn.functional.kl_div(
         after.log_softmax(-1), before.log_softmax(-1), log_target=True, reduction="none"

@@ -121,7 +121,7 @@ def _check_trained_mend(model: str) -> None:
     from ce_bench.embedded import resolve_pretrained
     from ce_bench.lifelong.mend import cached_nets
 
-    name = Path(str(resolve_pretrained(model))).name
+    name = Path(str(resolve_pretrained(model))).name  # as runtime.model_cache_name names it
     if not cached_nets(name):
         raise ValueError(
             f"the mend row needs a trained MEND for {name!r}: run `ce-bench train-mend"
@@ -178,6 +178,14 @@ def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
     }
 
 
+def find_cell(cells: list[dict[str, Any]], spec: str, num_edits: int) -> dict[str, Any] | None:
+    """The cell of editor `spec` at T = `num_edits`, if it has run."""
+    return next(
+        (c for c in cells if c["key"]["editor"] == spec and c["key"]["num_edits"] == num_edits),
+        None,
+    )
+
+
 def unedited(metrics: dict[str, float], k: str) -> float:
     """Column `k`'s value for the unedited model, from a run's (or a record's) metrics."""
     if k == "avg":
@@ -229,11 +237,7 @@ def changes_table(cells: list[dict[str, Any]], config: LifelongReportConfig) -> 
             "|---|" + "---:|" * len(heads),
         ]
         for spec in config.editors:
-            cell = next(
-                (c for c in cells if c["key"]["editor"] == spec and c["key"]["num_edits"] == t),
-                None,
-            )
-            paired = (cell or {}).get("paired") or {}
+            paired = (find_cell(cells, spec, t) or {}).get("paired") or {}
             texts = [change_text(paired.get(k)) for k in TABLES[config.edits][1]]
             lines.append(f"| {shown_spec(spec)} | {' | '.join(texts)} |")
         lines.append("")
@@ -243,11 +247,6 @@ def changes_table(cells: list[dict[str, Any]], config: LifelongReportConfig) -> 
 def _rows(cells: list[dict[str, Any]], config: LifelongReportConfig) -> list[list[str]]:
     """One row for the unedited model, then one per editor: the metrics at each T."""
     columns = TABLES[config.edits][1]
-
-    def find(spec: str, t: int) -> dict[str, Any] | None:
-        return next(
-            (c for c in cells if c["key"]["editor"] == spec and c["key"]["num_edits"] == t), None
-        )
 
     def values(
         cell: dict[str, Any] | None, read: Callable[[dict[str, float], str], float]
@@ -262,7 +261,11 @@ def _rows(cells: list[dict[str, Any]], config: LifelongReportConfig) -> list[lis
         rows.append(
             [
                 shown_spec(spec),
-                *[v for t in config.num_edits for v in values(find(spec, t), lambda m, k: m[k])],
+                *[
+                    v
+                    for t in config.num_edits
+                    for v in values(find_cell(cells, spec, t), lambda m, k: m[k])
+                ],
             ]
         )
     return rows
