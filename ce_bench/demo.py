@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from ce_bench.emotions import EMOTIONS
 from ce_bench.reports.concept import DEEP_LAYER, SHORT, BenchmarkConfig, Cell, run_benchmark
 from ce_bench.runtime import EMBEDDED_NAME
+from ce_bench.tables import Grid, show
 
 PAIRS = ("NE-SAE", "NE-SV", "NE-SFT", "SAE-SV", "SAE-SFT", "SV-SFT")
 
@@ -181,8 +181,7 @@ def write_analyses(
     """Table 4 (generalisation, anger when it ran) and Table 5 (overlap per emotion), on the
     unedited (model, tokenizer) `loaded`."""
     from ce_bench.analysis import (
-        generalization_markdown,
-        generalization_table,
+        generalization_grid,
         neuron_overlap,
         output_generalization,
     )
@@ -194,8 +193,9 @@ def write_analyses(
     report = output_generalization(
         model, tokenizer, emotion, {SHORT[m]: a for m, a in chosen.items()}
     )
-    console.print(generalization_table(report))
-    (config.out / "generalization.md").write_text(generalization_markdown(report))
+    grid = generalization_grid(report)
+    show(console, grid)
+    (config.out / "generalization.md").write_text(grid.markdown())
 
     data = EmotionData.load(config.scenarios)
     rows = {}
@@ -215,9 +215,9 @@ def write_analyses(
             emotion=emotion,
         )
         rows[emotion] = overlap.overlaps
-    table, markdown = overlap_table(rows, config.layer)
-    console.print(table)
-    (config.out / "overlap.md").write_text(markdown)
+    grid = overlap_table(rows, config.layer)
+    show(console, grid)
+    (config.out / "overlap.md").write_text(grid.markdown())
     (config.out / "overlap.json").write_text(json.dumps(rows, indent=2) + "\n")
     (config.out / "generalization.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
 
@@ -249,21 +249,17 @@ def _tuned(cell: Cell):  # type: ignore[no-untyped-def]
     return artifact
 
 
-def overlap_table(rows: dict[str, dict[str, float | None]], layer: int) -> tuple[Table, str]:
+def overlap_table(rows: dict[str, dict[str, float | None]], layer: int) -> Grid:
     """Unified Concept Editing Table 5: overlap (%) per emotion and method pair, with the
     average."""
-    table = Table(title=f"Neuron overlap (%) at layer {layer}")
-    table.add_column("emotion")
-    for pair in PAIRS:
-        table.add_column(pair, justify="right")
-    lines = [f"| emotion | {' | '.join(PAIRS)} |", "|---|" + "---:|" * len(PAIRS)]
     average = {p: [r[p] for r in rows.values() if r.get(p) is not None] for p in PAIRS}
     body = {**rows, "Average": {p: (sum(v) / len(v) if v else None) for p, v in average.items()}}
-    for name, row in body.items():
-        cells = ["-" if row.get(p) is None else f"{row[p]:.2f}" for p in PAIRS]
-        table.add_row(name, *cells, style="bold" if name == "Average" else None)
-        lines.append(f"| {name} | {' | '.join(cells)} |")
-    return table, "\n".join(lines) + "\n"
+    lines = [
+        [name, *("-" if row.get(p) is None else f"{row[p]:.2f}" for p in PAIRS)]
+        for name, row in body.items()
+    ]
+    title = f"Neuron overlap (%) at layer {layer}"
+    return Grid(title, ["emotion", *PAIRS], lines, bold={"Average"})
 
 
 if __name__ == "__main__":

@@ -12,12 +12,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
 from ce_bench.analysis import (
-    generalization_markdown,
-    generalization_table,
+    generalization_grid,
     neuron_overlap,
     output_generalization,
-    overlap_markdown,
-    overlap_table,
+    overlap_grid,
 )
 from ce_bench.analysis.generalization import ORIGINAL, PAPER_PROMPT
 from ce_bench.analysis.overlap import PAIRS, down_columns, residual_rates
@@ -63,10 +61,10 @@ def test_steering_towards_the_concept_unembedding_raises_the_concept_and_gets_a_
         assert all(len(tokenizer(" " + w).input_ids) == 1 for w in words)
     assert "contentment" in report.dropped["antonyms"]
     assert "unrelated" not in report.marks["SV"]
-    markdown = generalization_markdown(report)
+    markdown = generalization_grid(report).markdown()
     assert markdown.splitlines()[0] == f"| Type | {ORIGINAL} | SV |"
     assert " ✓ |" in markdown.splitlines()[2]  # the concept row
-    assert generalization_table(report).row_count == len(WORD_KINDS)
+    assert len(generalization_grid(report).rows) == len(WORD_KINDS)
 
 
 def test_probabilities_are_proper_and_the_original_row_ignores_the_artifacts(tiny_lm) -> None:
@@ -221,9 +219,8 @@ def test_missing_methods_show_a_dash() -> None:
     report = neuron_overlap(model, None, [], ne=_ne(model, S))  # type: ignore[arg-type]
     assert report.neurons == {"NE": S, "SAE": None, "SV": None, "SFT": None}
     assert all(report.overlaps[pair] is None for pair in PAIRS)
-    row = overlap_markdown(report).splitlines()[2]
-    assert row == "| layer 1 | " + " | ".join(["-"] * len(PAIRS)) + " |"
-    assert overlap_table(report).row_count == 1
+    (row,) = overlap_grid(report).rows
+    assert row == ["layer 1", *["-"] * len(PAIRS)]
 
 
 def test_artifacts_at_different_layers_are_an_error() -> None:

@@ -15,7 +15,7 @@ ROOT = Path(ce_bench.__file__).parent
 FLOORS = {
     0: {"runtime", "embedded", "kv_cache", "sites", "artifacts", "versions", "stats", "scoring",
         "pairing", "emotions", "classification", "private_facts", "degeneration", "registration",
-        "run_config",
+        "run_config", "tables", "console",
         "_autoregister"},
     1: {"interventions", "locate", "lifelong", "sae_training", "judge", "analysis", "inject"},
     2: {"models"},

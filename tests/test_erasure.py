@@ -285,7 +285,7 @@ def test_erasure_report_compares_neuron_and_range_masking_for_every_class(
     assert rows[0].base["cacc"] == rows[1].base["acc"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["target"] for r in saved["rows"]] == ["negative", "positive", "trimmed mean"]
-    assert "| trimmed mean |" in (tmp_path / "table.md").read_text()
+    assert "| trimmed mean | unedited |" in (tmp_path / "table.md").read_text()
     saved_artifacts = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("artifacts/*/*"))
     methods = ("directional_ablation", "neuron_masking", "range_masking", "steering")
     assert saved_artifacts == [
@@ -298,7 +298,7 @@ def test_erasure_report_compares_neuron_and_range_masking_for_every_class(
     assert gates["neuron_masking"]["params"]["gate"] == "always"
     assert gates["range_masking"]["params"]["gate"] == "range"
     assert gates["steering"]["kind"] == "steer" and gates["steering"]["layer"] == 1  # middle of 3
-    assert "| SV ΔAcc |" in (tmp_path / "table.md").read_text()
+    assert "| negative | SV Δ |" in (tmp_path / "table.md").read_text()
 
 
 def _loglikelihoods(*predicted: int, labels: int = 4) -> list[tuple[float, bool]]:

@@ -27,7 +27,7 @@ from ce_bench.reports.lifelong import (
     change_text,
     parse_editor,
     run_lifelong_report,
-    stream_table,
+    stream_grids,
 )
 from ce_bench.scoring import TokenScore, score_tokens
 from ce_bench.sites import Site
@@ -570,10 +570,9 @@ def test_report_tables_what_an_editor_says_about_the_whole_stream() -> None:
             "after_stream": {"within_tau_at_end": 0.3, "row_overlap": 0.35},
         },
     ]
-    table = stream_table(cells)  # paths shown by their last part
-    assert "| microedit:sae_path=layer27-8c00 | 10 | 0.30 | 0.35 | – |" in table
-    assert "grace" not in table
-    assert stream_table(cells[:1]) == ""
+    (grid,) = stream_grids(cells)  # paths shown by their last part
+    assert grid.rows == [["microedit:sae_path=layer27-8c00", "10", "0.30", "0.35", "–"]]
+    assert stream_grids(cells[:1]) == []
 
 
 def test_report_with_a_mend_row_and_no_trained_mend_says_how_to_train_one(
@@ -608,7 +607,7 @@ def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
     assert 0 <= cell["metrics"]["rel"] <= 1 and "rel_base" in cell["metrics"]
     table = (tmp_path / "table.md").read_text()
     assert "| unedited |" in table and "| grace:layer=1,steps=1 |" in table
-    assert "Change from the unedited model" in table and "| T=1 | ΔRel. |" in table
+    assert "Change from the unedited model at T=1:" in table and "| editor | ΔRel. |" in table
 
     def must_not_run(*args):  # type: ignore[no-untyped-def]
         raise AssertionError("a finished cell ran again")

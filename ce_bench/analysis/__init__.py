@@ -3,24 +3,16 @@
 
 from ce_bench.analysis.generalization import (
     GeneralizationReport,
-    generalization_markdown,
-    generalization_table,
+    generalization_grid,
     output_generalization,
 )
-from ce_bench.analysis.overlap import (
-    OverlapReport,
-    neuron_overlap,
-    overlap_markdown,
-    overlap_table,
-)
+from ce_bench.analysis.overlap import OverlapReport, neuron_overlap, overlap_grid
 
 __all__ = [
     "GeneralizationReport",
     "OverlapReport",
-    "generalization_markdown",
-    "generalization_table",
+    "generalization_grid",
     "neuron_overlap",
     "output_generalization",
-    "overlap_markdown",
-    "overlap_table",
+    "overlap_grid",
 ]

@@ -13,7 +13,7 @@ by their first piece would measure a common prefix (" content" for "contentment"
 
 Example:
     >>> report = output_generalization(model, tok, "anger", {"SV": load_artifact("art/anger_sv")})
-    >>> console.print(generalization_table(report))
+    >>> show(console, generalization_grid(report))
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from rich.table import Table
 from torch import nn
 
 from ce_bench.artifacts import Artifact, ArtifactError, check_model
 from ce_bench.emotions import WORD_KINDS, emotion_words
 from ce_bench.interventions import Switch, build_intervention, track_cache_offset
 from ce_bench.kv_cache import cache_kwargs, returned_cache
+from ce_bench.tables import Grid
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -108,24 +108,10 @@ def output_generalization(
     )
 
 
-def generalization_table(report: GeneralizationReport) -> Table:
-    """The report as a rich Table laid out like Unified Concept Editing Table 4 (kinds down, methods
-    across)."""
-    table = Table(title=f"Output generalisation: {report.emotion} ({report.steps} steps)")
-    table.add_column("Type")
-    for method in report.probabilities:
-        table.add_column(method, justify="right")
-    for row in _rows(report):
-        table.add_row(*row)
-    return table
-
-
-def generalization_markdown(report: GeneralizationReport) -> str:
-    """The report as a Markdown table, as in `generalization_table`."""
-    header = ["Type", *report.probabilities]
-    lines = [_md_row(header), _md_row(["---"] * len(header))]
-    lines += [_md_row(row) for row in _rows(report)]
-    return "\n".join(lines) + "\n"
+def generalization_grid(report: GeneralizationReport) -> Grid:
+    """The report laid out like Unified Concept Editing Table 4 (kinds down, methods across)."""
+    title = f"Output generalisation: {report.emotion} ({report.steps} steps)"
+    return Grid(title, ["Type", *report.probabilities], _rows(report))
 
 
 def _single_tokens(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> dict[str, int]:
@@ -202,7 +188,3 @@ def _rows(report: GeneralizationReport) -> list[list[str]]:
             cells.append(f"{row[kind]:.2E}{suffix}")
         rows.append(cells)
     return rows
-
-
-def _md_row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"

@@ -19,7 +19,7 @@ The division by n is elementwise, as in the paper; only |n| below `eps` is raise
 
 Example:
     >>> report = neuron_overlap(model, tok, prompts, ne=ne, sae=sae, sv=sv, sft=sft)
-    >>> console.print(overlap_table(report))
+    >>> show(console, overlap_grid(report))
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from itertools import combinations
 from typing import TYPE_CHECKING, cast
 
 import torch
-from rich.table import Table
 from torch import nn
 
 from ce_bench.analysis.generalization import check_emotion
@@ -39,6 +38,7 @@ from ce_bench.artifacts import Artifact, ArtifactError, check_model
 from ce_bench.interventions import Intervention, build_intervention
 from ce_bench.interventions.base import ActivationIntervention
 from ce_bench.sites import Site, attach_hook, module_path, out_in, site_width
+from ce_bench.tables import Grid
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -171,21 +171,10 @@ def residual_rates(
     return {m: (total / len(prompts)).cpu() for m, total in totals.items()}
 
 
-def overlap_table(report: OverlapReport) -> Table:
-    """The report as a rich Table with Unified Concept Editing Table 5's columns."""
-    table = Table(title=f"Neuron overlap (%), layer {report.layer}, J = {report.top_j}")
-    table.add_column("")
-    for pair in PAIRS:
-        table.add_column(pair, justify="right")
-    table.add_row(*_row(report))
-    return table
-
-
-def overlap_markdown(report: OverlapReport) -> str:
-    """The report as a Markdown table, as in `overlap_table`."""
-    lines = [f"| | {' | '.join(PAIRS)} |", "|---" * (len(PAIRS) + 1) + "|"]
-    lines.append("| " + " | ".join(_row(report)) + " |")
-    return "\n".join(lines) + "\n"
+def overlap_grid(report: OverlapReport) -> Grid:
+    """The report with Unified Concept Editing Table 5's columns."""
+    title = f"Neuron overlap (%), layer {report.layer}, J = {report.top_j}"
+    return Grid(title, ["", *PAIRS], [_row(report)])
 
 
 def _row(report: OverlapReport) -> list[str]:

@@ -22,9 +22,6 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.markup import escape
-from rich.table import Table
-
 from ce_bench.board.runs import (
     GENERAL,
     Run,
@@ -36,6 +33,7 @@ from ce_bench.board.runs import (
 )
 from ce_bench.board.samples import SamplesCache, SamplesMismatch, compare_in_run, compare_runs
 from ce_bench.stats import PairedComparison, unpaired_interval
+from ce_bench.tables import Grid
 from ce_bench.versions import mixed_versions
 
 SELECTION = "validation split (strength selection)"
@@ -451,21 +449,16 @@ def ranking_lines(section: Section) -> list[str]:
     return lines
 
 
-def terminal_tables(sections: list[Section], metrics: int = 5) -> list[Table]:
+def terminal_grids(sections: list[Section], metrics: int = 5) -> list[Grid]:
     """Compact tables for the terminal: a run's label, its task, the first `metrics` metrics as
     'value (delta)'; board.md and board.html have every column."""
-    tables = []
+    grids = []
     for section in sections:
         columns = section.columns[:metrics]
-        table = Table(title=section.title, title_justify="left")
         models = len({r.run.base_model for r in section.rows}) > 1
-        if models:
-            table.add_column("model")
-        table.add_column("run")
-        if section.has_task_column:
-            table.add_column("task")
-        for column in columns:
-            table.add_column(column.title, justify="right")
+        task = section.has_task_column
+        keys = [*(["model"] if models else []), "run", *(["task"] if task else [])]
+        rows = []
         for row in section.rows:
             cells = [row.cells.get(c.title) for c in columns]
             texts = [
@@ -475,14 +468,11 @@ def terminal_tables(sections: list[Section], metrics: int = 5) -> list[Table]:
                 + ("" if c.delta is None else f" ({signed(c.delta)}{_mark(c)})")
                 for c in cells
             ]
-            table.add_row(
-                *([escape(row.run.base_model)] if models else []),
-                escape(row.run.label),
-                *([row.task] if section.has_task_column else []),
-                *texts,
-            )
-        tables.append(table)
-    return tables
+            names = [*([row.run.base_model] if models else []), row.run.label]
+            rows.append([*names, *([row.task] if task else []), *texts])
+        heads = [*keys, *(c.title for c in columns)]
+        grids.append(Grid(section.title, heads, rows, keys=len(keys)))
+    return grids
 
 
 def _mark(cell: Cell) -> str:

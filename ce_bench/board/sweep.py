@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ce_bench.board.runs import load_runs
+from ce_bench.console import step_progress
 from ce_bench.runtime import EMBEDDED_NAME
 
 MARKER = "cell.json"
@@ -257,16 +257,9 @@ class Sweep:
 
         self.check()
         self.after_cell = after_cell or (lambda cell: None)
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[per_cell]}"),
-        )
-        with Progress(*columns, console=self.console) as progress:
+        with step_progress(self.console) as progress:
             self.progress = progress
-            self.bar = progress.add_task("sweep", total=self.planned(), per_cell="")
+            self.bar = progress.add_task("sweep", total=self.planned(), detail="")
             self._unedited()
             if self.config.concept:
                 self._concept(self.config.concept)
@@ -441,7 +434,7 @@ class Sweep:
         self.ran.append(cell)
         self._seconds.append(seconds)
         mean = sum(self._seconds) / len(self._seconds)
-        self.progress.update(self.bar, advance=1, per_cell=f"{mean:.0f} s per cell")
+        self.progress.update(self.bar, advance=1, detail=f"{mean:.0f} s per cell")
         self.after_cell(cell)
 
     def _model(self) -> tuple[Any, Any]:

@@ -15,6 +15,7 @@ from ce_bench.cli.common import (
     named_dirs,
     write_report,
 )
+from ce_bench.tables import show
 
 analyze_app = typer.Typer(
     help="Analyses of located edits (Unified Concept Editing sections 4.4 and 4.5)."
@@ -38,7 +39,7 @@ def analyze_generalization_cmd(
     ),
 ) -> None:
     """Mean probability of concept, synonym, antonym, related, unrelated words (Table 4)."""
-    from ce_bench.analysis import generalization_markdown, generalization_table
+    from ce_bench.analysis import generalization_grid
     from ce_bench.analysis import output_generalization as analyse
     from ce_bench.analysis.generalization import PAPER_PROMPT
     from ce_bench.artifacts import load_artifact
@@ -47,8 +48,9 @@ def analyze_generalization_cmd(
     artifacts = {name: load_artifact(path) for name, path in named_dirs(artifact or [])}
     lm, tokenizer = load_model(model, device)
     report = analyse(lm, tokenizer, emotion, artifacts, prompt or (PAPER_PROMPT,), steps)
-    console.print(generalization_table(report))
-    write_report(out, asdict(report), generalization_markdown(report))
+    grid = generalization_grid(report)
+    show(console, grid)
+    write_report(out, asdict(report), grid.markdown())
 
 
 @analyze_app.command("overlap")
@@ -68,7 +70,7 @@ def analyze_overlap_cmd(
     ),
 ) -> None:
     """Overlap (%) of the neurons NE, SAE, SV and SFT imply at one layer (Table 5)."""
-    from ce_bench.analysis import neuron_overlap, overlap_markdown, overlap_table
+    from ce_bench.analysis import neuron_overlap, overlap_grid
     from ce_bench.artifacts import load_artifact
     from ce_bench.embedded import load_model
     from ce_bench.locate.emotion import EmotionData
@@ -78,5 +80,6 @@ def analyze_overlap_cmd(
     texts = [p.text for p in EmotionData.load(scenarios).prompts(emotion, prompts)][:prompts]
     lm, tokenizer = load_model(model, device)
     report = neuron_overlap(lm, tokenizer, texts, top_j=top_j, emotion=emotion, **artifacts)
-    console.print(overlap_table(report))
-    write_report(out, asdict(report), overlap_markdown(report))
+    grid = overlap_grid(report)
+    show(console, grid)
+    write_report(out, asdict(report), grid.markdown())

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ce_bench.cli.common import app, console
+from ce_bench.cli.common import VERBOSE, app, console
+from ce_bench.console import log_file_for, quiet_to
+from ce_bench.tables import show
 
 
 @app.command("leaderboard")
@@ -19,7 +21,7 @@ def leaderboard_cmd(
 ) -> None:
     """Compare runs side by side: every metric next to the unedited model's value and the delta,
     one section per task family, with Markdown, HTML and PNG output."""
-    from ce_bench.board.leaderboard import build_board, terminal_tables, version_notes, write_board
+    from ce_bench.board.leaderboard import build_board, terminal_grids, version_notes, write_board
     from ce_bench.board.runs import BoardError, load_runs
 
     try:
@@ -29,8 +31,8 @@ def leaderboard_cmd(
         raise typer.Exit(2) from None
     sections, notes = build_board(runs), version_notes(runs)
     if not quiet:
-        for table in terminal_tables(sections):
-            console.print(table)
+        for grid in terminal_grids(sections):
+            show(console, grid)
     for note in notes:
         console.print(f"warning: {note}", style="yellow", markup=False)
     files = write_board(sections, out, notes)
@@ -117,6 +119,7 @@ def regress_cmd(
 def sweep_cmd(
     config: Path = typer.Argument(..., help="The sweep's YAML matrix (see README, 'Sweeps')."),
     out: Path | None = typer.Option(None, help="Output directory; default the config's `out`."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Locate and evaluate a matrix of edits through lm-eval, choosing strengths on the
     validation split; resumable (finished cells are skipped). Ends with the leaderboard."""
@@ -124,7 +127,8 @@ def sweep_cmd(
 
     try:
         sweep = Sweep(SweepConfig.from_yaml(config, out), console)
-        files = sweep.run()
+        with quiet_to(log_file_for(sweep.config.out, verbose, console)):
+            files = sweep.run()
     except SweepConfigError as err:
         console.print(f"ce-bench sweep: {err}", style="red", markup=False)
         raise typer.Exit(2) from None

@@ -50,6 +50,11 @@ FACTS = typer.Option(None, "--fact", help="Id of a fact to erase (repeatable); d
 FACTS_FILE = typer.Option(None, help="Fact file of the shipped schema; default the shipped set.")
 
 
+VERBOSE = typer.Option(
+    False, "--verbose", help="Show lm-eval's and transformers' messages here, not in the log file."
+)
+
+
 def given_options(**options: Any) -> dict[str, Any]:
     """The options the user gave (None means: the library's default)."""
     return {name: value for name, value in options.items() if value is not None}

@@ -12,11 +12,13 @@ from ce_bench.cli.common import (
     DEVICE,
     FACTS_FILE,
     MODEL,
+    VERBOSE,
     app,
     class_dataset,
     console,
     given_options,
 )
+from ce_bench.console import log_file_for, quiet_to
 
 
 @app.command("erasure-report")
@@ -33,6 +35,7 @@ def erasure_report_cmd(
     baselines: bool = typer.Option(False, help="Also App. M steering and directional ablation."),
     data: str = typer.Option("shipped", help="shipped (offline sets) or hub."),
     out: Path = typer.Option(Path("results/erasure"), help="Where table.md and results.json go."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """NeuronLens Table 3/4: neuron masking vs activation range masking for each class, with
     Acc/Conf/CAcc/CConf and the PPL and MMLU side effects, base and edited from one run each."""
@@ -44,7 +47,8 @@ def erasure_report_cmd(
         ranking=ranking, per_class=per_class, limit=limit, side_limit=side_limit, data=data,
         out=out, baselines=baselines,
     )  # fmt: skip
-    run_erasure_report(config, console)
+    with quiet_to(log_file_for(out, verbose, console)):
+        run_erasure_report(config, console)
     console.print(f"tables in {out}/")
 
 
@@ -61,6 +65,7 @@ def lifelong_report_cmd(
     ),
     model: str = MODEL,
     out: Path | None = typer.Option(None, help="Where table.md and results.json go."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """MicroEdit Tables 1-2: each editor after T sequential edits (Rel/Gen/Loc/Avg or PPL/Loc);
     resumes from the results.json of an interrupted run."""
@@ -74,7 +79,8 @@ def lifelong_report_cmd(
         num_edits=tuple(num_edits or defaults.num_edits),
         out=out or Path("results/lifelong") / edits,
     )
-    run_lifelong_report(config, console)
+    with quiet_to(log_file_for(config.out, verbose, console)):
+        run_lifelong_report(config, console)
     console.print(f"tables in {config.out}/")
 
 

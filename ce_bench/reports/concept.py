@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
 from ce_bench.artifacts import Artifact
@@ -35,6 +34,7 @@ from ce_bench.interventions.base import save_intervention
 from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
 from ce_bench.locate.sae_features import FeatureNotFound, SAESource
 from ce_bench.runtime import EMBEDDED_NAME
+from ce_bench.tables import Grid, show
 
 METHODS = ("knowledge-neurons", "sae-features", "steering", "sft")  # Table 2's NE, SAE, SV, SFT
 SHORT = {"knowledge-neurons": "NE", "sae-features": "SAE", "steering": "SV", "sft": "SFT"}
@@ -133,7 +133,7 @@ def run_benchmark(
                 f"strength {cell.strength:g}: test success {cell.test['success_rate']:.3f}"
             )
     write_results(cells, config)
-    console.print(table2(cells, config))
+    show(console, table2(cells, config))
     return cells
 
 
@@ -213,17 +213,13 @@ def own_sae(model: str, layer: int) -> SAESource:
     return SAESource(sae_path=str(ensure_sae(layer, model=model)))
 
 
-def table2(cells: list[Cell], config: BenchmarkConfig) -> Table:
+def table2(cells: list[Cell], config: BenchmarkConfig) -> Grid:
     """Unified Concept Editing Table 2: % of test prompts successfully edited, emotion x method."""
     methods = config.methods
-    table = Table(title=f"Editing success (%) at layer {config.layer}, {config.model}")
-    table.add_column("emotion")
-    for method in methods:
-        table.add_column(SHORT[method], justify="right")
-    for emotion in config.emotions:
-        table.add_row(emotion, *(_cell_text(cells, m, emotion) for m in methods))
-    table.add_row("Average", *(_average_text(cells, m) for m in methods), style="bold")
-    return table
+    rows = [[e, *(_cell_text(cells, m, e) for m in methods)] for e in config.emotions]
+    rows.append(["Average", *(_average_text(cells, m) for m in methods)])
+    title = f"Editing success (%) at layer {config.layer}, {config.model}"
+    return Grid(title, ["emotion", *(SHORT[m] for m in methods)], rows, bold={"Average"})
 
 
 def _success(cells: list[Cell], method: str, emotion: str) -> float | None:
@@ -251,12 +247,4 @@ def write_results(cells: list[Cell], config: BenchmarkConfig) -> None:
         "cells": [asdict(c) for c in cells],
     }
     (config.out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    lines = [
-        f"| emotion | {' | '.join(SHORT[m] for m in config.methods)} |",
-        "|---|" + "---:|" * len(config.methods),
-    ]
-    for emotion in config.emotions:
-        row = [_cell_text(cells, m, emotion) for m in config.methods]
-        lines.append(f"| {emotion} | {' | '.join(row)} |")
-    lines.append(f"| **Average** | {' | '.join(_average_text(cells, m) for m in config.methods)} |")
-    (config.out / "table2.md").write_text("\n".join(lines) + "\n")
+    (config.out / "table2.md").write_text(table2(cells, config).markdown())

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
 from ce_bench.artifacts import Artifact
@@ -40,6 +39,7 @@ from ce_bench.locate.ranges import (
     training_activations,
 )
 from ce_bench.runtime import EMBEDDED_NAME
+from ce_bench.tables import Grid, show
 
 GATES = {"neuron masking": "always", "range masking": "range"}  # NeuronLens Table 3's columns
 BASELINES = {"steering": "steer", "directional ablation": "directional_ablation"}  # Appendix M
@@ -125,7 +125,7 @@ def run_erasure_report(
             }
         rows.append(row)
     write_report(rows, config, layer)
-    console.print(report_table(rows, config, layer))
+    show(console, report_grid(rows, config, layer))
     return rows
 
 
@@ -218,24 +218,19 @@ HEADS = {
 }
 
 
-def _cells(row: Row) -> list[str]:
-    base = [f"{row.base[k]:.3f}" for k in CLASS_METRICS]
-    deltas = [f"{row.deltas[m][k]:+.3f}" for m in row.deltas for k in COLUMNS]
-    return [row.target, *base, *deltas]
-
-
-def report_table(rows: list[Row], config: ErasureConfig, layer: int) -> Table:
-    """NeuronLens Table 3 with Table 4's side effects: base values, then deltas per method."""
-    table = Table(title=f"Class erasure, {config.dataset}, {config.model}, layer {layer}")
-    table.add_column("class")
-    for k in CLASS_METRICS:
-        table.add_column(HEADS[k], justify="right")
-    for method in rows[0].deltas:
-        for k in COLUMNS:
-            table.add_column(f"{SHORT[method]} Δ{HEADS[k]}", justify="right")
+def report_grid(rows: list[Row], config: ErasureConfig, layer: int) -> Grid:
+    """NeuronLens Table 3 with Table 4's side effects, methods in rows: per class the unedited
+    values, then each method's change (edited - unedited); the trimmed mean last."""
+    lines = []
     for row in [*rows, trimmed_row(rows)]:
-        table.add_row(*_cells(row), style="bold" if row.target == "trimmed mean" else None)
-    return table
+        lines.append([row.target, "unedited", *(f"{row.base[k]:.3f}" for k in COLUMNS)])
+        lines += [
+            [row.target, f"{SHORT[method]} Δ", *(f"{deltas[k]:+.3f}" for k in COLUMNS)]
+            for method, deltas in row.deltas.items()
+        ]
+    title = f"Class erasure, {config.dataset}, {config.model}, layer {layer}"
+    heads = ["class", "method", *(HEADS[k] for k in COLUMNS)]
+    return Grid(title, heads, lines, keys=2, bold={"trimmed mean"})
 
 
 def write_report(rows: list[Row], config: ErasureConfig, layer: int) -> None:
@@ -246,16 +241,11 @@ def write_report(rows: list[Row], config: ErasureConfig, layer: int) -> None:
         "rows": [asdict(r) for r in [*rows, trimmed_row(rows)]],
     }
     (config.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    heads = [HEADS[k] for k in CLASS_METRICS] + [
-        f"{SHORT[m]} Δ{HEADS[k]}" for m in rows[0].deltas for k in COLUMNS
-    ]
-    lines = [f"| class | {' | '.join(heads)} |", "|---|" + "---:|" * len(heads)]
-    lines += [f"| {' | '.join(_cells(r))} |" for r in [*rows, trimmed_row(rows)]]
     note = (
-        f"Base values of the unedited model, then deltas (edited - unedited) for neuron masking"
+        f"Values of the unedited model, then changes (edited - unedited) for neuron masking"
         f" (NM), activation range masking (ARM) and, if asked, Appendix M's steering (SV) and"
         f" directional ablation (DA) at the middle layer; layer {layer}, phi={config.phi},"
         f" ranking={config.ranking}, limit={config.limit}, side_limit={config.side_limit}."
         " PPL: word perplexity of the held-out text; MMLU: ce_paired_mini_mmlu accuracy.\n"
     )
-    (config.out / "table.md").write_text(note + "\n" + "\n".join(lines) + "\n")
+    (config.out / "table.md").write_text(note + "\n" + report_grid(rows, config, layer).markdown())

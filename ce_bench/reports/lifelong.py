@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markdown import Markdown
-from rich.table import Table
 
+from ce_bench.console import current_log, quiet_to, step_progress
 from ce_bench.interventions.base import parse_params
 from ce_bench.lifelong.editor import editor_class
 from ce_bench.runtime import EMBEDDED_NAME
+from ce_bench.tables import Grid, show
 
 # edit set -> (task, the columns of MicroEdit's table, their headings)
 TABLES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -94,21 +94,24 @@ def run_lifelong_report(
     console = console or Console()
     path = config.out / "results.json"
     done = json.loads(path.read_text())["cells"] if config.resume and path.exists() else []
+    plan = [(t, spec) for t in config.num_edits for spec in config.editors]
     cells = []
-    for t in config.num_edits:
-        for spec in config.editors:
+    with step_progress(console) as progress:
+        bar = progress.add_task("lifelong cells", total=len(plan), detail="")
+        for t, spec in plan:
             key = _cell_key(config, spec, t)
             cell = next((c for c in done if c["key"] == key), None)
             if cell is None:
-                console.print(f"[bold]{spec}[/bold], T = {t}")
+                progress.update(bar, detail=f"{shown_spec(spec)}, T = {t}")
                 cell = _run_cell(config, spec, t)
                 cell["key"] = key
                 done.append(cell)
                 _write(config, done, cells + [cell])
             cells.append(cell)
+            progress.advance(bar)
     _write(config, done, cells)
-    console.print(report_table(cells, config))
-    console.print(Markdown(changes_table(cells, config)))
+    for grid in report_grids(cells, config):
+        show(console, grid)
     return cells
 
 
@@ -134,13 +137,16 @@ def _run_cell(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
     """One cell in a fresh process, so that its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_measured, config, spec, num_edits).result()
+        return pool.submit(_measured, config, spec, num_edits, current_log()).result()
 
 
-def _measured(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[str, Any]:
+def _measured(
+    config: LifelongReportConfig, spec: str, num_edits: int, log: Path | None
+) -> dict[str, Any]:
     from ce_bench.runtime import peak_rss_mb
 
-    cell = _evaluate(config, spec, num_edits)
+    with quiet_to(log):
+        cell = _evaluate(config, spec, num_edits)
     return {**cell, "peak_mb": round(peak_rss_mb())}
 
 
@@ -224,24 +230,24 @@ def change_text(change: dict[str, Any] | None) -> str:
     return f"{change['delta']:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
-def changes_table(cells: list[dict[str, Any]], config: LifelongReportConfig) -> str:
-    """Markdown: per T, each editor's change from the unedited model with its interval."""
-    heads = TABLES[config.edits][2]
-    lines = [
-        "\nChange from the unedited model, with its 95% interval (paired over the T edited"
-        " records; an interval that excludes 0 is a change the records support):\n",
-    ]
+CHANGES_NOTE = (
+    "Changes from the unedited model carry a 95% interval paired over the T edited records; an"
+    " interval that excludes 0 is a change the records support."
+)
+
+
+def changes_grids(cells: list[dict[str, Any]], config: LifelongReportConfig) -> list[Grid]:
+    """Per T, each editor's change from the unedited model with its interval."""
+    heads, keys = TABLES[config.edits][2], TABLES[config.edits][1]
+    grids = []
     for t in config.num_edits:
-        lines += [
-            f"| T={t} | " + " | ".join(f"Δ{h}" for h in heads) + " |",
-            "|---|" + "---:|" * len(heads),
-        ]
+        rows = []
         for spec in config.editors:
             paired = (find_cell(cells, spec, t) or {}).get("paired") or {}
-            texts = [change_text(paired.get(k)) for k in TABLES[config.edits][1]]
-            lines.append(f"| {shown_spec(spec)} | {' | '.join(texts)} |")
-        lines.append("")
-    return "\n".join(lines)
+            rows.append([shown_spec(spec), *(change_text(paired.get(k)) for k in keys)])
+        heading = ["editor", *(f"Δ{h}" for h in heads)]
+        grids.append(Grid(f"Change from the unedited model at T={t}", heading, rows))
+    return grids
 
 
 def _rows(cells: list[dict[str, Any]], config: LifelongReportConfig) -> list[list[str]]:
@@ -276,14 +282,28 @@ def _headings(config: LifelongReportConfig) -> list[str]:
     return [f"T={t} {h}" for t in config.num_edits for h in heads]
 
 
-def report_table(cells: list[dict[str, Any]], config: LifelongReportConfig) -> Table:
-    table = Table(title=f"Lifelong editing, {config.edits}, {config.model} (eval after T edits)")
-    table.add_column("editor")
-    for head in _headings(config):
-        table.add_column(head, justify="right")
-    for row in _rows(cells, config):
-        table.add_row(*row)
-    return table
+def report_grids(cells: list[dict[str, Any]], config: LifelongReportConfig) -> list[Grid]:
+    """The report's tables: the metrics at each T, the changes with their intervals, what
+    editors said about the whole stream, and time and memory."""
+    title = f"Lifelong editing, {config.edits}, {config.model} (eval after T edits)"
+    metrics = Grid(title, ["editor", *_headings(config)], _rows(cells, config))
+    return [metrics, *changes_grids(cells, config), *stream_grids(cells), time_grid(cells)]
+
+
+def time_grid(cells: list[dict[str, Any]]) -> Grid:
+    rows = [
+        [
+            shown_spec(c["key"]["editor"]),
+            str(c["key"]["num_edits"]),
+            f"{c['edit_seconds']:.0f}",
+            f"{c['edit_seconds'] / c['key']['num_edits']:.1f}",
+            f"{c['seconds']:.0f}",
+            str(c.get("peak_mb", "–")),
+        ]
+        for c in cells
+    ]
+    heads = ["editor", "T", "edit s", "s per edit", "run s", "peak MB"]
+    return Grid("Time and peak memory on this machine", heads, rows)
 
 
 def _write(
@@ -293,35 +313,14 @@ def _write(
     config.out.mkdir(parents=True, exist_ok=True)
     payload = {"config": {**asdict(config), "out": str(config.out)}, "cells": done}
     (config.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    heads = _headings(config)
-    lines = [f"| editor | {' | '.join(heads)} |", "|---|" + "---:|" * len(heads)]
-    lines += [f"| {' | '.join(row)} |" for row in _rows(cells, config)]
-    timing = [
-        f"| {shown_spec(c['key']['editor'])} | {c['key']['num_edits']} | {c['edit_seconds']:.0f} |"
-        f" {c['edit_seconds'] / c['key']['num_edits']:.1f} | {c['seconds']:.0f} |"
-        f" {c.get('peak_mb', '–')} |"
-        for c in cells
-    ]
     note = (
         f"MicroEdit Table {'1' if config.edits == 'zsre' else '2'} layout on {config.model}:"
         f" the shipped `{config.edits}` set, the first T records edited in order, scored after"
-        " the last edit. The unedited row comes from the same runs with the editor off.\n"
+        " the last edit. The unedited row comes from the same runs with the editor off."
+        f" {CHANGES_NOTE}\n"
     )
-    time_table = [
-        "| editor | T | edit s | s per edit | run s | peak MB |",
-        "|---|---:|---:|---:|---:|---:|",
-        *timing,
-    ]
-    (config.out / "table.md").write_text(
-        note
-        + "\n"
-        + "\n".join(lines)
-        + "\n\nTime on this machine:\n\n"
-        + "\n".join(time_table)
-        + "\n"
-        + changes_table(cells, config)
-        + stream_table(cells)
-    )
+    tables = "".join(f"\n{g.title}:\n\n{g.markdown()}" for g in report_grids(cells, config))
+    (config.out / "table.md").write_text(note + tables)
 
 
 STREAM_COLUMNS = {  # after_stream numbers shown, when an editor reports them (MicroEdit)
@@ -331,20 +330,15 @@ STREAM_COLUMNS = {  # after_stream numbers shown, when an editor reports them (M
 }
 
 
-def stream_table(cells: list[dict[str, Any]]) -> str:
-    """What editors reported about the whole stream (`after_stream`), as a Markdown table."""
-    rows = [c for c in cells if any(k in c.get("after_stream", {}) for k in STREAM_COLUMNS)]
-    if not rows:
-        return ""
-    lines = [
-        "| editor | T | " + " | ".join(STREAM_COLUMNS.values()) + " |",
-        "|---|---:|" + "---:|" * len(STREAM_COLUMNS),
-    ]
-    for c in rows:
+def stream_grids(cells: list[dict[str, Any]]) -> list[Grid]:
+    """What editors reported about the whole stream (`after_stream`): a table, if any did."""
+    reported = [c for c in cells if any(k in c.get("after_stream", {}) for k in STREAM_COLUMNS)]
+    rows = []
+    for c in reported:
         values = [c["after_stream"].get(k) for k in STREAM_COLUMNS]
         shown = [
             "–" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v) for v in values
         ]
-        editor = shown_spec(c["key"]["editor"])
-        lines.append(f"| {editor} | {c['key']['num_edits']} | {' | '.join(shown)} |")
-    return "\nAfter the stream:\n\n" + "\n".join(lines) + "\n"
+        rows.append([shown_spec(c["key"]["editor"]), str(c["key"]["num_edits"]), *shown])
+    heads = ["editor", "T", *STREAM_COLUMNS.values()]
+    return [Grid("After the stream", heads, rows, keys=2)] if rows else []
