@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -142,53 +143,105 @@ def test_leaderboard_command_writes_markdown_html_json_and_plots(sweep, tmp_path
     )
     assert result.exit_code == 0, result.output
     assert "General ability" in result.output and "steering L27 anger" in result.output
-    for name in ("board.md", "board.html", "board.json", "dose_response.png", "side_effects.png"):
+    plots = ("concept-editing_dose_response.png", "general-ability_side_effects.png")
+    for name in ("board.md", "board.html", "board.json", *plots):
         assert (tmp_path / name).is_file(), name
-    assert (tmp_path / "side_effects.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "general-ability_side_effects.png").read_bytes()[:4] == b"\x89PNG"
     markdown = (tmp_path / "board.md").read_text()
     assert "## Concept editing" in markdown and "| smollm2-135m | grace | 25 | zsre |" in markdown
 
 
-def test_html_board_sorts_each_table_by_its_headline_metric_in_chromium(runs, tmp_path) -> None:
+def test_html_board_reads_at_1366_px_with_each_familys_summary_in_chromium(runs, tmp_path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
-    files = write_board(build_board(runs), tmp_path)
+    sections = build_board(runs)
+    files = write_board(sections, tmp_path)
+    measure = "<script>document.body.dataset.width = document.documentElement.scrollWidth</script>"
+    probe = tmp_path / "probe.html"
+    probe.write_text(files["html"].read_text().replace("</body>", measure + "</body>"))
     dom = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-         files["html"].as_uri()],
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1366,768",
+         "--disable-background-networking", "--dump-dom", probe.as_uri()],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     assert 'data-ready="yes"' in dom, "the page's script did not run to its end"
+    width = re.search(r'data-width="(\d+)"', dom)
+    assert width and int(width.group(1)) <= 1366, "the page scrolls sideways at 1366 px"
     from html.parser import HTMLParser
 
-    class Rows(HTMLParser):
+    class Tables(HTMLParser):
+        """Each table's class and, per body row, its cells' text (or data-v where given)."""
+
         def __init__(self) -> None:
             super().__init__()
-            self.tables: list[list[list[str | None]]] = []
-            self.in_body = False
+            self.tables: list[tuple[str, list[list[str]]]] = []
+            self.cell: list[str] | None = None
 
         def handle_starttag(self, tag: str, attrs: list) -> None:  # type: ignore[type-arg]
-            if tag == "tbody":
-                self.tables.append([])
-                self.in_body = True
-            elif tag == "tr" and self.in_body:
-                self.tables[-1].append([])
-            elif tag == "td" and self.in_body:
-                self.tables[-1][-1].append(dict(attrs).get("data-v"))
+            found = dict(attrs)
+            if tag == "table":
+                self.tables.append((found.get("class") or "summary", []))
+            elif tag == "tr":
+                self.tables[-1][1].append([])
+            elif tag in ("td", "th"):
+                self.cell = [found["data-v"]] if "data-v" in found else []
+
+        def handle_data(self, data: str) -> None:
+            if self.cell is not None and data.strip():
+                self.cell.append(data.strip())
 
         def handle_endtag(self, tag: str) -> None:
-            if tag == "tbody":
-                self.in_body = False
+            if tag in ("td", "th") and self.cell is not None:
+                self.tables[-1][1][-1].append(self.cell[0] if self.cell else "")
+                self.cell = None
 
-    parser = Rows()
+    parser = Tables()
     parser.feed(dom)
-    sections = build_board(runs)
-    assert [len(t) for t in parser.tables] == [len(s.rows) for s in sections]
-    general = parser.tables[-1]
+    summaries = [rows for kind, rows in parser.tables if kind == "summary"]
+    families = [s for s in sections if s.title == s.family]
+    assert len(summaries) == len(families)
+    for rows, section in zip(summaries, families, strict=True):  # header, unedited, methods
+        names = [row[0] for row in rows[1:]]
+        expected = list(section.summary.rows)
+        assert names in (expected, ["unedited", *expected]), section.title
+    general = [rows for kind, rows in parser.tables if kind == "full"][-1]
     rank = len(sections[-1].identity_columns())
-    values = [float(row[rank]) for row in general[1:]]  # below the pinned unedited row
+    values = [float(row[rank]) for row in general[2:]]  # below the header and pinned unedited
     assert values == sorted(values, reverse=True)
+
+
+def _run(method: str, target: str, value: float, settings: str = "", strength: str = "1"):  # type: ignore[no-untyped-def]
+    """A synthetic erasure run: acc with stderr 0.02 and its unedited value 1.0 beside it."""
+    from ce_bench.board.runs import Run, Score
+
+    score = Score(value, 0.02, True, base=1.0, base_stderr=0.0)
+    return Run(
+        Path(f"/nowhere/{method}{settings}{target}.json"), "m", method, "28", target, strength,
+        settings, "", "", method + settings + target, "", {"erasure_sst2": {"acc": score}},
+    )  # fmt: skip
+
+
+def test_summary_puts_methods_down_targets_across_and_bolds_only_leaders_the_data_supports():
+    runs = [
+        _run("ranges", "negative", 0.90, "gate=always tau=2.5"),
+        _run("ranges", "negative", 0.88, "gate=range tau=2.5"),
+        _run("ranges", "positive", 0.40, "gate=always tau=2.5"),
+        _run("ranges", "positive", 0.41, "gate=range tau=2.5"),
+        _run("neurons", "negative", 0.30),
+        _run("neurons", "positive", 0.42),
+    ]
+    (section,) = build_board(runs)
+    summary = section.summary
+    assert summary.columns == ["negative", "positive"]  # the targets, methods named without
+    assert list(summary.rows) == ["neurons L28", "ranges L28 gate=always", "ranges L28 gate=range"]
+    assert summary.unedited == {"negative": 1.0, "positive": 1.0}
+    # negative: the two range gates tie (0.02 apart, stderr 0.02), both beat the neurons
+    assert {m for m, c in summary.leaders if c == "negative"} == {
+        "ranges L28 gate=always",
+        "ranges L28 gate=range",
+    }
+    assert not {m for m, c in summary.leaders if c == "positive"}  # nobody stands out: no bold
 
 
 def test_reading_a_file_that_is_not_lm_eval_results_names_it(tmp_path) -> None:
@@ -445,7 +498,7 @@ def test_a_lifelong_run_with_checkpoints_gets_a_retention_plot_and_no_extra_colu
     path.parent.mkdir()
     path.write_text(json.dumps(data))
     files = write_board(build_board([read_run(path)]), tmp_path / "board")
-    assert files["retention"].read_bytes()[:4] == b"\x89PNG"
+    assert files["lifelong-editing_retention"].read_bytes()[:4] == b"\x89PNG"
     assert "rel@1" not in files["markdown"].read_text()
 
 

@@ -136,11 +136,28 @@ class AcrossSeeds:
 
 
 @dataclass
+class Summary:
+    """A family at a glance: methods down; targets across (the emotion, the class; for lifelong
+    editing the edit set and T; for general ability the tasks); each cell the headline metric
+    of one run with its change from the unedited model. `leaders` holds, per column, the best
+    cell and every cell the data cannot tell from it (p >= ALPHA, or untested), unless that is
+    every cell of the column."""
+
+    metric: str
+    columns: list[str]
+    rows: dict[str, dict[str, Cell]]  # method -> column -> cell
+    unedited: dict[str, float]  # column -> the unedited model's value
+    leaders: set[tuple[str, str]] = field(default_factory=set)  # (method, column)
+
+
+@dataclass
 class Section:
     title: str
     columns: list[Column]
     rows: list[Row] = field(default_factory=list)
     ranking: list[Step] = field(default_factory=list)
+    family: str = ""  # the family the section belongs to (its title, or the title it selects for)
+    summary: Summary | None = None
 
     def across_seeds(self) -> list[AcrossSeeds]:
         """Mean ± sd over seeds of each group of rows that differ only in seed and strength."""
@@ -203,8 +220,10 @@ def build_board(runs: list[Run]) -> list[Section]:
             tasks = _tasks(chosen, title)
             if tasks:
                 sections.append(_family_section(name, chosen, tasks, deltas))
+                sections[-1].family = title
     for section in sections:
         section.ranking = deltas.ranking(section)
+        section.summary = deltas.summary(section)
     return sections
 
 
@@ -238,7 +257,7 @@ def _general_section(runs: list[Run], tasks: list[str], deltas: Deltas) -> Secti
     for task in tasks:
         metric = headline(task, _metrics(runs, task))
         columns.append(Column(task, metric, _direction(runs, [task], metric)))
-    section = Section(GENERAL, columns)
+    section = Section(GENERAL, columns, family=GENERAL)
     for run in runs:
         cells = {
             c.title: deltas.cell(run, c.task, c.metric)
@@ -265,6 +284,59 @@ def _direction(runs: list[Run], tasks: list[str], metric: str) -> bool | None:
             if score is not None:
                 return score.higher_is_better
     return None
+
+
+def _summary_places(section: Section) -> dict[tuple[str, str], tuple[Row, Column]]:
+    """(method name, column name) -> the edited row and column that fill that summary cell.
+
+    Columns are the targets (the emotion, the class; else the task), for lifelong editing the
+    edit set and T, in the general-ability section the tasks. A method is named by what it is
+    (method, layer, the settings that differ between its runs, a seed other than 0),
+    with its target and strength in the general-ability section, where the columns are tasks.
+    Rows that would still share a cell are told apart by their strength and artifact.
+    """
+    general = section.title == GENERAL
+    lifelong = section.family.startswith("Lifelong")
+    edited = [r for r in section.rows if r.run.edited]
+    shared: dict[str, set[str]] = {}  # method -> the settings all its runs have
+    for row in edited:
+        mine = set(row.run.settings.split())
+        shared[row.run.method] = shared.get(row.run.method, mine) & mine
+    found: dict[tuple[str, str], list[tuple[Row, Column]]] = {}
+    for row in edited:
+        run = row.run
+        name = _method_name(run, shared[run.method], with_target=general)
+        if general:
+            for column in (c for c in section.columns if c.title in row.cells):
+                found.setdefault((name, column.title), []).append((row, column))
+        elif section.rank_by.title in row.cells:
+            place = f"{run.target} T={run.strength}" if lifelong else (run.target or row.task)
+            found.setdefault((name, place), []).append((row, section.rank_by))
+    placed = {}
+    for (name, place), entries in found.items():
+        for row, column in entries:
+            run = row.run
+            extra = [] if len(entries) == 1 else [f"x{run.strength}", f"[{run.artifact}]"]
+            placed[(" ".join([name, *extra]), place)] = (row, column)
+    return placed
+
+
+def _method_name(run: Run, shared: set[str], with_target: bool) -> str:
+    strength = as_number(run.strength)
+    dose = f"x{strength:.3g}" if strength is not None else f"x{run.strength}" * bool(run.strength)
+    parts = [run.method, f"L{run.layer}" if run.layer else ""]
+    parts += [run.target, dose] if with_target else []
+    parts += [p for p in run.settings.split() if p not in shared]
+    parts.append(f"seed {run.seed}" if run.seed not in ("", "0") else "")
+    return " ".join(p for p in parts if p)
+
+
+def as_number(text: str) -> float | None:
+    """A strength or T as a number; None for one that is not ("1+2")."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 class Deltas:
@@ -345,6 +417,39 @@ class Deltas:
             for above, below in itertools.pairwise(rows):
                 steps.append(self._step(task, column, above, below, better))
         return steps
+
+    def summary(self, section: Section) -> Summary:
+        """The section at a glance (see Summary): the headline metric of each family section,
+        every task's headline in the general-ability one."""
+        placed = _summary_places(section)
+        metric = "each task's headline" if section.title == GENERAL else section.rank_by.metric
+        summary = Summary(metric, [], {}, {})
+        for (name, place), (row, column) in placed.items():
+            cell = row.cells[column.title]
+            summary.rows.setdefault(name, {})[place] = cell
+            if place not in summary.columns:
+                summary.columns.append(place)
+            if cell.base is not None:
+                summary.unedited.setdefault(place, cell.base)
+        for row in (r for r in section.rows if not r.run.edited):  # general ability's
+            for title, cell in row.cells.items():
+                summary.unedited.setdefault(title, cell.score.value)
+        for place in summary.columns:
+            entries = [(n, row, c) for (n, p), (row, c) in placed.items() if p == place]
+            if len(entries) < 2:
+                continue
+            better = entries[0][2].higher_is_better is not False
+            entries.sort(key=lambda e: e[1].cells[e[2].title].score.value, reverse=better)
+            top_name, top, column = entries[0]
+            task = column.task or top.task
+            leaders = {top_name} | {
+                name
+                for name, row, _ in entries[1:]
+                if not self._step(task, column, top, row, better).significant
+            }
+            if len(leaders) < len(entries):  # else the data tells none of them apart
+                summary.leaders |= {(name, place) for name in leaders}
+        return summary
 
     def _step(self, task: str, column: Column, above: Row, below: Row, better: bool) -> Step:
         paired = self._between(below.run, above.run, task, column.metric, better)
@@ -479,60 +584,145 @@ def _mark(cell: Cell) -> str:
     return "*" if cell.uncertainty is not None and cell.uncertainty.significant else ""
 
 
-def to_html(sections: list[Section], plots: list[str]) -> str:
-    """A self-contained page: one sortable table per section (click a header), plots below.
-
-    On load each table is ranked by its headline metric, best first (unedited rows stay on top).
-    """
-    body = []
-    for number_, section in enumerate(sections):
-        ident = section.identity_columns()
-        rank = len(ident)
-        order = "desc" if section.rank_by.higher_is_better is not False else "asc"
-        heads = "".join(f"<th>{html.escape(c)}</th>" for c in ident) + "".join(
-            f'<th class="num">{html.escape(c.title)}</th>' for c in section.columns
+def to_html(sections: list[Section], plots: dict[str, list[str]]) -> str:
+    """A self-contained page that reads at 1366 px without sideways scrolling: per family a
+    summary (methods x targets, the headline metric with its change and interval, the leaders
+    of each column in bold, the unedited model pinned on top) beside the family's plots, the
+    ranking, and every run with every metric one click away (collapsed, sortable, ranked by the
+    headline metric on load). `plots` maps a family to its 'name:base64' PNGs."""
+    body, links = [], []
+    for number_, title in enumerate(dict.fromkeys(s.family for s in sections)):
+        mine = [s for s in sections if s.family == title]
+        main = mine[0]
+        links.append(f'<a href="#f{number_}">{html.escape(title)}</a>')
+        figures = "".join(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
+            f"<figcaption>{html.escape(name.split('_', 1)[-1].replace('_', ' '))}</figcaption>"
+            "</figure>"
+            for name, data in (p.split(":", 1) for p in plots.get(title, []))
         )
-        rows = []
-        for row in section.rows:
-            values = row.identity()
-            tds = "".join(f"<td>{html.escape(values[c])}</td>" for c in ident)
-            for column in section.columns:
-                cell = row.cells.get(column.title)
-                value = "" if cell is None else repr(cell.score.value)
-                tds += f'<td class="num" data-v="{value}">{html.escape(cell_text(cell))}</td>'
-            pin = "" if row.run.edited else ' class="unedited"'
-            rows.append(f"<tr{pin}>{tds}</tr>")
-        notes = ranking_lines(section) + seed_lines(section)
-        ranked = "".join(f"<p>{html.escape(line)}</p>" for line in notes if line)
+        ranked = _ranking_details(main)
+        details = "".join(
+            f"<details><summary>{html.escape(_detail_title(s))} ({len(s.rows)} rows, every"
+            f' metric)</summary><div class="scroll">{_full_table(s)}</div></details>'
+            for s in mine
+        )
+        glance = _summary_table(main.summary) if main.summary else ""
         body.append(
-            f'<section id="s{number_}"><h2>{html.escape(section.title)}</h2>'
-            f'<table data-rank="{rank}" data-order="{order}"><thead><tr>{heads}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>{ranked}</section>"
+            f'<section id="f{number_}"><h2>{html.escape(title)}</h2>'
+            f'<div class="glance">{glance}{figures}</div>{ranked}{details}</section>'
         )
-    images = "".join(
-        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
-        f"<figcaption>{html.escape(name)}</figcaption></figure>"
-        for name, data in (p.split(":", 1) for p in plots)
+    return _PAGE.format(legend=html.escape(LEGEND), links=" · ".join(links), body="".join(body))
+
+
+def _ranking_details(section: Section) -> str:
+    """The ranking and the across-seed summaries, collapsed under a line that counts how many
+    neighbour orders the data supports."""
+    notes = [line for line in ranking_lines(section) + seed_lines(section) if line]
+    if not notes:
+        return ""
+    supported = sum(step.significant for step in section.ranking)
+    head = (
+        f"Ranking by {section.rank_by.metric}: {supported} of {len(section.ranking)} neighbour"
+        f" orders supported by the data (p < {ALPHA})"
     )
-    return _PAGE.format(legend=html.escape(LEGEND), body="".join(body), plots=images)
+    lines = "".join(f"<p>{html.escape(line)}</p>" for line in notes)
+    return f"<details><summary>{html.escape(head)}</summary>{lines}</details>"
+
+
+def _detail_title(section: Section) -> str:
+    return "Every run" if section.title == section.family else section.title.split(": ", 1)[1]
+
+
+def _summary_table(summary: Summary) -> str:
+    """The family's summary as a sortable table: unedited first, then one row per method."""
+    heads = "<th>method</th>" + "".join(
+        f'<th class="num">{html.escape(c).replace("_", "_<wbr>")}</th>' for c in summary.columns
+    )
+    unedited = "".join(
+        f'<td class="num" data-v="{summary.unedited.get(c, "")}">'
+        f"{number(summary.unedited.get(c))}</td>"
+        for c in summary.columns
+    )
+    rows = [f'<tr class="unedited"><td>unedited</td>{unedited}</tr>'] if summary.unedited else []
+    for name, cells in summary.rows.items():
+        tds = f"<td>{html.escape(name)}</td>"
+        for column in summary.columns:
+            cell = cells.get(column)
+            if cell is None:
+                tds += '<td class="num" data-v=""></td>'
+                continue
+            lead = ' class="num lead"' if (name, column) in summary.leaders else ' class="num"'
+            change = "" if cell.delta is None else f"<small>{html.escape(delta_text(cell))}</small>"
+            tds += (
+                f'<td{lead} data-v="{cell.score.value!r}">{number(cell.score.value)}{change}</td>'
+            )
+        rows.append(f"<tr>{tds}</tr>")
+    caption = (
+        f"{html.escape(summary.metric)}; under each value its change from the unedited model"
+        " [95% interval]; bold: a column's best and the runs the data cannot tell from it"
+        " (none where it tells none apart)."
+    )
+    return (
+        f'<div class="summary"><table data-rank="-1"><thead><tr>{heads}</tr></thead>'
+        f'<tbody>{"".join(rows)}</tbody></table><p class="caption">{caption}</p></div>'
+    )
+
+
+def _full_table(section: Section) -> str:
+    """Every row of a section with its identity and every metric, ranked by the headline."""
+    ident = section.identity_columns()
+    order = "desc" if section.rank_by.higher_is_better is not False else "asc"
+    heads = "".join(f"<th>{html.escape(c)}</th>" for c in ident) + "".join(
+        f'<th class="num">{html.escape(c.title)}</th>' for c in section.columns
+    )
+    rows = []
+    for row in section.rows:
+        values = row.identity()
+        tds = "".join(f"<td>{html.escape(values[c])}</td>" for c in ident)
+        for column in section.columns:
+            cell = row.cells.get(column.title)
+            value = "" if cell is None else repr(cell.score.value)
+            tds += f'<td class="num" data-v="{value}">{html.escape(cell_text(cell))}</td>'
+        pin = "" if row.run.edited else ' class="unedited"'
+        rows.append(f"<tr{pin}>{tds}</tr>")
+    return (
+        f'<table class="full" data-rank="{len(ident)}" data-order="{order}"><thead><tr>{heads}'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ce-bench leaderboard</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; margin-bottom: 1em; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25em 0.5em; }}
+body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1280px;
+        padding: 0 1em; color: #222; }}
+nav {{ margin-bottom: 0.5em; }}
+section {{ border-top: 2px solid #ddd; margin-top: 1.5em; }}
+.glance {{ display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }}
+.summary {{ max-width: 100%; overflow-x: auto; }}
+.scroll {{ max-width: 100%; overflow-x: auto; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.5em; vertical-align: top; }}
 th {{ background: #f0f0f0; cursor: pointer; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+td.num small {{ display: block; color: #555; }}
+.summary table {{ font-size: 0.85em; }}
+.summary td.num {{ min-width: 6em; }}
+td.lead {{ font-weight: bold; }}
 tr.unedited {{ background: #fafae0; }}
-figure {{ display: inline-block; margin: 0 1em 1em 0; }}
-img {{ max-width: 640px; }}
+table.full {{ font-size: 0.8em; }}
+.caption {{ font-size: 0.85em; color: #555; max-width: 40em; }}
+figure {{ margin: 0; }}
+img {{ max-width: 100%; }}
+details {{ margin: 0.5em 0; }}
+summary {{ cursor: pointer; color: #035; }}
 </style></head>
 <body><h1>ce-bench leaderboard</h1>
-<p>{legend} Click a column to sort.</p>
+<nav>{links}</nav>
+<details><summary>How to read a cell</summary><p>{legend} Click a column to sort.</p></details>
 {body}
-<h2>Plots</h2>{plots}
 <script>
 function sortTable(table, col, order) {{
   const body = table.tBodies[0];
@@ -558,7 +748,8 @@ document.querySelectorAll("table").forEach((table) => {{
     const again = table.dataset.sorted === col + ":desc";
     sortTable(table, col, again ? "asc" : "desc");
   }}));
-  sortTable(table, parseInt(table.dataset.rank), table.dataset.order);
+  const rank = parseInt(table.dataset.rank);
+  if (rank >= 0) sortTable(table, rank, table.dataset.order);
 }});
 document.body.dataset.ready = "yes";
 </script></body></html>
@@ -576,9 +767,10 @@ def write_board(
     written = write_plots(sections, out)
     files = {"markdown": out / "board.md", "html": out / "board.html", "json": out / "board.json"}
     files["markdown"].write_text(to_markdown(sections, notes))
-    files["html"].write_text(to_html(sections, [embedded(p) for p in written]))
+    shown = {family: [embedded(p) for p in paths] for family, paths in written.items()}
+    files["html"].write_text(to_html(sections, shown))
     files["json"].write_text(json.dumps(to_json(sections), indent=1) + "\n")
-    return {**files, **{p.stem: p for p in written}}
+    return {**files, **{p.stem: p for paths in written.values() for p in paths}}
 
 
 def to_json(sections: list[Section]) -> list[dict]:

@@ -1,12 +1,13 @@
-"""The leaderboard's PNG plots (matplotlib, no display needed), each with 95% error bars.
+"""The leaderboard's PNG plots (matplotlib, no display needed), each with 95% error bars, one
+file per family and kind (`concept-editing_dose_response.png`), shown next to the family's table:
 
-- dose_response.png: each edit family's headline metric against strength (T edits for lifelong
+- dose_response: each edit family's headline metric against strength (T edits for lifelong
   editors), one line per method and target, bars 1.96 lm-eval stderrs;
-- per_target.png: concept editing's success rate per emotion, one bar per method, on the test
+- per_target: concept editing's success rate per emotion, one bar per method, on the test
   split when the board has one, bars 1.96 stderrs;
-- side_effects.png: each edited run's change in every general-ability task from the unedited
+- side_effects: each edited run's change in every general-ability task from the unedited
   model, bars its 95% interval (paired where the samples allow), faded where not significant;
-- retention.png: lifelong runs with checkpoints (`eval_at=1+10+100`): each tracked metric after
+- retention: lifelong runs with checkpoints (`eval_at=1+10+100`): each tracked metric after
   c edits, over the records edited by then, one line per run, bars 1.96 stderrs.
 """
 
@@ -25,31 +26,38 @@ import matplotlib.pyplot as plt  # noqa: E402 (the backend is chosen first)
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ce_bench.board.leaderboard import Cell, Row, Section  # noqa: E402
+from ce_bench.board.leaderboard import Cell, Row, Section, as_number  # noqa: E402
 from ce_bench.board.runs import GENERAL, checkpoint_of  # noqa: E402
 
 PER_TARGET = "Concept editing"  # the family whose targets (emotions) get bars
 Z95 = 1.959964  # half-width of a 95% normal interval, in standard errors
 
 
-def write_plots(sections: list[Section], out: Path) -> list[Path]:
-    """The plots that the board has data for, written into `out`."""
-    written = []
+def write_plots(sections: list[Section], out: Path) -> dict[str, list[Path]]:
+    """The plots the board has data for, per family (its reported section and its strength
+    selection together), written into `out` as `<family>_<plot>.png`."""
     drawings: dict[str, Callable[[list[Section]], Figure | None]] = {
         "dose_response": _dose_response,
         "per_target": _per_target,
         "side_effects": _side_effects,
         "retention": _retention,
     }
-    for name, draw in drawings.items():
-        figure = draw(sections)
-        if figure is None:
-            continue
-        path = out / f"{name}.png"
-        figure.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        written.append(path)
+    written: dict[str, list[Path]] = {}
+    for family in dict.fromkeys(s.family for s in sections):
+        mine = [s for s in sections if s.family == family]
+        for name, draw in drawings.items():
+            figure = draw(mine)
+            if figure is None:
+                continue
+            path = out / f"{_slug(family)}_{name}.png"
+            figure.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(figure)
+            written.setdefault(family, []).append(path)
     return written
+
+
+def _slug(title: str) -> str:
+    return "-".join(title.lower().split())
 
 
 def embedded(path: Path) -> str:
@@ -82,7 +90,7 @@ def _dose_response(sections: list[Section]) -> Figure | None:
             lambda: defaultdict(list)
         )
         for row in section.rows:
-            value, dose = _headline(section, row), _float(row.run.strength)
+            value, dose = _headline(section, row), as_number(row.run.strength)
             if row.run.edited and value is not None and dose is not None:
                 # one line per method and target: strength units differ between targets
                 lines[f"{row.run.method} {row.run.target}".strip()][dose].append(value)
@@ -232,10 +240,3 @@ def _interval_arms(cell: Cell) -> tuple[float, float]:
     if u is None or not all(math.isfinite(v) for v in u.ci):
         return 0.0, 0.0
     return max(cell.delta - u.ci[0], 0.0), max(u.ci[1] - cell.delta, 0.0)
-
-
-def _float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
