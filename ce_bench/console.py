@@ -1,11 +1,12 @@
 """What the terminal shows during long work: ce-bench's steps and tables, and nothing else.
 
 lm-eval, transformers, datasets and sae-lens talk a lot while a report runs: INFO lines, the same
-warning once per task, a tqdm bar per request type and per weight load. Inside `quiet_to(log)`
-all of that goes to the log file instead: those libraries' Python logging, Python warnings, and
-whatever is written to stderr (where tqdm draws), from Python, C code or a subprocess. ce-bench's
-own rich output on stdout stays. `--verbose` on the commands skips it. The log keeps a progress
-bar's last state rather than its every redraw.
+warning once per task, a tqdm bar per request type and per weight load. Inside
+`quiet_to(log, console)` all of that goes to the log file instead: those libraries' Python
+logging, Python warnings, whatever is written to stderr (where tqdm draws) from Python, C code
+or a subprocess, and what is printed to stdout (lm-eval prints). ce-bench's own rich `console`
+stays on the terminal. `--verbose` on the commands skips it. The log keeps a progress bar's last
+state rather than its every redraw.
 
 Cells that run in a fresh process (the lifelong report) call `quiet_to(current_log())` again
 there: a spawned child does not inherit the parent's logging set-up.
@@ -18,7 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import TextIO
 
@@ -77,9 +78,10 @@ def _last_state(line: str) -> str:
 
 
 @contextmanager
-def quiet_to(log_file: Path | None) -> Iterator[None]:
-    """Send the libraries' logging, Python warnings and stderr to `log_file` (appended) for the
-    block; None (the commands' --verbose) changes nothing."""
+def quiet_to(log_file: Path | None, console: Console | None = None) -> Iterator[None]:
+    """Send the libraries' logging, Python warnings, stderr and stdout (lm-eval prints) to
+    `log_file` (appended) for the block; `console`, ours, keeps writing to the terminal. None
+    (the commands' --verbose) changes nothing."""
     if log_file is None:
         yield
         return
@@ -99,10 +101,14 @@ def quiet_to(log_file: Path | None) -> Iterator[None]:
     sys.stderr.flush()
     terminal = os.dup(2)  # file descriptor 2 too: subprocesses (git) and C code write there
     os.dup2(stream.file.fileno(), 2)
+    if console is not None:
+        console.file = sys.stdout  # held, so that the redirection below does not take it
     try:
-        with redirect_stderr(stream):  # type: ignore[type-var]
+        with redirect_stderr(stream), redirect_stdout(stream):  # type: ignore[type-var]
             yield
     finally:
+        if console is not None:
+            console.file = None  # type: ignore[assignment] (back to following sys.stdout)
         stream.flush()
         os.dup2(terminal, 2)
         os.close(terminal)
@@ -139,5 +145,6 @@ def step_progress(console: Console) -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[detail]}"),
         console=console,
-        redirect_stderr=False,  # stderr may be the log (quiet_to); rich would print it here
+        redirect_stdout=False,  # both may be the log (quiet_to): rich would print them here
+        redirect_stderr=False,
     )

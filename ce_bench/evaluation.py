@@ -40,7 +40,7 @@ def evaluate(
         stderr: bootstrap stderrs (off when only the point values are used, e.g. choosing a
             strength on the validation split).
         out_dir: write results and per-document samples there, as `--output_path --log_samples`.
-        samples: without out_dir, keep the per-document samples in `results["samples"]`.
+        samples: keep the per-document samples in `results["samples"]` (with out_dir too).
         manager: a TaskManager to reuse across many calls (see `task_manager`).
     """
     import lm_eval
@@ -59,10 +59,12 @@ def evaluate(
         verbosity=verbosity,
     )
     if tracker is not None:
-        samples = results.pop("samples")
-        tracker.save_results_aggregated(results=results, samples=samples)
+        logged = results.pop("samples")
+        tracker.save_results_aggregated(results=results, samples=logged)
         for task in results["configs"]:
-            tracker.save_results_samples(task_name=task, samples=samples[task])
+            tracker.save_results_samples(task_name=task, samples=logged[task])
+        if samples:
+            results["samples"] = logged
     return results
 
 

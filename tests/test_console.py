@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from rich.console import Console
 from tqdm import tqdm
 
 from ce_bench.console import LogStream, current_log, quiet_to
@@ -25,11 +26,13 @@ def _chatter() -> None:
     subprocess.run(["sh", "-c", "echo fatal: not a git repository >&2"], check=True)
 
 
-def test_quiet_to_sends_library_logging_warnings_and_stderr_to_the_log(tmp_path, capfd):
+def test_quiet_to_sends_library_logging_warnings_and_output_to_the_log(tmp_path, capfd):
     log = tmp_path / "out" / "ce-bench.log"
-    with quiet_to(log):
+    console = Console(width=80)  # ours: follows sys.stdout, as the commands' console does
+    with quiet_to(log, console):
         _chatter()
-        print("our table")
+        print("bootstrapping for stddev: nanmean")  # lm-eval prints this, to stdout
+        console.print("our table")
     out, err = capfd.readouterr()
     assert out == "our table\n"
     assert err == ""
@@ -41,6 +44,7 @@ def test_quiet_to_sends_library_logging_warnings_and_stderr_to_the_log(tmp_path,
         "Running generate_until requests: 100%",
         "a stray line on stderr",
         "fatal: not a git repository",
+        "bootstrapping for stddev: nanmean",
     ):
         assert line in text
 

@@ -127,7 +127,7 @@ def sweep_cmd(
 
     try:
         sweep = Sweep(SweepConfig.from_yaml(config, out), console)
-        with quiet_to(log_file_for(sweep.config.out, verbose, console)):
+        with quiet_to(log_file_for(sweep.config.out, verbose, console), console):
             files = sweep.run()
     except SweepConfigError as err:
         console.print(f"ce-bench sweep: {err}", style="red", markup=False)

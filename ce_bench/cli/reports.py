@@ -47,7 +47,7 @@ def erasure_report_cmd(
         ranking=ranking, per_class=per_class, limit=limit, side_limit=side_limit, data=data,
         out=out, baselines=baselines,
     )  # fmt: skip
-    with quiet_to(log_file_for(out, verbose, console)):
+    with quiet_to(log_file_for(out, verbose, console), console):
         run_erasure_report(config, console)
     console.print(f"tables in {out}/")
 
@@ -79,7 +79,7 @@ def lifelong_report_cmd(
         num_edits=tuple(num_edits or defaults.num_edits),
         out=out or Path("results/lifelong") / edits,
     )
-    with quiet_to(log_file_for(config.out, verbose, console)):
+    with quiet_to(log_file_for(config.out, verbose, console), console):
         run_lifelong_report(config, console)
     console.print(f"tables in {config.out}/")
 

@@ -7,7 +7,8 @@ For every method (NE, SAE, SV, SFT) and emotion at one layer:
 2. evaluate `concept_emotion_<emotion>` on the validation split at each strength of the
    method's grid, and keep the strength with the best success rate among those whose
    degenerate rate stays under a bound (Unified Concept Editing A.8, as AxBench does);
-3. evaluate the chosen strength on the test split.
+3. evaluate the chosen strength on the test split, writing lm-eval's results and samples under
+   `out/runs/<method>/<emotion>/` (what `ce-bench leaderboard` reads).
 
 Evaluation goes through lm-eval (`simple_evaluate` with an `edited_hf` model built on the one
 loaded model), so the numbers are those a user gets from `lm_eval --model edited_hf`. Every
@@ -29,6 +30,7 @@ from rich.console import Console
 from torch import nn
 
 from ce_bench.artifacts import Artifact
+from ce_bench.console import step_progress
 from ce_bench.emotions import EMOTIONS
 from ce_bench.interventions.base import save_intervention
 from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
@@ -108,33 +110,49 @@ def run_benchmark(
     )
     cells: list[Cell] = []
     shared = _Shared()
-    for method in config.methods:
-        for emotion in config.emotions:
-            cell = Cell(method, emotion)
-            cells.append(cell)
-            console.rule(f"{SHORT[method]} / {emotion}")
-            job = EmotionJob(model, tokenizer, config.model, data, emotion, config.layer)
-            job.limit, job.sae, job.residuals = config.locate_limit, sae, shared.residuals
-            try:
-                artifact = locate_emotion(method, job)
-            except FeatureNotFound as err:  # Table 2's "-": the SAE has no such feature here
-                cell.located, cell.note = False, str(err)
-                console.print(f"[yellow]{err}[/yellow]")
-                continue
-            path = save_intervention(artifact, config.out / "artifacts" / method / emotion)
-            cell.artifact = str(path)
-            evaluate = _evaluator(model, tokenizer, path, emotion, config, shared)
-            for strength in strength_grid(artifact):
-                metrics = evaluate(strength, "validation", config.validation_limit)
-                cell.validation.append({"strength": strength, **metrics})
-            cell.strength = choose_strength(cell.validation, config.max_degenerate)
-            cell.test = evaluate(cell.strength, "test", config.test_limit)
-            console.print(
-                f"strength {cell.strength:g}: test success {cell.test['success_rate']:.3f}"
-            )
+    plan = [(m, e) for m in config.methods for e in config.emotions]
+    with step_progress(console) as progress:
+        bar = progress.add_task("concept cells", total=len(plan), detail="")
+        for method, emotion in plan:
+            progress.update(bar, detail=f"{SHORT[method]} / {emotion}")
+            cells.append(_run_cell(model, tokenizer, method, emotion, config, data, sae, shared))
+            progress.advance(bar)
     write_results(cells, config)
     show(console, table2(cells, config))
+    for cell in (c for c in cells if not c.located):
+        console.print(f"{SHORT[cell.method]} / {cell.emotion} (-): {cell.note}", markup=False)
     return cells
+
+
+def _run_cell(  # type: ignore[no-untyped-def]
+    model,
+    tokenizer,
+    method: str,
+    emotion: str,
+    config: BenchmarkConfig,
+    data: EmotionData,
+    sae: SAESource | None,
+    shared: _Shared,
+) -> Cell:
+    """Locate one method for one emotion, choose its strength on validation, test it."""
+    cell = Cell(method, emotion)
+    job = EmotionJob(model, tokenizer, config.model, data, emotion, config.layer)
+    job.limit, job.sae, job.residuals = config.locate_limit, sae, shared.residuals
+    try:
+        artifact = locate_emotion(method, job)
+    except FeatureNotFound as err:  # Table 2's "-": the SAE has no such feature here
+        cell.located, cell.note = False, str(err)
+        return cell
+    path = save_intervention(artifact, config.out / "artifacts" / method / emotion)
+    cell.artifact = str(path)
+    runs = config.out / "runs" / method / emotion
+    evaluate = _evaluator(model, tokenizer, path, emotion, config, shared, runs)
+    for strength in strength_grid(artifact):
+        metrics = evaluate(strength, "validation", config.validation_limit)
+        cell.validation.append({"strength": strength, **metrics})
+    cell.strength = choose_strength(cell.validation, config.max_degenerate)
+    cell.test = evaluate(cell.strength, "test", config.test_limit)
+    return cell
 
 
 def strength_grid(artifact: Artifact) -> list[float]:
@@ -166,9 +184,16 @@ class _Shared:
 
 
 def _evaluator(  # type: ignore[no-untyped-def]
-    model, tokenizer, path: Path, emotion: str, config: BenchmarkConfig, shared: _Shared
+    model,
+    tokenizer,
+    path: Path,
+    emotion: str,
+    config: BenchmarkConfig,
+    shared: _Shared,
+    runs: Path,
 ) -> Callable:
-    """A function (strength, split, limit) -> concept_emotion metrics for one artifact."""
+    """A function (strength, split, limit) -> concept_emotion metrics for one artifact; the
+    test run's lm-eval results and samples go to `runs` (for the leaderboard)."""
     from ce_bench.evaluation import evaluate, metrics_of, task_manager
     from ce_bench.models.edited_hf import EditedHFLM
 
@@ -194,6 +219,7 @@ def _evaluator(  # type: ignore[no-untyped-def]
                 gen_kwargs={"max_gen_toks": config.max_gen_toks},
                 manager=shared.managers[split],
                 stderr=split == "test",  # only the reported numbers need one, not the selection
+                out_dir=runs if split == "test" else None,
             )
         finally:
             lm.close()

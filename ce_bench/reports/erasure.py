@@ -8,7 +8,8 @@ For every target class of one dataset, at one layer (the penultimate by default,
    activation range masking (`gate=range`), on `erasure_<dataset>` (Acc, Conf, CAcc, CConf),
    `ce_perplexity` (delta PPL) and `ce_paired_mini_mmlu` (delta MMLU);
 3. print and write the table: base values, then each method's deltas, one row per class and
-   the 10% trimmed mean over classes.
+   the 10% trimmed mean over classes. lm-eval's results and samples of every run are kept
+   under `out/runs/<class>/<method>/` (what `ce-bench leaderboard` and `regress --paired` read).
 
 Example:
     >>> rows = run_erasure_report(ErasureConfig(dataset="agnews", limit=16))
@@ -27,6 +28,7 @@ from torch import nn
 
 from ce_bench.artifacts import Artifact
 from ce_bench.classification import dataset as dataset_named
+from ce_bench.console import step_progress
 from ce_bench.interventions.base import save_intervention
 from ce_bench.locate.ranges import (
     ClassSteeringConfig,
@@ -104,26 +106,32 @@ def run_erasure_report(
         )
     unedited: dict[str, Any] = {}  # the unedited model's scores, the same in every run
     rows = []
-    for target in targets:
-        console.rule(f"{data.name}: erase {target}")
-        row = Row(data.classes[data.class_index(target)])
-        methods = _methods(model, tokenizer, target, config, activations, middle)
-        for method, artifact in methods.items():
-            path = save_intervention(
-                artifact, config.out / "artifacts" / _slug(row.target) / _slug(method)
-            )
-            erasure, ppl, mmlu = _evaluate(model, tokenizer, path, row.target, config, unedited)
-            row.base = {
-                **{m: erasure[f"{m}_base"] for m in CLASS_METRICS},
-                "ppl": ppl["word_perplexity_base"],
-                "mmlu": mmlu["acc_base"],
-            }
-            row.deltas[method] = {
-                **{m: erasure[f"{m}_delta"] for m in CLASS_METRICS},
-                "ppl": ppl["word_perplexity_delta"],
-                "mmlu": mmlu["acc"] - mmlu["acc_base"],
-            }
-        rows.append(row)
+    with step_progress(console) as progress:
+        bar = progress.add_task(f"erasure, {data.name}", total=len(targets), detail="")
+        for target in targets:
+            progress.update(bar, detail=f"erase {target}")
+            row = Row(data.classes[data.class_index(target)])
+            methods = _methods(model, tokenizer, target, config, activations, middle)
+            for method, artifact in methods.items():
+                path = save_intervention(
+                    artifact, config.out / "artifacts" / _slug(row.target) / _slug(method)
+                )
+                runs = config.out / "runs" / _slug(row.target) / _slug(method)
+                erasure, ppl, mmlu = _evaluate(
+                    model, tokenizer, path, row.target, config, unedited, runs
+                )
+                row.base = {
+                    **{m: erasure[f"{m}_base"] for m in CLASS_METRICS},
+                    "ppl": ppl["word_perplexity_base"],
+                    "mmlu": mmlu["acc_base"],
+                }
+                row.deltas[method] = {
+                    **{m: erasure[f"{m}_delta"] for m in CLASS_METRICS},
+                    "ppl": ppl["word_perplexity_delta"],
+                    "mmlu": mmlu["acc"] - mmlu["acc_base"],
+                }
+            rows.append(row)
+            progress.advance(bar)
     write_report(rows, config, layer)
     show(console, report_grid(rows, config, layer))
     return rows
@@ -162,10 +170,16 @@ def _methods(  # type: ignore[no-untyped-def]
 
 
 def _evaluate(  # type: ignore[no-untyped-def]
-    model, tokenizer, path: Path, target: str, config: ErasureConfig, unedited: dict[str, Any]
+    model,
+    tokenizer,
+    path: Path,
+    target: str,
+    config: ErasureConfig,
+    unedited: dict[str, Any],
+    runs: Path,
 ) -> list[dict[str, float]]:
     """The erasure task and the side-effect tasks, each scoring the unedited and the edited
-    model in its run: each task's metrics."""
+    model in its run: each task's metrics. lm-eval's results and samples go to `runs`."""
     from ce_bench.evaluation import evaluate, metrics_of
     from ce_bench.models.edited_hf import EditedHFLM
 
@@ -183,7 +197,9 @@ def _evaluate(  # type: ignore[no-untyped-def]
             ([f"erasure_{config.dataset}"], config.limit),
             (list(SIDE_TASKS), config.side_limit),
         ):
-            results = evaluate(lm, tasks, limit=limit, metadata=metadata, stderr=False)
+            results = evaluate(
+                lm, tasks, limit=limit, metadata=metadata, stderr=False, out_dir=runs
+            )
             metrics += [metrics_of(results, t) for t in tasks]
     finally:
         lm.close()

@@ -5,7 +5,9 @@ For every T and every editor, one lm-eval run of `zsre_lifelong` (Rel, Gen, Loc,
 scored after the last edit (`eval_at=end`, MicroEdit's protocol). The unedited model's values
 come from the same runs (the editor switched off). Each cell runs in a fresh process, so its
 peak memory is its own, and is written to `results.json` at once; a cell already there with the
-same settings is not run again, so an interrupted report resumes where it stopped.
+same settings is not run again, so an interrupted report resumes where it stopped. Each cell's
+lm-eval results and samples are kept under `out/runs/<editor>-T<T>/`, with the side-effect
+tasks (`side_tasks`, on the model with all T edits) beside them when asked for.
 
 The default rows are MicroEdit's (FT, FT-EWC, ROME, MEMIT, MEND, GRACE, WISE, MicroEdit) and
 AlphaEdit; MEND needs a trained network (`ce-bench train-mend`), which is checked first.
@@ -57,6 +59,9 @@ class LifelongReportConfig:
     batch_size: int = 16
     out: Path = Path("results/lifelong/zsre")
     resume: bool = True  # skip cells already in out/results.json with the same settings
+    eval_at: str = "end"  # or checkpoints such as "1+5+10" (a retention curve, on the board)
+    side_tasks: tuple[str, ...] = ()  # general-ability tasks on the edited model (the gate's)
+    side_limit: int | None = None  # documents per side task
 
 
 def parse_editor(spec: str) -> tuple[str, dict[str, Any]]:
@@ -116,7 +121,18 @@ def run_lifelong_report(
 
 
 def _cell_key(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[str, Any]:
-    return {"model": config.model, "edits": config.edits, "editor": spec, "num_edits": num_edits}
+    key = {"model": config.model, "edits": config.edits, "editor": spec, "num_edits": num_edits}
+    if config.side_tasks:
+        key["side"] = {"tasks": list(config.side_tasks), "limit": config.side_limit}
+    if config.eval_at != "end":
+        key["eval_at"] = config.eval_at
+    return key
+
+
+def runs_dir(config: LifelongReportConfig, spec: str, num_edits: int) -> Path:
+    """Where a cell's lm-eval results and samples go (what `ce-bench leaderboard` reads)."""
+    name = "".join(c if c.isalnum() or c in "=." else "_" for c in shown_spec(spec))
+    return config.out / "runs" / f"{name}-T{num_edits}"
 
 
 def _check_trained_mend(model: str) -> None:
@@ -162,12 +178,17 @@ def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
         editor=name,
         edits=config.edits,
         num_edits=num_edits,
+        eval_at=config.eval_at,
         batch_size=config.batch_size,
         **params,
     )
     try:
-        metadata = {"edits": config.edits, "num_edits": num_edits}
-        results = evaluate(lm, [task], metadata=metadata, stderr=False, samples=True)
+        metadata = {"edits": config.edits, "num_edits": num_edits, "eval_at": config.eval_at}
+        runs = runs_dir(config, spec, num_edits)
+        results = evaluate(lm, [task], metadata=metadata, stderr=False, samples=True, out_dir=runs)
+        if config.side_tasks:  # on the model with all T edits applied
+            side = list(config.side_tasks)
+            evaluate(lm, side, limit=config.side_limit, metadata=metadata, out_dir=runs)
         lifelong = lm.lifelong.describe()  # what the results record, without building them
     finally:
         lm.close()
