@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from lm_eval.models.huggingface import HFLM
@@ -74,6 +75,15 @@ def test_benchmark_selects_on_validation_tests_once_and_shares_unedited_answers(
     assert saved["cells"][0]["strength"] == cell.strength
     table = (tmp_path / "table2.md").read_text()
     assert f"| anger | {100 * cell.test['success_rate']:.2f} |" in table
+    assert list((tmp_path / "runs" / "steering" / "anger").rglob("results_*.json"))  # the board's
+
+    def must_not_run(*args):  # type: ignore[no-untyped-def]
+        raise AssertionError("a finished cell ran again")
+
+    monkeypatch.setattr("ce_bench.reports.concept._run_cell", must_not_run)
+    assert run_benchmark(replace(config, resume=True)) == [cell]  # resumed: nothing runs
+    with pytest.raises(AssertionError, match="ran again"):  # other settings: other cells
+        run_benchmark(replace(config, resume=True, test_limit=2))
 
 
 def test_sae_features_on_another_model_needs_an_sae(tiny_llama_dir, tmp_path) -> None:

@@ -269,7 +269,7 @@ def test_target_all_measures_each_class_with_its_own_artifact_in_one_run(
 
 @pytest.mark.slow
 def test_erasure_report_compares_neuron_and_range_masking_for_every_class(
-    tmp_path, tiny_llama_dir
+    tmp_path, tiny_llama_dir, monkeypatch
 ) -> None:
     config = ErasureConfig(
         model=str(tiny_llama_dir), dataset="sst2", layer=1, limit=4, side_limit=2, per_class=4,
@@ -277,6 +277,7 @@ def test_erasure_report_compares_neuron_and_range_masking_for_every_class(
     )  # fmt: skip
     rows = run_erasure_report(config)
     assert [r.target for r in rows] == ["negative", "positive"]
+    assert list((tmp_path / "runs" / "negative" / "neuron_masking").rglob("results_*.json"))
     for row in rows:
         assert list(row.deltas) == [*GATES, *BASELINES]
         assert set(row.deltas["range masking"]) == {"acc", "conf", "cacc", "cconf", "ppl", "mmlu"}
@@ -299,6 +300,14 @@ def test_erasure_report_compares_neuron_and_range_masking_for_every_class(
     assert gates["range_masking"]["params"]["gate"] == "range"
     assert gates["steering"]["kind"] == "steer" and gates["steering"]["layer"] == 1  # middle of 3
     assert "| negative | SV Δ |" in (tmp_path / "table.md").read_text()
+
+    def must_not_run(*args):  # type: ignore[no-untyped-def]
+        raise AssertionError("a finished class ran again")
+
+    monkeypatch.setattr("ce_bench.reports.erasure._run_row", must_not_run)
+    assert (
+        run_erasure_report(dataclasses.replace(config, resume=True)) == rows
+    )  # resumed: nothing runs
 
 
 def _loglikelihoods(*predicted: int, labels: int = 4) -> list[tuple[float, bool]]:

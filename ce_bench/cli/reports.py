@@ -84,6 +84,25 @@ def lifelong_report_cmd(
     console.print(f"tables in {config.out}/")
 
 
+@app.command("reproduce")
+def reproduce_cmd(
+    name: str = typer.Argument(..., help="concept, erasure or lifelong."),
+    full: bool = typer.Option(False, "--full", help="Every prompt / every dataset / Table 2 too."),
+    out: Path | None = typer.Option(None, help="Output folder; default results/reproduce/NAME."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """A paper's main table at the paper's size (the runs behind README's findings): says what
+    runs and how long it took on 2 CPU cores, then runs it; an interrupted run resumes."""
+    from ce_bench.reports.reproduce import PRESETS, reproduce
+
+    if name not in PRESETS:
+        raise typer.BadParameter(f"{name!r}: choose one of {', '.join(PRESETS)}")
+    folder = out or Path("results/reproduce") / (name + ("-full" if full else ""))
+    with quiet_to(log_file_for(folder, verbose, console), console):
+        reproduce(name, full, folder, console)
+    console.print(f"tables in {folder}/")
+
+
 @app.command("train-mend")
 def train_mend_cmd(
     model: str = MODEL,

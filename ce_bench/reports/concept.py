@@ -75,6 +75,7 @@ class BenchmarkConfig:
     batch_size: int = 16
     max_degenerate: float = MAX_DEGENERATE
     out: Path = Path("results/concept_editing")
+    resume: bool = False  # keep the cells of out/results.json made with the same settings
 
 
 @dataclass
@@ -108,6 +109,7 @@ def run_benchmark(
     sae = config.sae or (
         own_sae(config.model, config.layer) if "sae-features" in config.methods else None
     )
+    done = {(c.method, c.emotion): c for c in _finished_cells(config)}
     cells: list[Cell] = []
     shared = _Shared()
     plan = [(m, e) for m in config.methods for e in config.emotions]
@@ -115,9 +117,12 @@ def run_benchmark(
         bar = progress.add_task("concept cells", total=len(plan), detail="")
         for method, emotion in plan:
             progress.update(bar, detail=f"{SHORT[method]} / {emotion}")
-            cells.append(_run_cell(model, tokenizer, method, emotion, config, data, sae, shared))
+            cell = done.get((method, emotion))
+            if cell is None:
+                cell = _run_cell(model, tokenizer, method, emotion, config, data, sae, shared)
+            cells.append(cell)
+            write_results(cells, config)  # after every cell: an interrupted run resumes
             progress.advance(bar)
-    write_results(cells, config)
     show(console, table2(cells, config))
     for cell in (c for c in cells if not c.located):
         console.print(f"{SHORT[cell.method]} / {cell.emotion} (-): {cell.note}", markup=False)
@@ -249,8 +254,8 @@ def table2(cells: list[Cell], config: BenchmarkConfig) -> Grid:
 
 
 def _success(cells: list[Cell], method: str, emotion: str) -> float | None:
-    cell = next(c for c in cells if c.method == method and c.emotion == emotion)
-    value = cell.test.get("success_rate") if cell.located else None
+    cell = next((c for c in cells if c.method == method and c.emotion == emotion), None)
+    value = cell.test.get("success_rate") if cell and cell.located else None
     return None if value is None or math.isnan(value) else 100 * value
 
 
@@ -265,11 +270,29 @@ def _average_text(cells: list[Cell], method: str) -> str:
     return f"{sum(found) / len(found):.2f}" if found else "-"
 
 
+def _settings(config: BenchmarkConfig) -> dict[str, Any]:
+    """What decides a cell's result, as results.json records it (not where, not resume)."""
+    values = {**asdict(config), "out": None, "resume": None}
+    return json.loads(json.dumps(values, default=str))
+
+
+def _finished_cells(config: BenchmarkConfig) -> list[Cell]:
+    """The cells of an earlier run into `config.out` with the same settings (with resume)."""
+    path = config.out / "results.json"
+    if not (config.resume and path.is_file()):
+        return []
+    saved = json.loads(path.read_text())
+    if saved.get("settings") != _settings(config):
+        return []
+    return [Cell(**c) for c in saved["cells"]]
+
+
 def write_results(cells: list[Cell], config: BenchmarkConfig) -> None:
     """results.json (every cell) and table2.md under `config.out`."""
     config.out.mkdir(parents=True, exist_ok=True)
     payload = {
         "config": {**asdict(config), "out": str(config.out)},
+        "settings": _settings(config),
         "cells": [asdict(c) for c in cells],
     }
     (config.out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -72,6 +72,7 @@ class ErasureConfig:
     data: str = "shipped"
     batch_size: int = 16
     out: Path = Path("results/erasure")
+    resume: bool = False  # keep the classes of out/results.json made with the same settings
 
 
 @dataclass
@@ -105,36 +106,52 @@ def run_erasure_report(
             model, tokenizer, data, middle_layer(model), config.data, config.per_class
         )
     unedited: dict[str, Any] = {}  # the unedited model's scores, the same in every run
-    rows = []
+    done = {row.target: row for row in _finished_rows(config)}
+    rows: list[Row] = []
     with step_progress(console) as progress:
         bar = progress.add_task(f"erasure, {data.name}", total=len(targets), detail="")
         for target in targets:
             progress.update(bar, detail=f"erase {target}")
-            row = Row(data.classes[data.class_index(target)])
-            methods = _methods(model, tokenizer, target, config, activations, middle)
-            for method, artifact in methods.items():
-                path = save_intervention(
-                    artifact, config.out / "artifacts" / _slug(row.target) / _slug(method)
-                )
-                runs = config.out / "runs" / _slug(row.target) / _slug(method)
-                erasure, ppl, mmlu = _evaluate(
-                    model, tokenizer, path, row.target, config, unedited, runs
-                )
-                row.base = {
-                    **{m: erasure[f"{m}_base"] for m in CLASS_METRICS},
-                    "ppl": ppl["word_perplexity_base"],
-                    "mmlu": mmlu["acc_base"],
-                }
-                row.deltas[method] = {
-                    **{m: erasure[f"{m}_delta"] for m in CLASS_METRICS},
-                    "ppl": ppl["word_perplexity_delta"],
-                    "mmlu": mmlu["acc"] - mmlu["acc_base"],
-                }
+            name = data.classes[data.class_index(target)]
+            row = done.get(name) or _run_row(
+                model, tokenizer, name, config, activations, middle, unedited
+            )
             rows.append(row)
+            write_report(rows, config, layer)  # after every class: an interrupted run resumes
             progress.advance(bar)
-    write_report(rows, config, layer)
     show(console, report_grid(rows, config, layer))
     return rows
+
+
+def _run_row(  # type: ignore[no-untyped-def]
+    model,
+    tokenizer,
+    target: str,
+    config: ErasureConfig,
+    activations,
+    middle,
+    unedited: dict[str, Any],
+) -> Row:
+    """Erase one class with each method and measure it, side effects included."""
+    row = Row(target)
+    methods = _methods(model, tokenizer, target, config, activations, middle)
+    for method, artifact in methods.items():
+        path = save_intervention(
+            artifact, config.out / "artifacts" / _slug(row.target) / _slug(method)
+        )
+        runs = config.out / "runs" / _slug(row.target) / _slug(method)
+        erasure, ppl, mmlu = _evaluate(model, tokenizer, path, row.target, config, unedited, runs)
+        row.base = {
+            **{m: erasure[f"{m}_base"] for m in CLASS_METRICS},
+            "ppl": ppl["word_perplexity_base"],
+            "mmlu": mmlu["acc_base"],
+        }
+        row.deltas[method] = {
+            **{m: erasure[f"{m}_delta"] for m in CLASS_METRICS},
+            "ppl": ppl["word_perplexity_delta"],
+            "mmlu": mmlu["acc"] - mmlu["acc_base"],
+        }
+    return row
 
 
 def _methods(  # type: ignore[no-untyped-def]
@@ -249,11 +266,28 @@ def report_grid(rows: list[Row], config: ErasureConfig, layer: int) -> Grid:
     return Grid(title, heads, lines, keys=2, bold={"trimmed mean"})
 
 
+def _settings(config: ErasureConfig) -> dict[str, Any]:
+    """What decides a class's row, as results.json records it (not where, not resume)."""
+    return json.loads(json.dumps({**asdict(config), "out": None, "resume": None}, default=str))
+
+
+def _finished_rows(config: ErasureConfig) -> list[Row]:
+    """The classes of an earlier run into `config.out` with the same settings (with resume)."""
+    path = config.out / "results.json"
+    if not (config.resume and path.is_file()):
+        return []
+    saved = json.loads(path.read_text())
+    if saved.get("settings") != _settings(config):
+        return []
+    return [Row(**r) for r in saved["rows"] if r["target"] != "trimmed mean"]
+
+
 def write_report(rows: list[Row], config: ErasureConfig, layer: int) -> None:
     """table.md and results.json under `config.out`."""
     config.out.mkdir(parents=True, exist_ok=True)
     payload = {
         "config": {**asdict(config), "out": str(config.out), "layer": layer},
+        "settings": _settings(config),
         "rows": [asdict(r) for r in [*rows, trimmed_row(rows)]],
     }
     (config.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
