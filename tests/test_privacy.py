@@ -312,3 +312,36 @@ def test_lm_eval_scores_fact_neuron_erasure_on_and_off_in_one_run(
     assert results["control_recall_base,none"] >= 0.5  # its training prompt, at least
     for name in ("reliability", "generalization", "locality", "recall", "control_recall"):
         assert 0.0 <= results[f"{name},none"] <= 1.0 or math.isnan(results[f"{name},none"])
+
+
+def test_privacy_report_injects_locates_and_evaluates_each_arm_once(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ce_bench.reports.privacy import PrivacyConfig, run_privacy_report
+
+    facts_file = tmp_path / "facts.json"
+    records = {
+        "facts": [vars(f) | {"prompts": list(f.prompts)} for f in TINY_FACTS.facts],
+        "controls": [vars(f) | {"prompts": list(f.prompts)} for f in TINY_FACTS.controls],
+    }
+    facts_file.write_text(json.dumps(records))
+    config = PrivacyConfig(
+        model=str(tiny_llama_dir), facts_file=facts_file,
+        inject={**vars(FAST), "first_layer": LAYER}, sae_path=str(_tiny_sae(tmp_path)),
+        arms=(("fe", "featureedit", {"tau_2": 0.1}), ("kn", "fact-neurons", {"steps": 4})),
+        out=tmp_path / "report",
+    )  # fmt: skip
+    rows = run_privacy_report(config)
+    assert [row[0] for row in rows] == ["fe", "kn"]
+    for row in rows:
+        zeroed, *metrics, ppl = row[1:]
+        assert int(zeroed.replace(",", "")) > 0 and ppl[0] in "+-"
+        assert all(m == "nan" or 0.0 <= float(m) <= 1.0 for m in metrics)
+    assert "| fe |" in (config.out / "table.md").read_text()
+
+    def must_not_run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a finished arm ran again")
+
+    monkeypatch.setattr("ce_bench.reports.privacy._locate", must_not_run)
+    monkeypatch.setattr("ce_bench.reports.privacy._evaluate", must_not_run)
+    assert run_privacy_report(config) == rows  # resumed: the injection is cached, arms are kept

@@ -86,7 +86,7 @@ def lifelong_report_cmd(
 
 @app.command("reproduce")
 def reproduce_cmd(
-    name: str = typer.Argument(..., help="concept, erasure or lifelong."),
+    name: str = typer.Argument(..., help="concept, erasure, lifelong or privacy."),
     full: bool = typer.Option(False, "--full", help="Every prompt / every dataset / Table 2 too."),
     out: Path | None = typer.Option(None, help="Output folder; default results/reproduce/NAME."),
     verbose: bool = VERBOSE,
