@@ -210,10 +210,35 @@ def board_step(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     folders = [args.out / part / "runs" for part in ("concept", "erasure", "lifelong")]
     sections = build_board(load_runs([f for f in folders if f.is_dir()]))
     files = write_board(sections, args.out / "board")
-    lines = [
-        f"{s.title}: {s.ranking[0].text()}" for s in sections if s.title == s.family and s.ranking
-    ]
+    lines = [best_line(s) for s in sections if s.title == s.family and s.ranking]
     return {"files": files, "lines": lines}
+
+
+def best_line(section: Any) -> str:
+    """'Erasure: best acc: X, 0.500 [0.25, 0.75]; not separable from Y (p = 0.4)': a family's
+    leader by its headline metric with the value's 95% interval (1.96 stderrs) and the paired
+    test against the runner-up."""
+    from ce_bench.board.leaderboard import delta_text, number
+
+    top = section.ranking[0]
+    metric = section.rank_by
+    row = next(
+        r for r in section.rows if r.run.label == top.above and (r.task or metric.task) == top.task
+    )
+    cell = row.cells[metric.title]
+    shown = number(cell.score.value)
+    if cell.score.stderr:
+        half = 1.96 * cell.score.stderr
+        shown += f" [{number(cell.score.value - half)}, {number(cell.score.value + half)}]"
+    if cell.delta is not None:
+        shown += f", change {delta_text(cell)}"
+    if top.p_value is None:
+        versus = f"untested against {top.below} (no stderr)"
+    elif top.significant:
+        versus = f"ahead of {top.below} (p = {top.p_value:.2g})"
+    else:
+        versus = f"not separable from {top.below} (p = {top.p_value:.2g})"
+    return f"{section.title}: best {metric.metric} on {top.task}: {top.above}, {shown}; {versus}"
 
 
 def _closing_summary(
@@ -221,7 +246,7 @@ def _closing_summary(
 ) -> None:
     console.rule("[bold]summary")
     console.print(f"Done in {minutes:.1f} min.")
-    console.print("Best per family (ranked by the headline metric; p from a paired test):")
+    console.print("Best per family (95% intervals; p from a paired test on the same documents):")
     for line in results["leaderboard"]["lines"]:
         console.print(f"  {line}", markup=False)
     for name, passed, why in results["gate"]:
