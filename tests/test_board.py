@@ -544,3 +544,19 @@ def test_sweep_seeds_must_be_distinct_non_negative_integers(tmp_path) -> None:
     path.write_text(SEEDED.replace("seeds: [1, 2]", "seeds: [1, 1, -2]"))
     with pytest.raises(SweepConfigError, match="seeds must be distinct integers >= 0"):
         Sweep(SweepConfig.from_yaml(path, out=tmp_path / "out")).check()
+
+
+def test_an_erasure_runs_class_metrics_are_paired_over_the_documents_they_average() -> None:
+    from ce_bench.board.samples import TaskSamples, compare_in_run
+
+    # (class, [erased class], [value]) per document: two of the erased class, two others
+    acc = [["neg", ["neg"], [0.0]], ["neg", ["neg"], [0.0]], ["pos", ["neg"], [1.0]],
+           ["pos", ["neg"], [0.0]]]  # fmt: skip
+    base = [["neg", ["neg"], [1.0]], ["neg", ["neg"], [1.0]], ["pos", ["neg"], [1.0]],
+            ["pos", ["neg"], [1.0]]]  # fmt: skip
+    values = {"acc": acc, "acc_base": base, "cacc": acc, "cacc_base": base}
+    samples = TaskSamples(Path("x.jsonl"), [0, 1, 2, 3], ["a", "b", "c", "d"], values)
+    own = compare_in_run(samples, "acc", higher_is_better=False)
+    other = compare_in_run(samples, "cacc", higher_is_better=True)
+    assert own is not None and (own.n, own.delta) == (2, -1.0)  # the erased class: all gone
+    assert other is not None and (other.n, other.delta) == (2, -0.5)  # one other lost

@@ -135,12 +135,33 @@ def _compare(
     base: list[Any], candidate: list[Any], metric: str, higher_is_better: bool
 ) -> PairedComparison | None:
     aggregate = RATIO_METRICS.get(metric.partition(",")[0])
+    if all(_is_class_item(v) for v in (*base, *candidate)):  # the erasure tasks' acc, cacc, ...
+        base, candidate = _class_values(base, metric), _class_values(candidate, metric)
     if aggregate is not None and all(_is_pair(v) for v in (*base, *candidate)):
         a, b = np.array(base, dtype=float), np.array(candidate, dtype=float)
         return compare_weighted(a[:, 0], b[:, 0], a[:, 1], aggregate)
     if not all(_is_number(v) for v in (*base, *candidate)):
         return None  # per-document values ce-bench cannot pair (e.g. BLEU's references)
     return compare_paired([float(v) for v in base], [float(v) for v in candidate], higher_is_better)
+
+
+def _is_class_item(value: Any) -> bool:
+    """An erasure document's (class, [target], [value]): one erased class per run."""
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and isinstance(value[1], list)
+        and len(value[1]) == 1
+        and isinstance(value[2], list)
+        and len(value[2]) == 1
+    )
+
+
+def _class_values(items: list[Any], metric: str) -> list[float]:
+    """The documents a class metric averages (acc, conf: of the erased class; cacc, cconf: of
+    the other classes), each its value, in document order."""
+    own = metric.partition(",")[0] not in ("cacc", "cconf")
+    return [float(v[2][0]) for v in items if (v[0] == v[1][0]) == own]
 
 
 def _is_pair(value: Any) -> bool:
