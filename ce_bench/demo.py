@@ -113,9 +113,10 @@ def sae_step(args: argparse.Namespace, console: Console) -> Path | None:
         console.print("No SAE needed: neither the SAE method nor MicroEdit is in the tour.")
         args.sae_path = None
         return None
-    path = (
-        train_sae(args.layer, tokens=args.sae_tokens) if args.sae_tokens else ensure_sae(args.layer)
-    )
+    note = "training it once: about 3 min on 2 cores, cached afterwards"
+    with console.status(f"SAE at layer {args.layer}: loading it, or {note}"):
+        tokens = {"tokens": args.sae_tokens} if args.sae_tokens else {}
+        path = train_sae(args.layer, **tokens) if tokens else ensure_sae(args.layer)
     args.sae_path = path
     report = load_report(path)
     console.print(
