@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,6 +33,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.spinner import Spinner
 
 # The loggers that print to the terminal on their own (each has its own stderr handler or
 # reaches the root one); "py.warnings" is where logging.captureWarnings sends warnings.
@@ -146,5 +148,17 @@ def step_progress(console: Console) -> Progress:
         TextColumn("{task.fields[detail]}"),
         console=console,
         redirect_stdout=False,  # both may be the log (quiet_to): rich would print them here
+        redirect_stderr=False,
+    )
+
+
+def waiting(console: Console, text: str) -> Live:
+    """A spinner with `text` for work without steps to count (rich's `console.status`, which
+    would print a redirected stderr, the log, on the terminal)."""
+    return Live(
+        Spinner("dots", text),
+        console=console,
+        transient=True,
+        redirect_stdout=False,
         redirect_stderr=False,
     )

@@ -32,7 +32,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ce_bench.console import log_file_for, quiet_to
+from ce_bench.console import log_file_for, quiet_to, waiting
 from ce_bench.emotions import EMOTIONS
 from ce_bench.locate.sae_features import SAESource
 from ce_bench.reports.concept import (
@@ -114,7 +114,7 @@ def sae_step(args: argparse.Namespace, console: Console) -> Path | None:
         args.sae_path = None
         return None
     note = "training it once: about 3 min on 2 cores, cached afterwards"
-    with console.status(f"SAE at layer {args.layer}: loading it, or {note}"):
+    with waiting(console, f"SAE at layer {args.layer}: loading it, or {note}"):
         tokens = {"tokens": args.sae_tokens} if args.sae_tokens else {}
         path = train_sae(args.layer, **tokens) if tokens else ensure_sae(args.layer)
     args.sae_path = path

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from tqdm import tqdm
 
-from ce_bench.console import LogStream, current_log, quiet_to
+from ce_bench.console import LogStream, current_log, quiet_to, step_progress, waiting
 
 
 def _chatter() -> None:
@@ -96,3 +96,16 @@ def test_log_stream_writes_whole_lines_and_flushes_a_partial_one_on_close(tmp_pa
     assert file.getvalue() == "one\ntwo\n"
     stream.close()
     assert file.getvalue() == "one\ntwo\n 20%\n"
+
+
+def test_a_spinner_or_progress_keeps_the_log_off_the_terminal(tmp_path, capfd):
+    console = Console(force_terminal=True, width=80)  # rich redirects only on a terminal
+    with quiet_to(tmp_path / "ce-bench.log", console):
+        with waiting(console, "training the SAE"):
+            print("sae-lens chatter", file=sys.stderr)
+        with step_progress(console) as progress:
+            progress.add_task("cells", total=1, detail="")
+            print("lm-eval chatter")
+    out, err = capfd.readouterr()
+    assert "chatter" not in out + err
+    assert "sae-lens chatter" in (tmp_path / "ce-bench.log").read_text()
