@@ -64,15 +64,15 @@ def main(argv: list[str] | None = None) -> None:
         from ce_bench.embedded import load_model
 
         loaded = load_model(EMBEDDED_NAME, "cpu")
+        results: dict[str, Any] = {}  # step -> what it returned (the SAE's path for later steps)
         steps = (
             ("SAE", lambda: sae_step(args, console)),
-            ("concept editing", lambda: concept_step(args, console, loaded)),
+            ("concept editing", lambda: concept_step(args, console, loaded, results["SAE"])),
             ("class erasure", lambda: erasure_step(args, console, loaded)),
-            ("lifelong editing", lambda: lifelong_step(args, console)),
+            ("lifelong editing", lambda: lifelong_step(args, console, results["SAE"])),
             ("gate", lambda: gate_step(args, console)),
             ("leaderboard", lambda: board_step(args, console)),
         )
-        results: dict[str, Any] = {}
         for n, (name, run) in enumerate(steps, 1):
             console.rule(f"[bold]{n}/{STEPS} {name}")
             begin = time.monotonic()
@@ -107,17 +107,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def sae_step(args: argparse.Namespace, console: Console) -> Path | None:
     """The SAE that concept editing's SAE method and MicroEdit read (trained once, cached)."""
-    from ce_bench.sae_training import ensure_sae, load_report, train_sae
+    from ce_bench.sae_training import SAESettings, load_report, train_sae
 
     if "sae-features" not in args.methods and not any("microedit" in e for e in args.editors):
         console.print("No SAE needed: neither the SAE method nor MicroEdit is in the tour.")
-        args.sae_path = None
         return None
     note = "training it once: about 3 min on 2 cores, cached afterwards"
     with waiting(console, f"SAE at layer {args.layer}: loading it, or {note}"):
-        tokens = {"tokens": args.sae_tokens} if args.sae_tokens else {}
-        path = train_sae(args.layer, **tokens) if tokens else ensure_sae(args.layer)
-    args.sae_path = path
+        path = train_sae(args.layer, tokens=args.sae_tokens or SAESettings.tokens)
     report = load_report(path)
     console.print(
         f"SAE at layer {args.layer}: {report['settings']['d_sae']} latents, explained variance"
@@ -128,7 +125,9 @@ def sae_step(args: argparse.Namespace, console: Console) -> Path | None:
     return path
 
 
-def concept_step(args: argparse.Namespace, console: Console, loaded: tuple[Any, Any]) -> None:
+def concept_step(
+    args: argparse.Namespace, console: Console, loaded: tuple[Any, Any], sae: Path | None
+) -> None:
     config = BenchmarkConfig(
         layer=args.layer,
         emotions=tuple(args.emotions),
@@ -137,7 +136,7 @@ def concept_step(args: argparse.Namespace, console: Console, loaded: tuple[Any, 
         test_limit=args.test_limit,
         max_gen_toks=args.max_gen_toks,
         methods=tuple(args.methods),
-        sae=SAESource(sae_path=str(args.sae_path)) if args.sae_path else None,
+        sae=SAESource(sae_path=str(sae)) if sae else None,
         out=args.out / "concept",
     )
     cells = run_benchmark(config, console, loaded)
@@ -155,11 +154,11 @@ def erasure_step(args: argparse.Namespace, console: Console, loaded: tuple[Any, 
     run_erasure_report(config, console, loaded)
 
 
-def lifelong_step(args: argparse.Namespace, console: Console) -> None:
+def lifelong_step(args: argparse.Namespace, console: Console, sae: Path | None) -> None:
     from ce_bench.reports.lifelong import LifelongReportConfig, run_lifelong_report
 
     t = args.lifelong_edits
-    own = f",sae_path={args.sae_path}" if args.sae_tokens else ""  # the step-1 SAE, if not default
+    own = f",sae_path={sae}" if args.sae_tokens else ""  # the step-1 SAE, when not the default
     editors = tuple(e + own if e.startswith("microedit") else e for e in args.editors)
     config = LifelongReportConfig(
         editors=editors,
