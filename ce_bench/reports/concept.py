@@ -35,6 +35,7 @@ from ce_bench.emotions import EMOTIONS
 from ce_bench.interventions.base import save_intervention
 from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
 from ce_bench.locate.sae_features import FeatureNotFound, SAESource
+from ce_bench.reports.resume import saved_entries, settings_of
 from ce_bench.runtime import EMBEDDED_NAME
 from ce_bench.tables import Grid, show
 
@@ -109,7 +110,7 @@ def run_benchmark(
     sae = config.sae or (
         own_sae(config.model, config.layer) if "sae-features" in config.methods else None
     )
-    done = {(c.method, c.emotion): c for c in _finished_cells(config)}
+    done = {(c["method"], c["emotion"]): Cell(**c) for c in saved_entries(config, "cells")}
     cells: list[Cell] = []
     shared = _Shared()
     plan = [(m, e) for m in config.methods for e in config.emotions]
@@ -270,29 +271,12 @@ def _average_text(cells: list[Cell], method: str) -> str:
     return f"{sum(found) / len(found):.2f}" if found else "-"
 
 
-def _settings(config: BenchmarkConfig) -> dict[str, Any]:
-    """What decides a cell's result, as results.json records it (not where, not resume)."""
-    values = {**asdict(config), "out": None, "resume": None}
-    return json.loads(json.dumps(values, default=str))
-
-
-def _finished_cells(config: BenchmarkConfig) -> list[Cell]:
-    """The cells of an earlier run into `config.out` with the same settings (with resume)."""
-    path = config.out / "results.json"
-    if not (config.resume and path.is_file()):
-        return []
-    saved = json.loads(path.read_text())
-    if saved.get("settings") != _settings(config):
-        return []
-    return [Cell(**c) for c in saved["cells"]]
-
-
 def write_results(cells: list[Cell], config: BenchmarkConfig) -> None:
     """results.json (every cell) and table2.md under `config.out`."""
     config.out.mkdir(parents=True, exist_ok=True)
     payload = {
         "config": {**asdict(config), "out": str(config.out)},
-        "settings": _settings(config),
+        "settings": settings_of(config),
         "cells": [asdict(c) for c in cells],
     }
     (config.out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")

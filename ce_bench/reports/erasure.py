@@ -40,6 +40,7 @@ from ce_bench.locate.ranges import (
     penultimate_layer,
     training_activations,
 )
+from ce_bench.reports.resume import saved_entries, settings_of
 from ce_bench.runtime import EMBEDDED_NAME
 from ce_bench.tables import Grid, show
 
@@ -106,7 +107,8 @@ def run_erasure_report(
             model, tokenizer, data, middle_layer(model), config.data, config.per_class
         )
     unedited: dict[str, Any] = {}  # the unedited model's scores, the same in every run
-    done = {row.target: row for row in _finished_rows(config)}
+    saved = saved_entries(config, "rows")
+    done = {r["target"]: Row(**r) for r in saved if r["target"] != "trimmed mean"}
     rows: list[Row] = []
     with step_progress(console) as progress:
         bar = progress.add_task(f"erasure, {data.name}", total=len(targets), detail="")
@@ -266,28 +268,12 @@ def report_grid(rows: list[Row], config: ErasureConfig, layer: int) -> Grid:
     return Grid(title, heads, lines, keys=2, bold={"trimmed mean"})
 
 
-def _settings(config: ErasureConfig) -> dict[str, Any]:
-    """What decides a class's row, as results.json records it (not where, not resume)."""
-    return json.loads(json.dumps({**asdict(config), "out": None, "resume": None}, default=str))
-
-
-def _finished_rows(config: ErasureConfig) -> list[Row]:
-    """The classes of an earlier run into `config.out` with the same settings (with resume)."""
-    path = config.out / "results.json"
-    if not (config.resume and path.is_file()):
-        return []
-    saved = json.loads(path.read_text())
-    if saved.get("settings") != _settings(config):
-        return []
-    return [Row(**r) for r in saved["rows"] if r["target"] != "trimmed mean"]
-
-
 def write_report(rows: list[Row], config: ErasureConfig, layer: int) -> None:
     """table.md and results.json under `config.out`."""
     config.out.mkdir(parents=True, exist_ok=True)
     payload = {
         "config": {**asdict(config), "out": str(config.out), "layer": layer},
-        "settings": _settings(config),
+        "settings": settings_of(config),
         "rows": [asdict(r) for r in [*rows, trimmed_row(rows)]],
     }
     (config.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
