@@ -9,10 +9,26 @@ import sys
 import warnings
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from tqdm import tqdm
 
 from ce_bench.console import LogStream, current_log, quiet_to, step_progress, waiting
+
+
+@pytest.fixture
+def loud():  # type: ignore[no-untyped-def]
+    """The libraries' loggers at WARNING and every warning shown, whatever earlier tests (or
+    lm-eval runs with verbosity=ERROR) left behind."""
+    loggers = [logging.getLogger(name) for name in ("lm_eval", "transformers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 def _chatter() -> None:
@@ -26,7 +42,7 @@ def _chatter() -> None:
     subprocess.run(["sh", "-c", "echo fatal: not a git repository >&2"], check=True)
 
 
-def test_quiet_to_sends_library_logging_warnings_and_output_to_the_log(tmp_path, capfd):
+def test_quiet_to_sends_library_logging_warnings_and_output_to_the_log(tmp_path, capfd, loud):
     log = tmp_path / "out" / "ce-bench.log"
     console = Console(width=80)  # ours: follows sys.stdout, as the commands' console does
     with quiet_to(log, console):
