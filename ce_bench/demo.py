@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             ("concept editing", lambda: concept_step(args, console, loaded, results["SAE"])),
             ("class erasure", lambda: erasure_step(args, console, loaded)),
             ("lifelong editing", lambda: lifelong_step(args, console, results["SAE"])),
-            ("gate", lambda: gate_step(args, console)),
+            ("gate", lambda: gate_step(args, console, results["class erasure"])),
             ("leaderboard", lambda: board_step(args, console)),
         )
         for n, (name, run) in enumerate(steps, 1):
@@ -144,14 +144,16 @@ def concept_step(
     console.print(sae_hit_rate(cells), markup=False)
 
 
-def erasure_step(args: argparse.Namespace, console: Console, loaded: tuple[Any, Any]) -> None:
-    from ce_bench.reports.erasure import ErasureConfig, run_erasure_report
+def erasure_step(args: argparse.Namespace, console: Console, loaded: tuple[Any, Any]) -> Path:
+    """NeuronLens on SST-2; returns the first class's neuron-masking run (the gate's fail)."""
+    from ce_bench.reports.erasure import ErasureConfig, run_erasure_report, runs_dir
 
     config = ErasureConfig(
         dataset="sst2", targets=tuple(args.erasure_classes), limit=args.erasure_limit,
         side_limit=args.side_limit, out=args.out / "erasure",
     )  # fmt: skip
-    run_erasure_report(config, console, loaded)
+    rows = run_erasure_report(config, console, loaded)
+    return runs_dir(config, rows[0].target, "neuron masking")
 
 
 def lifelong_step(args: argparse.Namespace, console: Console, sae: Path | None) -> None:
@@ -172,7 +174,9 @@ def lifelong_step(args: argparse.Namespace, console: Console, sae: Path | None) 
     run_lifelong_report(config, console)
 
 
-def gate_step(args: argparse.Namespace, console: Console) -> list[tuple[str, bool, str]]:
+def gate_step(
+    args: argparse.Namespace, console: Console, masking: Path
+) -> list[tuple[str, bool, str]]:
     """`ce-bench regress --paired` on two runs of the tour: (run, passed, why) each."""
     from ce_bench.board.leaderboard import signed
     from ce_bench.board.regress import compare_paired_run, one_run
@@ -182,7 +186,7 @@ def gate_step(args: argparse.Namespace, console: Console) -> list[tuple[str, boo
     editor = "grace" if "grace" in args.editors else args.editors[0]  # GRACE leaves the rest be
     candidates = {
         f"{editor}, {args.lifelong_edits} edits": runs_dir(lifelong, editor, args.lifelong_edits),
-        "neuron masking (SST-2 negative)": args.out / "erasure/runs/negative/neuron_masking",
+        f"neuron masking (SST-2 {masking.parent.name})": masking,
     }
     decisions, rows = [], []
     for name, path in candidates.items():

@@ -219,8 +219,7 @@ def build_board(runs: list[Run]) -> list[Section]:
         for chosen, name in ((reported, title), (selection, f"{title}: {SELECTION}")):
             tasks = _tasks(chosen, title)
             if tasks:
-                sections.append(_family_section(name, chosen, tasks, deltas))
-                sections[-1].family = title
+                sections.append(_family_section(name, title, chosen, tasks, deltas))
     for section in sections:
         section.ranking = deltas.ranking(section)
         section.summary = deltas.summary(section)
@@ -236,14 +235,16 @@ def _tasks(runs: list[Run], title: str) -> list[str]:
     return sorted(seen)
 
 
-def _family_section(title: str, runs: list[Run], tasks: list[str], deltas: Deltas) -> Section:
+def _family_section(
+    title: str, family: str, runs: list[Run], tasks: list[str], deltas: Deltas
+) -> Section:
     metrics: dict[str, None] = {}
     for task in tasks:
         names = _metrics(runs, task)
         for metric in [headline(task, names), *names]:
             metrics.setdefault(metric)
     columns = [Column("", m, _direction(runs, tasks, m)) for m in metrics]
-    section = Section(title, columns)
+    section = Section(title, columns, family=family)
     for run in runs:
         for task in tasks:
             if task in run.scores:

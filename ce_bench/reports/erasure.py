@@ -138,10 +138,8 @@ def _run_row(  # type: ignore[no-untyped-def]
     row = Row(target)
     methods = _methods(model, tokenizer, target, config, activations, middle)
     for method, artifact in methods.items():
-        path = save_intervention(
-            artifact, config.out / "artifacts" / _slug(row.target) / _slug(method)
-        )
-        runs = config.out / "runs" / _slug(row.target) / _slug(method)
+        path = save_intervention(artifact, _folder(config, "artifacts", row.target, method))
+        runs = runs_dir(config, row.target, method)
         erasure, ppl, mmlu = _evaluate(model, tokenizer, path, row.target, config, unedited, runs)
         row.base = {
             **{m: erasure[f"{m}_base"] for m in CLASS_METRICS},
@@ -223,6 +221,16 @@ def _evaluate(  # type: ignore[no-untyped-def]
     finally:
         lm.close()
     return metrics
+
+
+def runs_dir(config: ErasureConfig, target: str, method: str) -> Path:
+    """Where one method's runs for one class keep lm-eval's results and samples (what
+    `ce-bench leaderboard` and `ce-bench regress --paired` read)."""
+    return _folder(config, "runs", target, method)
+
+
+def _folder(config: ErasureConfig, kind: str, target: str, method: str) -> Path:
+    return config.out / kind / _slug(target) / _slug(method)
 
 
 def _slug(name: str) -> str:
