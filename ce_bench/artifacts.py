@@ -15,16 +15,21 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ce_bench.sites import ModelDims, Site, SiteError, model_dims
+
+P = ParamSpec("P")
 
 FORMAT_VERSION = 1
 MANIFEST = "intervention.json"
@@ -80,6 +85,7 @@ class Provenance:
     ce_bench_version: str = ""
     date: str = ""
     report: dict[str, Any] = field(default_factory=dict)
+    seconds: float | None = None  # how long locating took (`timed`); the board's locate cost
 
     def stamped(self) -> Provenance:
         """A copy with the current ce-bench version and date filled in."""
@@ -87,6 +93,19 @@ class Provenance:
 
         date = self.date or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         return replace(self, ce_bench_version=self.ce_bench_version or __version__, date=date)
+
+
+def timed(locate: Callable[P, Artifact]) -> Callable[P, Artifact]:
+    """`locate`, its artifacts recording the seconds it took in `provenance.seconds`."""
+
+    @functools.wraps(locate)
+    def run(*args: P.args, **kwargs: P.kwargs) -> Artifact:
+        start = time.perf_counter()
+        artifact = locate(*args, **kwargs)
+        seconds = round(time.perf_counter() - start, 3)
+        return replace(artifact, provenance=replace(artifact.provenance, seconds=seconds))
+
+    return run
 
 
 @dataclass

@@ -106,6 +106,29 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path)
     return out
 
 
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory, embedded_dir):  # type: ignore[no-untyped-def]
+    """The tiny sweep of `SWEEP_CONFIG` run serially, killed after two cells and restarted:
+    (config, first ran, second ran)."""
+    from ce_bench.board.sweep import Sweep, SweepConfig
+    from tests.helpers import SWEEP_CONFIG, Interrupted
+
+    work = tmp_path_factory.mktemp("sweep")
+    (work / "sweep.yaml").write_text(SWEEP_CONFIG)
+    config = SweepConfig.from_yaml(work / "sweep.yaml", out=work / "out")
+    first = Sweep(config)
+
+    def stop_after_two(cell: object) -> None:
+        if len(first.ran) == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        first.run(after_cell=stop_after_two)
+    second = Sweep(config)
+    second.run()
+    return config, first.ran, second.ran
+
+
 SERVE_START_SECONDS = 180
 
 

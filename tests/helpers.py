@@ -18,6 +18,28 @@ from ce_bench.artifacts import Artifact, ModelIdentity, Provenance
 from ce_bench.interventions import InterventionSet, Switch
 from ce_bench.sites import Site, attach_hook
 
+SWEEP_CONFIG = """
+model: smollm2-135m
+general_tasks: [ce_mini_arc_easy]
+limit: 3
+concept:
+  methods: [steering]
+  layers: [27]
+  concepts: [anger]
+  strengths: [0.5, 8.0]
+  locate_limit: 1
+  validation_limit: 2
+  test_limit: 2
+  max_gen_toks: 6
+lifelong:
+  editors: [grace]
+  num_edits: [1]
+"""
+
+
+class Interrupted(Exception):
+    """Stands for a killed sweep."""
+
 
 def make_artifact(
     model: nn.Module, kind: str, site: Site, params: dict[str, Any], **tensors: torch.Tensor

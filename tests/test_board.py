@@ -1,6 +1,7 @@
 """ce-bench sweep / leaderboard / regress on results files written by real runs of the embedded
-model (a tiny sweep: the unedited model, a steering vector chosen on the validation split, a GRACE
-edit stream), plus the regression gate's rules on edited copies of a real results file."""
+model (the tiny sweep of conftest's `sweep` fixture: the unedited model, a steering vector chosen
+on the validation split, a GRACE edit stream), plus the regression gate's rules on edited copies
+of a real results file."""
 
 from __future__ import annotations
 
@@ -18,51 +19,10 @@ from typer.testing import CliRunner
 from ce_bench.board.leaderboard import SELECTION, build_board, to_markdown, write_board
 from ce_bench.board.regress import FAIL, PASS, UNUSABLE
 from ce_bench.board.runs import GENERAL, UNEDITED, BoardError, load_runs, read_run
-from ce_bench.board.sweep import Cell, Sweep, SweepConfig, SweepConfigError
+from ce_bench.board.sweep import Sweep, SweepConfig, SweepConfigError
 from ce_bench.cli import app
 
 pytestmark = pytest.mark.slow
-
-CONFIG = """
-model: smollm2-135m
-general_tasks: [ce_mini_arc_easy]
-limit: 3
-concept:
-  methods: [steering]
-  layers: [27]
-  concepts: [anger]
-  strengths: [0.5, 8.0]
-  locate_limit: 1
-  validation_limit: 2
-  test_limit: 2
-  max_gen_toks: 6
-lifelong:
-  editors: [grace]
-  num_edits: [1]
-"""
-
-
-class Interrupted(Exception):
-    """Stands for a killed sweep."""
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, embedded_dir):  # type: ignore[no-untyped-def]
-    """The tiny sweep, killed after two cells and restarted: (config, first ran, second ran)."""
-    work = tmp_path_factory.mktemp("sweep")
-    (work / "sweep.yaml").write_text(CONFIG)
-    config = SweepConfig.from_yaml(work / "sweep.yaml", out=work / "out")
-    first = Sweep(config)
-
-    def stop_after_two(cell: Cell) -> None:
-        if len(first.ran) == 2:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        first.run(after_cell=stop_after_two)
-    second = Sweep(config)
-    second.run()
-    return config, first.ran, second.ran
 
 
 @pytest.fixture(scope="module")

@@ -248,3 +248,44 @@ def test_a_request_for_a_target_turns_on_only_that_targets_artifact(
     with pytest.raises(ValueError, match="no intervention was located for target 'C'"):
         only_a.loglikelihood(_ll([for_target(PAIRS[0], "C")]))
     only_a.close()
+
+
+def test_a_run_records_its_cost_split_into_its_edited_and_unedited_halves(
+    tiny_llama_dir, steer_dir
+) -> None:
+    lm = EditedHFLM(pretrained=str(tiny_llama_dir), intervention=str(steer_dir), batch_size=3)
+    paired = _gen(baseline_generation(GREEDY)) + _gen(GREEDY)
+    texts = lm.generate_until(paired)
+    lm.loglikelihood(_ll([baseline_loglikelihood(p) for p in PAIRS] + PAIRS))
+    cost = lm.get_model_info()["ce_bench"]["cost"]
+    on, off = cost["edited"], cost["unedited"]
+    assert on["passes"] == off["passes"] > 0  # the same requests, in batches of the same sizes
+    assert cost["forward_passes"] == on["passes"] + off["passes"]
+    assert on["tokens"] == off["tokens"]  # greedy, max_gen_toks with no stop hit: same lengths
+    assert cost["tokens_generated"] == 2 * len(PROMPTS) * GREEDY["max_gen_toks"]
+    assert cost["overhead"] == pytest.approx(
+        (on["seconds"] / on["tokens"]) / (off["seconds"] / off["tokens"]), rel=1e-2
+    )
+    assert cost["peak_mb"] > 0 and cost["wall_seconds"] > 0 and cost["edit_seconds"] is None
+    assert cost["locate_seconds"] is None  # the test's artifact was built, not located
+    assert len(texts) == 2 * len(PROMPTS)
+    # the next run starts from zero; the switched-off half alone has no overhead to report
+    with lm.switch.set(False):
+        lm.loglikelihood(_ll(PAIRS))
+    again = lm.get_model_info()["ce_bench"]["cost"]
+    assert again["edited"]["passes"] == 0 and again["overhead"] is None
+    lm.close()
+    assert not lm.model._forward_hooks and not lm.model._forward_pre_hooks
+
+
+def test_a_located_artifact_records_how_long_locating_took(tiny_llama_dir, tmp_path) -> None:
+    from ce_bench.locate.diffmean import DiffmeanConfig, locate_diffmean
+
+    model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
+    config = DiffmeanConfig(layer=1)
+    artifact = locate_diffmean(model, tokenizer, ["good day"], ["bad day"], config, model_name="t")
+    save_artifact(artifact, tmp_path / "art")
+    assert load_artifact(tmp_path / "art").provenance.seconds > 0
+    lm = EditedHFLM(pretrained=str(tiny_llama_dir), intervention=str(tmp_path / "art"))
+    cost = lm.get_model_info()["ce_bench"]["cost"]
+    assert cost["locate_seconds"] == load_artifact(tmp_path / "art").provenance.seconds

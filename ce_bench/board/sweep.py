@@ -2,25 +2,24 @@
 
 A config names a base model, the general-ability tasks every edit is checked on, and any of:
 
-- `concept`: locate methods x layers x concepts (Unified Concept Editing). Each cell locates an
-artifact, then
-  evaluates its concept task at every strength on the validation split and the best one (Unified
-  Concept Editing A.8: best success rate among strengths whose outputs are mostly not degenerate) on
-  the test split, with the general tasks: held-out selection, as `ce_bench.reports.concept` does.
+- `concept`: locate methods x layers x concepts (Unified Concept Editing). Each combination
+  locates an artifact, then evaluates its concept task at every strength on the validation
+  split and the best one (Unified Concept Editing A.8: best success rate among strengths whose
+  outputs are mostly not degenerate) on the test split, with the general tasks: held-out
+  selection, as `ce_bench.reports.concept` does.
 - `lifelong`: editors x numbers of edits (MicroEdit), on their edit stream's task.
 - `artifacts`: existing artifact directories x strengths on given tasks (erasure, privacy, ...).
 
 Every lm-eval run is a "cell" with its own directory under `out/runs/` named by a hash of what it
 evaluates; a cell counts as finished when its `cell.json` exists (written after lm-eval's
-results). A restarted sweep skips finished cells, so a killed sweep loses only the cell it was in.
+results). A restarted sweep skips finished cells, so a killed sweep loses only the cells it was
+in. The cells run in this process, or as Ray tasks across a cluster (`ce_bench.board.executors`;
+what a cell is and how it is claimed: `ce_bench.board.cells`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import product
@@ -30,13 +29,13 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from ce_bench.board.cells import Call, Cell, CellJob, LocateJob, Outcome, digest
+from ce_bench.board.executors import Job, Resources, SerialExecutor, Then
 from ce_bench.board.runs import load_runs
 from ce_bench.console import step_progress
 from ce_bench.runtime import EMBEDDED_NAME
 
-MARKER = "cell.json"
 CONCEPT_TASK = "concept_emotion_{concept}"
-Call = tuple[list[str], int | None]  # one lm-eval call of a cell: tasks and their --limit
 
 
 class SweepConfigError(ValueError):
@@ -94,6 +93,8 @@ class SweepConfig:
     limit: int | None = None  # documents per general-ability task (and artifact tasks)
     metadata: dict[str, Any] = field(default_factory=lambda: {"judge": "lexicon"})
     batch_size: int = 16
+    device: str | None = None  # None: cuda where the worker has a GPU, else cpu
+    resources: Resources = field(default_factory=Resources)  # per job, on Ray
     concept: ConceptPart | None = None
     lifelong: LifelongPart | None = None
     artifacts: list[ArtifactPart] = field(default_factory=list)
@@ -111,6 +112,7 @@ class SweepConfig:
         parts = {
             "concept": _part(ConceptPart, raw.pop("concept", None), "concept"),
             "lifelong": _part(LifelongPart, raw.pop("lifelong", None), "lifelong"),
+            "resources": _part(Resources, raw.pop("resources", None), "resources") or Resources(),
             "artifacts": [
                 _part(ArtifactPart, a, f"artifacts[{i}]")
                 for i, a in enumerate(raw.pop("artifacts", None) or [])
@@ -155,42 +157,22 @@ def _part(cls: type, raw: Any, where: str) -> Any:
         raise SweepConfigError(f"{where}: {err}") from err
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One lm-eval evaluation: what model, which edit, which tasks on which data."""
-
-    name: str  # readable part of the directory name
-    spec: dict[str, Any]  # everything that decides its results (hashed for the directory)
-
-    @property
-    def fingerprint(self) -> str:
-        return _digest(self.spec)
-
-    def directory(self, out: Path) -> Path:
-        return out / "runs" / f"{self.name}-{self.fingerprint}"
-
-    def finished(self, out: Path) -> bool:
-        marker = self.directory(out) / MARKER
-        if not marker.is_file():
-            return False
-        try:
-            return json.loads(marker.read_text()).get("fingerprint") == self.fingerprint
-        except (OSError, json.JSONDecodeError):
-            return False
-
-
 class Sweep:
-    """Runs a config's cells in order, skipping finished ones, with a progress display."""
+    """Runs a config's cells on an executor (this process by default, or Ray), skipping
+    finished ones, with a progress display. A job that raises is recorded (`error.json`) and
+    the others go on; `failed` names them at the end."""
 
-    def __init__(self, config: SweepConfig, console: Console | None = None) -> None:
+    def __init__(
+        self, config: SweepConfig, console: Console | None = None, executor: Any = None
+    ) -> None:
         self.config = config
         self.console = console or Console()
+        self.executor = executor or SerialExecutor()
         self.ran: list[Cell] = []  # cells evaluated by this process
         self.skipped: list[Cell] = []  # cells a previous run had finished
-        self._loaded: tuple[Any, Any] | None = None
-        self._unedited_answers: dict[str, Any] = {}  # see EditedHFLM(unedited_answers=)
-        self._residuals: dict[Any, Any] = {}  # see EmotionJob.residuals
+        self.failed: list[Outcome] = []  # jobs that raised (their error.json says why)
         self._seconds: list[float] = []  # time of each evaluated cell
+        self._in_flight = 0  # jobs handed to the executor and not yet done
 
     # ------------------------------------------------------------------ planning
     def check(self) -> None:
@@ -255,18 +237,22 @@ class Sweep:
         (tests use it to stop a sweep midway)."""
         from ce_bench.board.leaderboard import build_board, version_notes, write_board
 
-        self.check()
         self.after_cell = after_cell or (lambda cell: None)
-        with step_progress(self.console) as progress:
-            self.progress = progress
-            self.bar = progress.add_task("sweep", total=self.planned(), detail="")
-            self._unedited()
-            if self.config.concept:
-                self._concept(self.config.concept)
-            if self.config.lifelong:
-                self._lifelong(self.config.lifelong)
-            for part in self.config.artifacts:
-                self._artifacts(part)
+        try:
+            self.check()
+            with step_progress(self.console) as progress:
+                self.progress = progress
+                self.bar = progress.add_task("sweep", total=self.planned(), detail="")
+                jobs = [self._cell(self._unedited())]
+                if self.config.concept:
+                    jobs += self._concept(self.config.concept)
+                if self.config.lifelong:
+                    jobs += [self._cell(job) for job in self._lifelong(self.config.lifelong)]
+                for part in self.config.artifacts:
+                    jobs += [self._cell(job) for job in self._artifacts(part)]
+                self.executor.run(self._queued(jobs))
+        finally:
+            self.executor.close()
         runs = load_runs([self.config.out / "runs"])
         notes = version_notes(runs)
         for note in notes:
@@ -274,109 +260,46 @@ class Sweep:
         return write_board(build_board(runs), self.config.out / "leaderboard", notes)
 
     # ------------------------------------------------------------------ the three parts
-    def _unedited(self) -> None:
+    def _job(self, cell: Cell, model_args: dict[str, Any], runs: list[Call], **kw: Any) -> CellJob:
+        """The job of `cell`. As lm-eval's CLI does, tasks see the model_args in their metadata
+        (erasure reads the artifact's class from `intervention`, lifelong tasks the stream)."""
+        c = self.config
+        split, seed = kw.pop("split", None), kw.pop("seed", 0)
+        given = {k: v for k, v in model_args.items() if v is not None}
+        meta = {**given, **c.metadata, **({"split": split} if split else {})}
+        if seed:
+            meta["seed"] = seed  # the concept task's data split
+        return CellJob(cell, c.out, c.model, c.device, c.batch_size, model_args, runs, meta, **kw)
+
+    def _unedited(self) -> CellJob:
         c = self.config
         cell = Cell("unedited", {"model": c.model, "tasks": c.general_tasks, "limit": c.limit})
-        self._cell(cell, {}, [(c.general_tasks, c.limit)])
+        return self._job(cell, {}, [(c.general_tasks, c.limit)])
 
-    def _concept(self, part: ConceptPart) -> None:
-        combos = product(part.methods, part.layers, part.concepts, part.seeds)
-        for method, layer, concept, seed in combos:
-            self._concept_combo(part, method, layer, concept, seed)
+    def _concept(self, part: ConceptPart) -> list[tuple[Job, Then]]:
+        """Per method x layer x concept x seed, a locate job whose artifact starts its chain
+        (`_Combo`)."""
+        c, jobs = self.config, []
+        for method, layer, concept, seed in product(
+            part.methods, part.layers, part.concepts, part.seeds
+        ):
+            options = part.options.get(method, {})
+            locate = {"limit": part.locate_limit, "options": options}
+            # seed 0 is what every cell used before seeds existed: its cells keep their hashes
+            seeded = {"seed": seed} if seed else {}
+            base = {"model": c.model, "method": method, "layer": layer, "concept": concept,
+                    "locate": locate, **seeded}  # fmt: skip
+            name = f"{method}-L{layer}-{concept}" + (f"-s{seed}" if seed else "")
+            where = c.out / "artifacts" / f"{name}-{digest(base)}"
+            job = LocateJob(f"locate {name}", c.model, c.device, method, layer, concept, seed,
+                            part.locate_limit, options, where)  # fmt: skip
+            jobs.append((job, _Combo(self, part, name, base, where).located))
+        return jobs
 
-    def _concept_combo(
-        self, part: ConceptPart, method: str, layer: int, concept: str, seed: int
-    ) -> None:
-        """Locate; every strength on the validation split; the chosen one on the test split;
-        all on the data split of `seed`."""
-        from ce_bench.reports.concept import MAX_DEGENERATE, choose_strength, strength_grid
-
-        c = self.config
-        locate = {"limit": part.locate_limit, "options": part.options.get(method, {})}
-        # seed 0 is what every cell used before seeds existed: its cells keep their fingerprints
-        seeded = {"seed": seed} if seed else {}
-        base = {"model": c.model, "method": method, "layer": layer, "concept": concept,
-                "locate": locate, **seeded}  # fmt: skip
-        name = f"{method}-L{layer}-{concept}" + (f"-s{seed}" if seed else "")
-        where = c.out / "artifacts" / f"{name}-{_digest(base)}"
-        artifact = self._locate(method, layer, concept, part, where, seed)
-        if artifact is None:
-            return
-        grid = part.strengths or strength_grid(artifact)
-        if not part.strengths:
-            self.progress.update(self.bar, total=self.progress.tasks[0].total + len(grid))
-        task = CONCEPT_TASK.format(concept=concept)
-        judged = {**base, "metadata": c.metadata, "max_gen_toks": part.max_gen_toks}
-        validation = []
-        for strength in grid:
-            cell = Cell(
-                f"{name}-x{strength:g}-validation",
-                {**judged, "strength": strength, "split": "validation",
-                 "limit": part.validation_limit},
-            )  # fmt: skip
-            self._cell(
-                cell,
-                {"intervention": str(where), "strength": strength},
-                [([task], part.validation_limit)],
-                split="validation",
-                max_gen_toks=part.max_gen_toks,
-                seed=seed,
-            )
-            metrics = _metrics(cell.directory(c.out), task)
-            validation.append(
-                {"strength": strength, "success_rate": math.nan, "degenerate_rate": 1.0, **metrics}
-            )
-        chosen = choose_strength(validation, MAX_DEGENERATE)
-        cell = Cell(
-            f"{name}-test",
-            {**judged, "strength": chosen, "split": "test", "limit": part.test_limit,
-             "general": c.general_tasks, "general_limit": c.limit},
-        )  # fmt: skip
-        self._cell(
-            cell,
-            {"intervention": str(where), "strength": chosen},
-            [([task], part.test_limit), (c.general_tasks, c.limit)],
-            split="test",
-            max_gen_toks=part.max_gen_toks,
-            seed=seed,
-        )
-
-    def _locate(
-        self, method: str, layer: int, concept: str, part: ConceptPart, where: Path, seed: int
-    ) -> Any:
-        """The cell's artifact: read back when a previous run saved it, else located now."""
-        from ce_bench.artifacts import ArtifactError, load_artifact
-        from ce_bench.interventions.base import save_intervention
-        from ce_bench.locate.emotion import EmotionData, EmotionJob, locate_emotion
-        from ce_bench.locate.sae_features import FeatureNotFound
-
-        try:
-            return load_artifact(where)
-        except ArtifactError:
-            pass
-        model, tokenizer = self._model()
-        data = EmotionData.load(seed=seed)
-        job = EmotionJob(model, tokenizer, self.config.model, data, concept, layer)
-        job.limit, job.residuals = part.locate_limit, self._residuals
-        job.options = dict(part.options.get(method, {}))
-        if method == "sae-features":
-            from ce_bench.reports.concept import own_sae
-
-            job.sae = own_sae(self.config.model, layer)
-        try:
-            artifact = locate_emotion(method, job)
-        except FeatureNotFound as err:
-            self.console.print(f"{method} L{layer} {concept}: not located ({err})", markup=False)
-            self.progress.advance(self.bar, 1 + len(part.strengths or []))
-            return None
-        save_intervention(artifact, where)
-        return artifact
-
-    def _lifelong(self, part: LifelongPart) -> None:
+    def _lifelong(self, part: LifelongPart) -> list[CellJob]:
         from ce_bench.reports.lifelong import parse_editor
 
-        c = self.config
-        task = part.task_name
+        c, jobs = self.config, []
         for spec in part.editors:
             name, params = parse_editor(spec)
             for num_edits in part.num_edits:
@@ -385,18 +308,16 @@ class Sweep:
                     {"model": c.model, "editor": spec, "edits": part.edits, "num_edits": num_edits,
                      "general": c.general_tasks, "limit": c.limit},
                 )  # fmt: skip
+                model_args = {"editor": name, "edits": part.edits, "num_edits": num_edits, **params}
+                runs = [([part.task_name], None), (c.general_tasks, c.limit)]
                 # The editor changes the weights it edits: each cell loads its own model.
-                self._cell(
-                    cell,
-                    {"editor": name, "edits": part.edits, "num_edits": num_edits, **params},
-                    [([task], None), (c.general_tasks, c.limit)],
-                    fresh_model=True,
-                )
+                jobs.append(self._job(cell, model_args, runs, fresh_model=True))
+        return jobs
 
-    def _artifacts(self, part: ArtifactPart) -> None:
+    def _artifacts(self, part: ArtifactPart) -> list[CellJob]:
         from ce_bench.artifacts import fingerprint, load_artifact
 
-        c = self.config
+        c, jobs = self.config, []
         contents = fingerprint([load_artifact(part.path)], {})  # a changed artifact is rerun
         for strength in part.strengths:
             label = Path(part.path).name + ("" if strength is None else f"-x{strength:g}")
@@ -405,93 +326,136 @@ class Sweep:
                 {"model": c.model, "artifact": contents, "strength": strength,
                  "tasks": part.tasks, "general": c.general_tasks, "limit": c.limit},
             )  # fmt: skip
-            self._cell(
-                cell,
-                {"intervention": part.path, "strength": strength},
-                [([*part.tasks, *c.general_tasks], c.limit)],
-            )
+            model_args = {"intervention": part.path, "strength": strength}
+            jobs.append(self._job(cell, model_args, [([*part.tasks, *c.general_tasks], c.limit)]))
+        return jobs
 
-    # ------------------------------------------------------------------ one cell
-    def _cell(
-        self, cell: Cell, model_args: dict[str, Any], runs: list[Call], **options: Any
-    ) -> None:
-        """Evaluate a cell unless it is finished; options go to `_evaluate`."""
-        out = self.config.out
-        if cell.finished(out):
-            self.skipped.append(cell)
+    # ------------------------------------------------------------------ bookkeeping
+    def _cell(self, job: CellJob, then: Then | None = None) -> tuple[Job, Then]:
+        """`job` with its cell's bookkeeping; `then(outcome)` gives the jobs it makes ready."""
+
+        def done(outcome: Outcome) -> list[tuple[Job, Then]]:
             self.progress.advance(self.bar)
-            return
-        directory = cell.directory(out)
-        for stale in directory.rglob("results_*.json"):  # an interrupted attempt's partial files
-            stale.unlink()
-        directory.mkdir(parents=True, exist_ok=True)
-        self.progress.update(self.bar, description=cell.name)
-        start = time.perf_counter()
-        self._evaluate(directory, model_args, runs, **options)
-        seconds = time.perf_counter() - start
-        marker = {"fingerprint": cell.fingerprint, "spec": cell.spec, "seconds": round(seconds, 1)}
-        (directory / MARKER).write_text(json.dumps(marker, indent=1, default=str) + "\n")
-        self.ran.append(cell)
-        self._seconds.append(seconds)
-        mean = sum(self._seconds) / len(self._seconds)
-        self.progress.update(self.bar, advance=1, detail=f"{mean:.0f} s per cell")
-        self.after_cell(cell)
+            if outcome.status == "skipped":
+                self.skipped.append(job.cell)
+            elif outcome.status == "ran":
+                self.ran.append(job.cell)
+                self._seconds.append(outcome.seconds)
+                self.after_cell(job.cell)
+            return then(outcome) if then else []
 
-    def _model(self) -> tuple[Any, Any]:
-        if self._loaded is None:
-            from ce_bench.embedded import load_model
+        return job, done
 
-            self._loaded = load_model(self.config.model, "cpu")
-        return self._loaded
+    def not_run(self, cells: int) -> None:
+        """Count `cells` planned cells as done: an earlier job of theirs failed or found
+        nothing."""
+        self.progress.advance(self.bar, cells)
 
-    def _evaluate(
-        self,
-        directory: Path,
-        model_args: dict[str, Any],
-        runs: list[Call],
-        split: str | None = None,
-        max_gen_toks: int | None = None,
-        fresh_model: bool = False,
-        seed: int = 0,
+    def _queued(self, jobs: list[tuple[Job, Then]]) -> list[tuple[Job, Then]]:
+        """The jobs to hand to the executor, counted while in flight. A finished cell never
+        reaches it: its follow-ups are queued at once."""
+        out: list[tuple[Job, Then]] = []
+        for job, then in jobs:
+            if isinstance(job, CellJob) and job.cell.finished(self.config.out):
+                out += self._queued(then(Outcome(job.cell.name, "skipped")))
+            else:
+                out.append((job, self._counted(then)))
+                self._in_flight += 1
+        self._show()
+        return out
+
+    def _counted(self, then: Then) -> Then:
+        def done(outcome: Outcome) -> list[tuple[Job, Then]]:
+            self._in_flight -= 1
+            if outcome.failed:
+                self.failed.append(outcome)
+                self.console.print(f"failed: {outcome.name}: {outcome.error}", markup=False)
+            return self._queued(then(outcome))
+
+        return done
+
+    def _show(self) -> None:
+        parts = [f"{min(self._in_flight, self.executor.parallel)} running"]
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        if self._seconds:
+            parts.append(f"{sum(self._seconds) / len(self._seconds):.0f} s per cell")
+        self.progress.update(self.bar, detail=", ".join(parts))
+
+
+class _Combo:
+    """One concept combination's chain: its artifact, then a validation cell per strength,
+    then the test cell at the strength chosen on validation (Unified Concept Editing A.8:
+    the best success rate among strengths whose outputs are mostly not degenerate)."""
+
+    def __init__(
+        self, sweep: Sweep, part: ConceptPart, name: str, base: dict[str, Any], where: Path
     ) -> None:
-        """lm-eval runs of one edited model, (tasks, limit) each, written into `directory` as
-        `lm_eval --output_path DIR --log_samples` writes them. The model is built once, so a
-        lifelong editor edits once for all its runs."""
-        from ce_bench.evaluation import evaluate
-        from ce_bench.models.edited_hf import EditedHFLM
+        self.sweep, self.part, self.name, self.where = sweep, part, name, where
+        config = sweep.config
+        self.judged = {**base, "metadata": config.metadata, "max_gen_toks": part.max_gen_toks}
+        self.task = CONCEPT_TASK.format(concept=base["concept"])
+        self.seed = base.get("seed", 0)
+        self.validation: list[tuple[float, Cell]] = []
+        self.waiting = 0
 
-        # As lm-eval's CLI does, tasks see the model_args in their metadata (erasure reads the
-        # artifact's class from `intervention`, lifelong tasks the edit stream).
-        given = {k: v for k, v in model_args.items() if v is not None}
-        meta = {**given, **self.config.metadata, **({"split": split} if split else {})}
-        if seed:
-            meta["seed"] = seed  # the concept task's data split
-        if fresh_model:
-            pretrained: dict[str, Any] = {"pretrained": self.config.model}
-        else:
-            model, tokenizer = self._model()
-            pretrained = {"pretrained": model, "tokenizer": tokenizer}
-        lm = EditedHFLM(
-            **pretrained,
-            batch_size=self.config.batch_size,
-            unedited_answers=self._unedited_answers,
-            **given,
+    def located(self, outcome: Outcome) -> list[tuple[Job, Then]]:
+        sweep, part = self.sweep, self.part
+        if outcome.grid is None:  # failed, or its method found nothing to edit
+            if outcome.status == "not located":
+                sweep.console.print(f"{self.name}: not located ({outcome.error})", markup=False)
+            sweep.not_run(1 + len(part.strengths or []))
+            return []
+        grid = part.strengths or outcome.grid
+        if not part.strengths:
+            sweep.progress.update(sweep.bar, total=sweep.progress.tasks[0].total + len(grid))
+        jobs = []
+        for strength in grid:
+            cell = Cell(
+                f"{self.name}-x{strength:g}-validation",
+                {**self.judged, "strength": strength, "split": "validation",
+                 "limit": part.validation_limit},
+            )  # fmt: skip
+            self.validation.append((strength, cell))
+            jobs.append(self._evaluation(cell, strength, [([self.task], part.validation_limit)]))
+        self.waiting = len(jobs)
+        return [self.sweep._cell(job, self.validated) for job in jobs]
+
+    def validated(self, outcome: Outcome) -> list[tuple[Job, Then]]:
+        from ce_bench.reports.concept import MAX_DEGENERATE, choose_strength
+
+        self.waiting -= 1
+        out = self.sweep.config.out
+        if self.waiting:
+            return []
+        if not all(cell.finished(out) for _, cell in self.validation):
+            self.sweep.not_run(1)  # the test cell: a validation cell failed
+            return []
+        results = [
+            {"strength": strength, "success_rate": math.nan, "degenerate_rate": 1.0,
+             **_metrics(cell.directory(out), self.task)}
+            for strength, cell in self.validation
+        ]  # fmt: skip
+        chosen = choose_strength(results, MAX_DEGENERATE)
+        c, part = self.sweep.config, self.part
+        cell = Cell(
+            f"{self.name}-test",
+            {**self.judged, "strength": chosen, "split": "test", "limit": part.test_limit,
+             "general": c.general_tasks, "general_limit": c.limit},
+        )  # fmt: skip
+        runs = [([self.task], part.test_limit), (c.general_tasks, c.limit)]
+        return [self.sweep._cell(self._evaluation(cell, chosen, runs))]
+
+    def _evaluation(self, cell: Cell, strength: float, runs: list[Call]) -> CellJob:
+        split = cell.spec["split"]
+        return self.sweep._job(
+            cell,
+            {"intervention": str(self.where), "strength": strength},
+            runs,
+            split=split,
+            max_gen_toks=self.part.max_gen_toks,
+            seed=self.seed,
         )
-        try:
-            for tasks, limit in runs:
-                if tasks:
-                    gen = {"max_gen_toks": max_gen_toks} if max_gen_toks else None
-                    evaluate(
-                        lm,
-                        tasks,
-                        limit=limit,
-                        metadata=meta,
-                        gen_kwargs=gen,
-                        out_dir=directory,
-                        verbosity="ERROR",  # the sweep shows its own progress
-                    )
-        finally:
-            lm.close()
 
 
 def _unknown_tasks(tasks: list[str]) -> list[str]:
@@ -504,10 +468,6 @@ def _unknown_tasks(tasks: list[str]) -> list[str]:
     if missing:
         missing -= set(TaskManager().all_tasks)
     return sorted(missing)
-
-
-def _digest(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _metrics(directory: Path, task: str) -> dict[str, float]:

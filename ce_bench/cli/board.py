@@ -119,20 +119,48 @@ def regress_cmd(
 def sweep_cmd(
     config: Path = typer.Argument(..., help="The sweep's YAML matrix (see README, 'Sweeps')."),
     out: Path | None = typer.Option(None, help="Output directory; default the config's `out`."),
+    executor: str = typer.Option(
+        "serial", help="serial: one cell after another here; ray: cells as Ray tasks."
+    ),
+    address: str | None = typer.Option(
+        None,
+        help="With --executor ray: the cluster (ray start's address); default RAY_ADDRESS"
+        " or a local instance.",
+    ),
     verbose: bool = VERBOSE,
 ) -> None:
     """Locate and evaluate a matrix of edits through lm-eval, choosing strengths on the
-    validation split; resumable (finished cells are skipped). Ends with the leaderboard."""
+    validation split; resumable (finished cells are skipped). Ends with the leaderboard.
+    Exits 1 when a cell failed (each one's error.json says why)."""
+    from ce_bench.board.executors import ExecutorError, RayExecutor, SerialExecutor
     from ce_bench.board.sweep import Sweep, SweepConfig, SweepConfigError
 
+    if executor not in ("serial", "ray"):
+        console.print(f"ce-bench sweep: unknown --executor {executor!r}; known: serial, ray")
+        raise typer.Exit(2)
+    if address and executor != "ray":
+        console.print("ce-bench sweep: --address needs --executor ray", markup=False)
+        raise typer.Exit(2)
     try:
-        sweep = Sweep(SweepConfig.from_yaml(config, out), console)
-        with quiet_to(log_file_for(sweep.config.out, verbose, console), console):
+        settings = SweepConfig.from_yaml(config, out)
+        settings.out = settings.out.resolve()  # workers on other nodes see the same path
+        with quiet_to(log_file_for(settings.out, verbose, console), console):
+            runner = RayExecutor(settings.resources, address) if executor == "ray" else None
+            sweep = Sweep(settings, console, runner or SerialExecutor())
             files = sweep.run()
-    except SweepConfigError as err:
+    except (SweepConfigError, ExecutorError) as err:
         console.print(f"ce-bench sweep: {err}", style="red", markup=False)
         raise typer.Exit(2) from None
     console.print(
         f"{len(sweep.ran)} cells evaluated, {len(sweep.skipped)} already finished;"
         f" leaderboard: {files['markdown']}, {files['html']}"
     )
+    if sweep.failed:
+        names = ", ".join(outcome.name for outcome in sweep.failed)
+        console.print(
+            f"FAILED: {len(sweep.failed)} job(s): {names} (see error.json in each; a rerun"
+            " retries them)",
+            style="red",
+            markup=False,
+        )
+        raise typer.Exit(1)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash
+from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash, timed
 from ce_bench.locate.activations import Aggregate, collect_activations
 from ce_bench.sites import Site
 
@@ -21,6 +21,7 @@ class DiffmeanConfig:
     strength: float = 1.0  # k of h + k v, stored as the artifact's default
 
 
+@timed
 def locate_diffmean(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]

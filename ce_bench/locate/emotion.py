@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ce_bench.artifacts import Artifact, data_hash
+from ce_bench.artifacts import Artifact, data_hash, timed
 from ce_bench.emotions import (
     EMOTIONS,
     NEUTRAL,
@@ -109,6 +109,7 @@ def register_locator(name: str) -> Callable[[Callable[[EmotionJob], Artifact]], 
     return add
 
 
+@timed
 def locate_emotion(method: str, job: EmotionJob) -> Artifact:
     """Run `method` for `job` and record the emotion, layer and split in the artifact."""
     if method not in LOCATORS:

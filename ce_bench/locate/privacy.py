@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash
+from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash, timed
 from ce_bench.interventions.featureedit import DEFAULT_TAU_2, marked_rows
 from ce_bench.interventions.sae import load_sae, sink_positions
 from ce_bench.locate.knowledge_neurons import DEFAULT_STEPS, neuron_attributions, select_neurons
@@ -125,6 +125,7 @@ class FeatureEditConfig:
             raise ValueError(f"candidates must be at least 1, got {self.candidates}")
 
 
+@timed
 def locate_featureedit(
     model: nn.Module,
     tokenizer: Any,
@@ -193,6 +194,7 @@ class FactNeuronsConfig:
             raise ValueError("steps and max_neurons must be at least 1")
 
 
+@timed
 def locate_fact_neurons(
     model: nn.Module,
     tokenizer: Any,

@@ -24,7 +24,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash
+from ce_bench.artifacts import Artifact, ModelIdentity, Provenance, data_hash, timed
 from ce_bench.classification import (
     DEFAULT_SHOTS,
     ClassDataset,
@@ -195,6 +195,7 @@ def training_activations(
     )
 
 
+@timed
 def locate_ranges(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]
@@ -302,6 +303,7 @@ def _sae_units(
     return frequent[best], codes
 
 
+@timed
 def locate_class_direction(
     model: nn.Module,
     tokenizer,  # type: ignore[no-untyped-def]

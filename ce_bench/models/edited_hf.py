@@ -26,7 +26,7 @@ from lm_eval.api.model import CacheHook
 from lm_eval.models.huggingface import HFLM
 
 from ce_bench import pairing
-from ce_bench.artifacts import fingerprint, load_artifact
+from ce_bench.artifacts import Artifact, fingerprint, load_artifact
 from ce_bench.embedded import resolve_pretrained
 from ce_bench.interventions import Switch
 from ce_bench.interventions.base import save_intervention
@@ -39,6 +39,7 @@ from ce_bench.lifelong import (
     start_session,
     take_editor_params,
 )
+from ce_bench.models.cost import CostMeter
 from ce_bench.models.routing import (
     ContextEnds,
     UneditedAnswers,
@@ -102,6 +103,7 @@ class EditedHFLM(HFLM):
         save_edits: str | None = None,
         **kwargs: Any,
     ) -> None:
+        self.cost = CostMeter()  # from here: loading and editing count in the run's wall time
         editor_params = take_editor_params(editor, kwargs)
         check_model_args(kwargs, editor)
         artifacts = [load_artifact(p) for p in (intervention or "").split("+") if p]
@@ -116,6 +118,7 @@ class EditedHFLM(HFLM):
             self.model, artifacts, strength=strength, positions=positions
         )
         self.unedited = UneditedAnswers(unedited_answers)
+        self.cost.attach(self.model, self.edits.switch)
         self.lifelong: LifelongSession | None = None
         self._warned_unedited = False
         try:
@@ -137,7 +140,7 @@ class EditedHFLM(HFLM):
                     )
                     save_intervention(art, save_edits)
         except BaseException:
-            self.edits.close()
+            self.close()
             raise
         run = {"overrides": self.edits.overrides}
         if self.lifelong is not None:
@@ -151,6 +154,7 @@ class EditedHFLM(HFLM):
 
     def close(self) -> None:
         """Detach every hook; the model is the unedited one afterwards."""
+        self.cost.detach()
         self.edits.close()
 
     # ------------------------------------------------------------------ generation
@@ -189,14 +193,22 @@ class EditedHFLM(HFLM):
         return texts
 
     def _in_edit_order(self, requests: list[Instance], compute: Any) -> list:
-        """`compute` the answers, each in the editor state the lifelong session asks for."""
+        """`compute` the answers, each in the editor state the lifelong session asks for; the
+        cost meter counts the passes of `compute`, not those of editing."""
+
+        def measured(batch: list[Instance]) -> list:
+            with self.cost.answering():
+                return compute(batch)
+
         if self.lifelong is None:
-            return compute(requests)
-        return self.lifelong.answer(requests, [tags_of(r) for r in requests], compute)
+            return measured(requests)
+        return self.lifelong.answer(requests, [tags_of(r) for r in requests], measured)
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):  # type: ignore[no-untyped-def]
         with self.switch.generating(context.shape[1]):
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            out = super()._model_generate(context, max_length, stop, **generation_kwargs)
+        self.cost.count_generated(out[:, context.shape[1] :], self.tokenizer.pad_token_id)
+        return out
 
     # ------------------------------------------------------------------ scoring
     def loglikelihood(
@@ -297,7 +309,19 @@ class EditedHFLM(HFLM):
             versions=stack_versions(),
             lifelong=self.lifelong.describe() if self.lifelong is not None else None,
         ).to_json()
+        info["ce_bench"]["cost"] = self.cost.report(
+            self.lifelong.edit_seconds if self.lifelong is not None else None,
+            _locate_seconds(self.edits.artifacts),
+        )
         return info
+
+
+def _locate_seconds(artifacts: list[Artifact]) -> float | None:
+    """The seconds locating the attached artifacts took, when each recorded it."""
+    seconds = [a.provenance.seconds for a in artifacts]
+    if not seconds or None in seconds:
+        return None
+    return round(sum(s for s in seconds if s is not None), 3)
 
 
 def check_model_args(unclaimed: dict[str, Any], editor: str | None) -> None:
