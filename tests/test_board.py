@@ -97,6 +97,29 @@ def test_board_shows_deltas_from_the_unedited_run_and_from_paired_base_values(ru
     assert rel.base == lifelong.run.scores["zsre_lifelong"]["rel"].base is not None
 
 
+def test_board_gives_each_methods_cost_and_a_quality_vs_cost_plot(runs, tmp_path) -> None:
+    sections = {s.title: s for s in build_board(runs)}
+    (steering,) = sections["Concept editing"].costs
+    assert steering.method == "steering L27" and steering.runs == 1
+    assert steering.wall_s > 0 and steering.locate_s > 0 and steering.peak_mb > 0
+    assert steering.overhead > 0  # the concept task generates both halves of each prompt
+    (grace,) = sections["Lifelong editing"].costs
+    assert grace.s_per_edit > 0 and grace.locate_s is None
+    files = write_board(list(sections.values()), tmp_path)
+    assert files["concept-editing_quality_vs_cost"].read_bytes()[:4] == b"\x89PNG"
+    assert "| steering L27 | 1 |" in files["markdown"].read_text()
+    assert "s/edit" in files["html"].read_text()
+
+
+def test_a_sweep_reports_its_compute_per_method(sweep) -> None:
+    compute = (sweep[0].out / "compute.md").read_text()
+    table = [line for line in compute.splitlines() if line.startswith("| ") and "---" not in line]
+    table = table[1:]  # below the header
+    rows = {line.split(" | ")[0].strip("| "): line for line in table}
+    assert set(rows) == {"grace", "steering", "unedited"}
+    assert rows["steering"].startswith("| steering | 3 |")  # two validation cells, the test
+
+
 def test_leaderboard_command_writes_markdown_html_json_and_plots(sweep, tmp_path) -> None:
     result = CliRunner().invoke(
         app, ["leaderboard", str(sweep[0].out / "runs"), "--out", str(tmp_path)]
@@ -161,6 +184,10 @@ def test_html_board_reads_at_1366_px_with_each_familys_summary_in_chromium(runs,
     summaries = [rows for kind, rows in parser.tables if kind == "summary"]
     families = [s for s in sections if s.title == s.family]
     assert len(summaries) == len(families)
+    costs = [rows for kind, rows in parser.tables if kind == "cost"]
+    assert [row[0] for rows in costs for row in rows[1:]] == [
+        c.method for s in families for c in s.costs
+    ]
     for rows, section in zip(summaries, families, strict=True):  # header, unedited, methods
         names = [row[0] for row in rows[1:]]
         expected = list(section.summary.rows)

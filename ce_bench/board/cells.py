@@ -208,6 +208,7 @@ class CellJob:
     metadata: dict[str, Any]
     max_gen_toks: int | None = None
     fresh_model: bool = False  # an editor changes the weights: no shared model
+    method: str = "unedited"  # for the sweep's compute per method
 
     @property
     def directory(self) -> Path:
@@ -230,6 +231,7 @@ class CellJob:
                 "fingerprint": self.cell.fingerprint,
                 "spec": self.cell.spec,
                 "seconds": round(seconds, 1),
+                "method": self.method,
                 "host": socket.gethostname(),
             }
             (directory / MARKER).write_text(json.dumps(marker, indent=1, default=str) + "\n")

@@ -22,6 +22,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ce_bench.board.cost import CAPTION as COST_CAPTION
+from ce_bench.board.cost import MethodCost, cost_grid, method_costs
 from ce_bench.board.runs import (
     GENERAL,
     Run,
@@ -158,6 +160,7 @@ class Section:
     ranking: list[Step] = field(default_factory=list)
     family: str = ""  # the family the section belongs to (its title, or the title it selects for)
     summary: Summary | None = None
+    costs: list[MethodCost] = field(default_factory=list)  # per summary method, if recorded
 
     def across_seeds(self) -> list[AcrossSeeds]:
         """Mean ± sd over seeds of each group of rows that differ only in seed and strength."""
@@ -223,6 +226,11 @@ def build_board(runs: list[Run]) -> list[Section]:
     for section in sections:
         section.ranking = deltas.ranking(section)
         section.summary = deltas.summary(section)
+        if section.title != GENERAL:
+            runs_by_method: dict[str, list[Run]] = {}
+            for (name, _), (row, _) in summary_places(section).items():
+                runs_by_method.setdefault(name, []).append(row.run)
+            section.costs = method_costs(runs_by_method)
     return sections
 
 
@@ -287,7 +295,7 @@ def _direction(runs: list[Run], tasks: list[str], metric: str) -> bool | None:
     return None
 
 
-def _summary_places(section: Section) -> dict[tuple[str, str], tuple[Row, Column]]:
+def summary_places(section: Section) -> dict[tuple[str, str], tuple[Row, Column]]:
     """(method name, column name) -> the edited row and column that fill that summary cell.
 
     Columns are the targets (the emotion, the class; else the task), for lifelong editing the
@@ -422,7 +430,7 @@ class Deltas:
     def summary(self, section: Section) -> Summary:
         """The section at a glance (see Summary): the headline metric of each family section,
         every task's headline in the general-ability one."""
-        placed = _summary_places(section)
+        placed = summary_places(section)
         metric = "each task's headline" if section.title == GENERAL else section.rank_by.metric
         summary = Summary(metric, [], {}, {})
         for (name, place), (row, column) in placed.items():
@@ -510,7 +518,7 @@ def version_notes(runs: list[Run]) -> list[str]:
 def to_markdown(sections: list[Section], notes: list[str] | None = None) -> str:
     lines = ["# ce-bench leaderboard", ""]
     lines += [f"> **Warning**: {note}" for note in notes or []] + ([""] if notes else [])
-    lines.append(LEGEND)
+    lines += [LEGEND, "", COST_CAPTION]
     for section in sections:
         ident = section.identity_columns()
         lines += ["", f"## {section.title}", ""]
@@ -524,6 +532,13 @@ def to_markdown(sections: list[Section], notes: list[str] | None = None) -> str:
             ]
             lines.append("| " + " | ".join(v.replace("|", "\\|") for v in cells) + " |")
         lines += ranking_lines(section) + seed_lines(section)
+        if section.costs:
+            lines += [
+                "",
+                "Cost per run (see the legend):",
+                "",
+                cost_grid("", section.costs).markdown(),
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -609,6 +624,7 @@ def to_html(sections: list[Section], plots: dict[str, list[str]]) -> str:
             for s in mine
         )
         glance = _summary_table(main.summary) if main.summary else ""
+        glance += _cost_table(main.costs) if main.costs else ""
         body.append(
             f'<section id="f{number_}"><h2>{html.escape(title)}</h2>'
             f'<div class="glance">{glance}{figures}</div>{ranked}{details}</section>'
@@ -667,6 +683,27 @@ def _summary_table(summary: Summary) -> str:
     return (
         f'<div class="summary"><table data-rank="-1"><thead><tr>{heads}</tr></thead>'
         f'<tbody>{"".join(rows)}</tbody></table><p class="caption">{caption}</p></div>'
+    )
+
+
+def _cost_table(costs: list[MethodCost]) -> str:
+    grid = cost_grid("", costs)
+    heads = "".join(
+        f"<th{'' if i < grid.keys else ' class=num'}>{html.escape(h)}</th>"
+        for i, h in enumerate(grid.headings)
+    )
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td{'' if i < grid.keys else ' class=num'}>{html.escape(v)}</td>"
+            for i, v in enumerate(row)
+        )
+        + "</tr>"
+        for row in grid.rows
+    )
+    return (
+        f'<div class="summary"><table class="cost"><thead><tr>{heads}</tr></thead>'
+        f'<tbody>{rows}</tbody></table><p class="caption">{html.escape(COST_CAPTION)}</p></div>'
     )
 
 
@@ -809,6 +846,7 @@ def to_json(sections: list[Section]) -> list[dict]:
                 }
                 for a in s.across_seeds()
             ],
+            "costs": [dataclasses.asdict(c) for c in s.costs],
         }
         for s in sections
     ]

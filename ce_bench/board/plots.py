@@ -8,7 +8,9 @@ file per family and kind (`concept-editing_dose_response.png`), shown next to th
 - side_effects: each edited run's change in every general-ability task from the unedited
   model, bars its 95% interval (paired where the samples allow), faded where not significant;
 - retention: lifelong runs with checkpoints (`eval_at=1+10+100`): each tracked metric after
-  c edits, over the records edited by then, one line per run, bars 1.96 stderrs.
+  c edits, over the records edited by then, one line per run, bars 1.96 stderrs;
+- quality_vs_cost: each summary cell's headline metric against the seconds its run took
+  (locating included; `ce_bench.board.cost`), one colour per method, bars 1.96 stderrs.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402 (the backend is chosen first)
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ce_bench.board.leaderboard import Cell, Row, Section, as_number  # noqa: E402
+from ce_bench.board.cost import method_costs  # noqa: E402
+from ce_bench.board.leaderboard import Cell, Row, Section, as_number, summary_places  # noqa: E402
 from ce_bench.board.runs import GENERAL, checkpoint_of  # noqa: E402
 
 PER_TARGET = "Concept editing"  # the family whose targets (emotions) get bars
@@ -41,6 +44,7 @@ def write_plots(sections: list[Section], out: Path) -> dict[str, list[Path]]:
         "per_target": _per_target,
         "side_effects": _side_effects,
         "retention": _retention,
+        "quality_vs_cost": _quality_vs_cost,
     }
     written: dict[str, list[Path]] = {}
     for family in dict.fromkeys(s.family for s in sections):
@@ -231,6 +235,34 @@ def _retention(sections: list[Section]) -> Figure | None:
     axes.flat[0].legend(fontsize="x-small")
     figure.suptitle("Retention: each metric over the records edited so far, after c edits")
     figure.tight_layout()
+    return figure
+
+
+def _quality_vs_cost(sections: list[Section]) -> Figure | None:
+    """The family's reported section: per method, its summary cells (one per target) at the
+    seconds each run took."""
+    section = next((s for s in sections if s.title == s.family and s.title != GENERAL), None)
+    if section is None:
+        return None
+    points: dict[str, list[tuple[float, float, float, str]]] = defaultdict(list)
+    for (name, place), (row, column) in summary_places(section).items():
+        (cost,) = method_costs({name: [row.run]}) or [None]
+        cell = row.cells[column.title]
+        if cost is not None and cost.compute_s and math.isfinite(cell.score.value):
+            error = Z95 * (cell.score.stderr or 0.0)
+            points[name].append((cost.compute_s, cell.score.value, error, place))
+    if not points:
+        return None
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for name, found in sorted(points.items()):
+        seconds, values, errors, _ = zip(*found, strict=True)
+        ax.errorbar(seconds, values, yerr=errors, fmt="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per run (locating, loading, editing, answering)")
+    ax.set_ylabel(section.rank_by.metric)
+    ax.set_title(f"{section.title}: quality vs cost")
+    ax.legend(fontsize="x-small")
+    ax.grid(alpha=0.3)
     return figure
 
 

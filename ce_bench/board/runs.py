@@ -92,6 +92,7 @@ class Run:
     samples: dict[str, int] = field(default_factory=dict)  # task -> documents evaluated
     groups: dict[str, list[str]] = field(default_factory=dict)  # group task -> its subtasks
     versions: dict[str, str] = field(default_factory=dict)  # package -> version that ran it
+    cost: dict[str, Any] = field(default_factory=dict)  # what the run cost (models/cost.py)
 
     @property
     def edited(self) -> bool:
@@ -168,6 +169,7 @@ def read_run(path: Path) -> Run:
         },
         groups={g: list(s) for g, s in (data.get("group_subtasks") or {}).items() if s},
         versions=_versions(data, edited),
+        cost=dict((config.get("ce_bench") or {}).get("cost") or {}),
         **described,
     )
 

@@ -19,6 +19,7 @@ what a cell is and how it is claimed: `ce_bench.board.cells`).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,11 +30,12 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from ce_bench.board.cells import Call, Cell, CellJob, LocateJob, Outcome, digest
+from ce_bench.board.cells import MARKER, Call, Cell, CellJob, LocateJob, Outcome, digest
 from ce_bench.board.executors import Job, Resources, SerialExecutor, Then
 from ce_bench.board.runs import load_runs
 from ce_bench.console import step_progress
 from ce_bench.runtime import EMBEDDED_NAME
+from ce_bench.tables import Grid
 
 CONCEPT_TASK = "concept_emotion_{concept}"
 
@@ -257,7 +259,11 @@ class Sweep:
         notes = version_notes(runs)
         for note in notes:
             self.console.print(f"warning: {note}", style="yellow", markup=False)
-        return write_board(build_board(runs), self.config.out / "leaderboard", notes)
+        files = write_board(build_board(runs), self.config.out / "leaderboard", notes)
+        files["compute"] = self.config.out / "compute.md"
+        grid = compute_by_method(self.config.out)
+        files["compute"].write_text(f"{COMPUTE_NOTE}\n\n{grid.markdown()}")
+        return files
 
     # ------------------------------------------------------------------ the three parts
     def _job(self, cell: Cell, model_args: dict[str, Any], runs: list[Call], **kw: Any) -> CellJob:
@@ -311,14 +317,17 @@ class Sweep:
                 model_args = {"editor": name, "edits": part.edits, "num_edits": num_edits, **params}
                 runs = [([part.task_name], None), (c.general_tasks, c.limit)]
                 # The editor changes the weights it edits: each cell loads its own model.
-                jobs.append(self._job(cell, model_args, runs, fresh_model=True))
+                jobs.append(self._job(cell, model_args, runs, fresh_model=True, method=spec))
         return jobs
 
     def _artifacts(self, part: ArtifactPart) -> list[CellJob]:
         from ce_bench.artifacts import fingerprint, load_artifact
+        from ce_bench.run_config import method_of
 
         c, jobs = self.config, []
-        contents = fingerprint([load_artifact(part.path)], {})  # a changed artifact is rerun
+        artifact = load_artifact(part.path)
+        contents = fingerprint([artifact], {})  # a changed artifact is rerun
+        method = method_of(vars(artifact.provenance))[0] or artifact.kind
         for strength in part.strengths:
             label = Path(part.path).name + ("" if strength is None else f"-x{strength:g}")
             cell = Cell(
@@ -327,7 +336,8 @@ class Sweep:
                  "tasks": part.tasks, "general": c.general_tasks, "limit": c.limit},
             )  # fmt: skip
             model_args = {"intervention": part.path, "strength": strength}
-            jobs.append(self._job(cell, model_args, [([*part.tasks, *c.general_tasks], c.limit)]))
+            runs = [([*part.tasks, *c.general_tasks], c.limit)]
+            jobs.append(self._job(cell, model_args, runs, method=method))
         return jobs
 
     # ------------------------------------------------------------------ bookkeeping
@@ -455,7 +465,43 @@ class _Combo:
             split=split,
             max_gen_toks=self.part.max_gen_toks,
             seed=self.seed,
+            method=self.judged["method"],
         )
+
+
+COMPUTE_NOTE = (
+    "Compute per method over every finished cell of the sweep (earlier runs' included):"
+    " seconds evaluating (loading, editing, answering; from each cell.json) and locating"
+    " (from each artifact's provenance), on whichever worker ran them."
+)
+
+
+def compute_by_method(out: Path) -> Grid:
+    """The sweep's seconds per method: its cells' and its artifacts' (see COMPUTE_NOTE)."""
+    from ce_bench.artifacts import ArtifactError, load_artifact
+    from ce_bench.run_config import method_of
+
+    cells: dict[str, list[float]] = {}
+    for marker in sorted((out / "runs").glob(f"*/{MARKER}")):
+        record = json.loads(marker.read_text())
+        spec = record.get("spec") or {}
+        method = record.get("method") or spec.get("method") or spec.get("editor") or "unedited"
+        cells.setdefault(method, []).append(float(record.get("seconds") or 0.0))
+    located: dict[str, float] = {}
+    for manifest in sorted((out / "artifacts").glob("*/intervention.json")):
+        try:
+            provenance = load_artifact(manifest.parent).provenance
+        except ArtifactError:
+            continue
+        method = method_of(vars(provenance))[0]
+        located[method] = located.get(method, 0.0) + (provenance.seconds or 0.0)
+    rows = []
+    for method in sorted(set(cells) | set(located)):
+        evaluating, locating = sum(cells.get(method, [])), located.get(method, 0.0)
+        rows.append([method, str(len(cells.get(method, []))), f"{evaluating:,.1f}",
+                     f"{locating:,.1f}", f"{evaluating + locating:,.1f}"])  # fmt: skip
+    headings = ["method", "cells", "evaluate s", "locate s", "total s"]
+    return Grid("Compute per method", headings, rows)
 
 
 def _unknown_tasks(tasks: list[str]) -> list[str]:

@@ -133,7 +133,8 @@ def sweep_cmd(
     validation split; resumable (finished cells are skipped). Ends with the leaderboard.
     Exits 1 when a cell failed (each one's error.json says why)."""
     from ce_bench.board.executors import ExecutorError, RayExecutor, SerialExecutor
-    from ce_bench.board.sweep import Sweep, SweepConfig, SweepConfigError
+    from ce_bench.board.sweep import Sweep, SweepConfig, SweepConfigError, compute_by_method
+    from ce_bench.tables import show
 
     if executor not in ("serial", "ray"):
         console.print(f"ce-bench sweep: unknown --executor {executor!r}; known: serial, ray")
@@ -151,9 +152,10 @@ def sweep_cmd(
     except (SweepConfigError, ExecutorError) as err:
         console.print(f"ce-bench sweep: {err}", style="red", markup=False)
         raise typer.Exit(2) from None
+    show(console, compute_by_method(settings.out))
     console.print(
         f"{len(sweep.ran)} cells evaluated, {len(sweep.skipped)} already finished;"
-        f" leaderboard: {files['markdown']}, {files['html']}"
+        f" leaderboard: {files['markdown']}, {files['html']}; compute: {files['compute']}"
     )
     if sweep.failed:
         names = ", ".join(outcome.name for outcome in sweep.failed)
