@@ -166,3 +166,18 @@ def test_a_killed_workers_claim_is_released_at_once(tmp_path) -> None:
     start = time.monotonic()
     with claimed(tmp_path / "cell", poll=0.1):
         assert time.monotonic() - start < 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--executor", "slurm"], "unknown --executor 'slurm'; known: serial, ray"),
+        (["--address", "10.0.0.1:6379"], "--address needs --executor ray"),
+    ],
+)
+def test_sweep_refuses_an_unknown_executor_or_an_address_without_ray(
+    tmp_path, args, message
+) -> None:
+    (tmp_path / "sweep.yaml").write_text("general_tasks: [ce_mini_arc_easy]\n")
+    result = CliRunner().invoke(app, ["sweep", str(tmp_path / "sweep.yaml"), *args])
+    assert result.exit_code == 2 and message in result.output
