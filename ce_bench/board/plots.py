@@ -244,18 +244,18 @@ def _quality_vs_cost(sections: list[Section]) -> Figure | None:
     section = next((s for s in sections if s.title == s.family and s.title != GENERAL), None)
     if section is None:
         return None
-    points: dict[str, list[tuple[float, float, float, str]]] = defaultdict(list)
-    for (name, place), (row, column) in summary_places(section).items():
+    points: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for (name, _), (row, column) in summary_places(section).items():
         (cost,) = method_costs({name: [row.run]}) or [None]
         cell = row.cells[column.title]
         if cost is not None and cost.compute_s and math.isfinite(cell.score.value):
             error = Z95 * (cell.score.stderr or 0.0)
-            points[name].append((cost.compute_s, cell.score.value, error, place))
+            points[name].append((cost.compute_s, cell.score.value, error))
     if not points:
         return None
     figure, ax = plt.subplots(figsize=(6, 4))
     for name, found in sorted(points.items()):
-        seconds, values, errors, _ = zip(*found, strict=True)
+        seconds, values, errors = zip(*found, strict=True)
         ax.errorbar(seconds, values, yerr=errors, fmt="o", capsize=3, label=name)
     ax.set_xscale("log")
     ax.set_xlabel("seconds per run (locating, loading, editing, answering)")
