@@ -26,6 +26,10 @@ from ce_bench.sites import Site
 from tests.conftest import tiny_model
 from tests.helpers import SWEEP_CONFIG, Interrupted, make_artifact
 
+# Ray on Linux advertises (and binds) the host's address; this makes the local instances of
+# these tests, and their workers, use and listen on loopback only. Read when ray is imported.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 # The serial sweep's cells but the lifelong one, plus an artifact located on another model.
 RAY_CONFIG = SWEEP_CONFIG.split("lifelong:")[0] + (
     "artifacts:\n  - path: {foreign}\n    tasks: [ce_mini_arc_easy]\n"
@@ -35,13 +39,8 @@ RAY_CONFIG = SWEEP_CONFIG.split("lifelong:")[0] + (
 def _start_local_ray():  # type: ignore[no-untyped-def]
     import ray
 
-    ray.init(
-        num_cpus=2,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="ERROR",
-    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
     return ray
 
 
