@@ -91,8 +91,10 @@ def _estimate(
     handles = [attach_hook(model, Site("mlp_act", layer), accumulate(layer)) for layer in layers]
     tokens = 0
     desc = f"E[kk^T] at layers {', '.join(map(str, layers))}"
+    counted = tokenizer(texts, truncation=True, max_length=MAX_TEXT_TOKENS)["input_ids"]
+    expected = min(max_tokens, sum(len(ids) for ids in counted))  # the bar ends full
     try:
-        with torch.no_grad(), tqdm(total=max_tokens, desc=desc) as bar:
+        with torch.no_grad(), tqdm(total=expected, desc=desc) as bar:
             for start in range(0, len(texts), BATCH):
                 if tokens >= max_tokens:
                     break
