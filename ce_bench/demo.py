@@ -200,7 +200,7 @@ def gate_step(
             rows.append([name, c.metric, signed(c.drop), f"{c.max_drop:g}", p, verdict])
     heads = ["edit", "metric", "drop", "allowed", "p (Holm)", "verdict"]
     title = "The gate: ce-bench regress --paired RUN (a drop fails past 'allowed' when p < 0.05)"
-    show(console, Grid(title, heads, rows, keys=1))
+    show(console, Grid(title, heads, rows, keys=2))
     for name, passed, why in decisions:
         console.print(f"{name}: {'passed' if passed else 'FAILED'}: {why}", markup=False)
     return decisions

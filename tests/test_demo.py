@@ -31,5 +31,7 @@ def test_the_demo_at_tiny_limits_prints_only_its_steps_tables_and_the_board(
     # the gate: GRACE leaves general ability alone; neuron masking breaks perplexity
     assert "grace, 2 edits: passed" in printed.out
     assert "neuron masking (SST-2 negative): FAILED: word_perplexity" in printed.out
+    # a gate table split to fit 80 columns names the metric in each part, beside its verdict
+    assert any("word_perplexity" in line and "FAIL" in line for line in lines)
     log = (tmp_path / "ce-bench.log").read_text()
     assert "Running generate_until requests" in log and "bootstrapping for stddev" in log

@@ -385,3 +385,22 @@ def test_class_steering_baselines_use_the_class_difference_of_means(tiny_llama_d
     assert ablation.kind == "directional_ablation"
     assert ablation.provenance.report["target"] == "Sports"
     build_intervention(ablation, model)  # a valid artifact of the existing kind
+
+
+def test_artifacts_located_from_shared_activations_are_charged_for_reading_them(
+    tiny_llama_dir,
+) -> None:
+    model, tokenizer = load_model(str(tiny_llama_dir), "cpu")
+    acts = training_activations(model, tokenizer, AGNEWS, 1, per_class=4)
+    acts = dataclasses.replace(acts, seconds=100.0)  # as if reading them had taken 100 s
+    config = ClassSteeringConfig(target="Sports", layer=1)
+    steer = locate_class_direction(
+        model, tokenizer, AGNEWS, config, model_name="tiny", activations=acts
+    )
+    ranges = locate_ranges(
+        model, tokenizer, AGNEWS, RangesConfig(target="Sports", layer=1), model_name="tiny",
+        activations=acts,
+    )  # fmt: skip
+    assert 100.0 <= steer.provenance.seconds < 110 and 100.0 <= ranges.provenance.seconds < 110
+    fresh = locate_class_direction(model, tokenizer, AGNEWS, config, model_name="tiny")
+    assert fresh.provenance.seconds < 100.0  # read inside the call: counted once

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -123,6 +124,7 @@ class TrainingActivations:
     h: torch.Tensor  # (examples, width)
     labels: torch.Tensor  # (examples,)
     prompts_hash: str
+    seconds: float  # reading them; charged to each artifact located from them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,14 +186,17 @@ def training_activations(
     pool = [e for e in train if e not in chosen_shots]  # a shot is not its own test
     examples = [e for c in range(len(data.classes)) for e in _of_class(pool, c)[:per_class]]
     prompts = [few_shot_prompt(data, e.text, chosen_shots) for e in examples]
+    start = time.perf_counter()
+    h = class_activations(model, tokenizer, data, examples, chosen_shots, layer)
     return TrainingActivations(
         data=data,
         layer=layer,
         source=source,
         shots=shots,
-        h=class_activations(model, tokenizer, data, examples, chosen_shots, layer),
+        h=h,
         labels=torch.tensor([e.label for e in examples]),
         prompts_hash=data_hash(*prompts),
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -217,6 +222,7 @@ def locate_ranges(
     index = data.class_index(config.target)
     layer = penultimate_layer(model) if config.layer == -1 else config.layer
     sae = config.sae
+    read_before = 0.0 if activations is None else activations.seconds  # outside `timed`
     activations = _activations_for(model, tokenizer, data, layer, config, activations)
     h, labels = activations.h, activations.labels
     if not bool((labels == index).any()):
@@ -261,6 +267,7 @@ def locate_ranges(
                 "examples_per_class": [int((labels == c).sum()) for c in range(len(data.classes))],
                 "shots": config.shots,
             },
+            seconds=read_before,
         ),
     )
 
@@ -318,6 +325,7 @@ def locate_class_direction(
     """
     index = data.class_index(config.target)
     layer = middle_layer(model) if config.layer == -1 else config.layer
+    read_before = 0.0 if activations is None else activations.seconds  # outside `timed`
     activations = _activations_for(model, tokenizer, data, layer, config, activations)
     h, labels = activations.h, activations.labels
     site = Site("resid_post", layer)
@@ -331,6 +339,7 @@ def locate_class_direction(
         steer.provenance,
         method="class-steering",
         report={**steer.provenance.report, **report},
+        seconds=read_before,
     )
     kind = config.kind
     if kind == "steer":
