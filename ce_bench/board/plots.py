@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend is chosen first)
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
 
 from ce_bench.board.cost import method_costs  # noqa: E402
 from ce_bench.board.leaderboard import Cell, Row, Section, as_number, summary_places  # noqa: E402
@@ -257,7 +258,11 @@ def _quality_vs_cost(sections: list[Section]) -> Figure | None:
     for name, found in sorted(points.items()):
         seconds, values, errors = zip(*found, strict=True)
         ax.errorbar(seconds, values, yerr=errors, fmt="o", capsize=3, label=name)
-    ax.set_xscale("log")
+    every = [s for found in points.values() for s, _, _ in found]
+    if max(every) > 10 * min(every):  # a log axis only where costs span decades
+        ax.set_xscale("log")
+        for set_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            set_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))  # "20"
     ax.set_xlabel("seconds per run (locating, loading, editing, answering)")
     ax.set_ylabel(section.rank_by.metric)
     ax.set_title(f"{section.title}: quality vs cost")
