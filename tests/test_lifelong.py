@@ -344,6 +344,25 @@ def test_wise_trains_the_shard_mask_within_the_norm_constraint(tiny) -> None:
     assert len(editor.templates) == 11  # "{}" and 10 generated contexts
 
 
+def test_wise_scores_a_long_pass_by_its_top_token_only_at_inference(tiny) -> None:
+    """EasyEdit's `euc`: an edit's threshold comes from mean scores whatever its rows' length;
+    a top-1 threshold would route no shorter input (seen on the long hallucination records)."""
+    model, _ = tiny
+    editor = new_editor("wise", model, {"layer": 1})
+    out = torch.zeros(1, 150, 8)
+    side = torch.zeros(1, 150, 8)
+    side[0, 0, 0] = 30.0  # one token far from W_down's output, the rest unchanged
+    mask = torch.ones(1, 150, dtype=torch.bool)
+    top = float(editor.scores(out, side, mask, inference=True)[0])
+    mean = float(editor.scores(out, side, mask, inference=False)[0])
+    assert top == pytest.approx(
+        float(editor.act(torch.tensor(30.0)) - editor.act(torch.tensor(0.0)))
+    )
+    assert mean == pytest.approx(top / 150)
+    short = float(editor.scores(out[:, :100], side[:, :100], mask[:, :100], inference=True)[0])
+    assert short == pytest.approx(top / 100)  # 100 tokens or fewer: the mean at inference too
+
+
 def test_wise_routes_a_row_to_a_side_memory_only_at_or_above_its_threshold(tiny) -> None:
     model, tokenizer = tiny
     editor = new_editor("wise", model, {"layer": 1})

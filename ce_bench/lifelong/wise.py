@@ -2,9 +2,10 @@
 layer L, and a router sends each input to the main memory (W_down) or to one side memory.
 
 Activation score. For W_down's input x (the FFN activation) and a side memory W', the score of
-an input is the mean over its tokens of ||act(W' x) - act(W x)||_2 (the top-1 token instead
-when a forward pass holds more than 100 tokens), `act` being the model's MLP activation
-function; this is EasyEdit's implementation, which MicroEdit ran.
+an input is the mean over its tokens of ||act(W' x) - act(W x)||_2 (at inference, the top-1
+token instead when a forward pass holds more than 100 tokens; training always takes the mean),
+`act` being the model's MLP activation function; this is EasyEdit's implementation, which
+MicroEdit ran.
 
 Editing one record (EasyEdit's WISE; defaults of its LLaMA-2-7B / Mistral-7B configurations):
 - Rows: the edit "prompt target" behind each of 11 context templates ("{}" and 10 short texts
@@ -60,7 +61,7 @@ from ce_bench.sites import Site, model_dims, module_path
 WISE_DEPTH = 27 / 32  # EasyEdit's WISE edits layers[27].mlp.down_proj of LLaMA-2-7B / Mistral-7B
 TEMPLATE_STARTS = ("I", "You", "Because", "Yes", "Q: ")  # EasyEdit's context template prompts
 TEMPLATE_LENGTHS = (5, 10)  # new tokens: 5 templates of each length
-LONG_INPUT = 100  # tokens; longer forward passes are scored by their top-1 token
+LONG_INPUT = 100  # tokens; longer forward passes at inference are scored by their top-1 token
 STOP_LOSS, STOP_CHANGE = 0.02, 1e-4  # EasyEdit's early stop: loss low and no longer changing
 WEIGHT_DECAY = 1e-5  # EasyEdit's SGD
 # min_act of a memory that has no edit yet: no activation reaches it. Finite (not inf), because
@@ -133,13 +134,15 @@ class Wise(Editor):
 
     # ------------------------------------------------------------------ scores and routing
     def scores(
-        self, out: torch.Tensor, side: torch.Tensor, mask: torch.Tensor | None
+        self, out: torch.Tensor, side: torch.Tensor, mask: torch.Tensor | None, *, inference: bool
     ) -> torch.Tensor:
-        """Per row, the activation score of a side memory's output against W_down's output."""
+        """Per row, the activation score of a side memory's output against W_down's output.
+        Only at inference does a long pass score by its top token (EasyEdit's `euc(...,
+        infer=True)`): an edit's threshold comes from mean scores however long its rows are."""
         gap = (self.act(side.float()) - self.act(out.float())).norm(dim=-1)  # (batch, seq)
         if mask is None:
             mask = torch.ones_like(gap, dtype=torch.bool)
-        if gap.shape[1] > LONG_INPUT:
+        if inference and gap.shape[1] > LONG_INPUT:
             return gap.masked_fill(~mask, 0).max(-1).values
         return (gap * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
@@ -165,7 +168,7 @@ class Wise(Editor):
                 if not torch.isfinite(threshold):
                     continue
                 side = output + x @ delta.to(x.dtype).T
-                score = self.scores(output, side, mask)
+                score = self.scores(output, side, mask, inference=True)
                 take = (score >= threshold) & (score > best)
                 routed[take] = side[take]
                 best = torch.where(take, score, best)
@@ -250,7 +253,8 @@ class Wise(Editor):
         per_row = torch.zeros(len(batch.labels), device=nll.device).index_add_(0, rows, nll)
         counts = torch.bincount(rows, minlength=len(batch.labels))
         edit_loss = (per_row[:-1] / counts[:-1]).mean()
-        score = self.scores(state["original"], state["side"], batch.attention_mask.bool())
+        mask = batch.attention_mask.bool()
+        score = self.scores(state["original"], state["side"], mask, inference=False)
         state["in_scope"] = score[:-1].detach()
         edit, irr = score[:-1], score[-1]
         p = self.params
