@@ -3,6 +3,7 @@ the metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -633,3 +634,10 @@ def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
 
     monkeypatch.setattr("ce_bench.reports.lifelong._run_cell", must_not_run)
     assert run_lifelong_report(config) == [cell]
+    # a finished MEND cell renders again without a trained network in $CE_BENCH_HOME
+    monkeypatch.setenv("CE_BENCH_HOME", str(tmp_path / "no-networks"))
+    results = json.loads((tmp_path / "results.json").read_text())
+    mend = {**cell, "key": {**cell["key"], "editor": "mend"}}
+    results["cells"].append(mend)
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert run_lifelong_report(dataclasses.replace(config, editors=("mend",))) == [mend]

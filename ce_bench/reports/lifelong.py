@@ -92,14 +92,16 @@ def run_lifelong_report(
     if config.edits not in TABLES:
         raise ValueError(f"edits must be one of {', '.join(TABLES)}, got {config.edits!r}")
     config = replace(config, num_edits=config.num_edits or NUM_EDITS[config.edits])
-    for spec in config.editors:
-        name, params = parse_editor(spec)
-        if name == "mend" and not params.get("mend_path"):
-            _check_trained_mend(config.model)
     console = console or Console()
     path = config.out / "results.json"
     done = json.loads(path.read_text())["cells"] if config.resume and path.exists() else []
     plan = [(t, spec) for t in config.num_edits for spec in config.editors]
+    finished = [c["key"] for c in done]
+    for t, spec in plan:
+        name, params = parse_editor(spec)
+        missing = _cell_key(config, spec, t) not in finished
+        if missing and name == "mend" and not params.get("mend_path"):
+            _check_trained_mend(config.model)  # before any cell runs
     cells = []
     with step_progress(console) as progress:
         bar = progress.add_task("lifelong cells", total=len(plan), detail="")
