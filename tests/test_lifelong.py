@@ -624,6 +624,8 @@ def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
     assert change["delta"] == pytest.approx(metrics["rel"] - metrics["rel_base"])
     assert change["n"] == 1 and change_text(change).endswith("(1 record)")  # no interval
     assert change_text({**change, "n": 5, "ci": [-0.1, 0.3]}).endswith("[-0.10, +0.30]")
+    collapsed = {"delta": 2.587e8, "ci": [4.2e7, 6.3e8], "n": 10}  # MEND's PPL after 10 edits
+    assert change_text(collapsed) == "+2.59e+08 [+4.2e+07, +6.3e+08]"
     assert 0 <= cell["metrics"]["rel"] <= 1 and "rel_base" in cell["metrics"]
     table = (tmp_path / "table.md").read_text()
     assert "| unedited |" in table and "| grace:layer=1,steps=1 |" in table

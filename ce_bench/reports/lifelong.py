@@ -242,15 +242,21 @@ def paired_changes(records: list[dict[str, Any]], edits: str) -> dict[str, dict[
     return changes
 
 
+def number(value: float, sign: str = "") -> str:
+    """A table entry: two decimals, or three significant digits once it is out of the metrics'
+    usual range (a collapsed editor's perplexity, 2.59e+08), so the column stays narrow."""
+    return f"{value:{sign}.3g}" if abs(value) >= 1e4 else f"{value:{sign}.2f}"
+
+
 def change_text(change: dict[str, Any] | None) -> str:
     """'+0.35 [+0.10, +0.60]'; without an interval for one record (nothing to resample), '–'
     for a cell run before changes were recorded."""
     if change is None:
         return "–"
     if change.get("n", 2) < 2:
-        return f"{change['delta']:+.2f} (1 record)"
+        return f"{number(change['delta'], '+')} (1 record)"
     low, high = change["ci"]
-    return f"{change['delta']:+.2f} [{low:+.2f}, {high:+.2f}]"
+    return f"{number(change['delta'], '+')} [{number(low, '+')}, {number(high, '+')}]"
 
 
 CHANGES_NOTE = (
@@ -282,7 +288,7 @@ def _rows(cells: list[dict[str, Any]], config: LifelongReportConfig) -> list[lis
     ) -> list[str]:
         if cell is None:
             return ["–"] * len(columns)
-        return [f"{read(cell['metrics'], k):.2f}" for k in columns]
+        return [number(read(cell["metrics"], k)) for k in columns]
 
     first = [next((c for c in cells if c["key"]["num_edits"] == t), None) for t in config.num_edits]
     rows = [["unedited", *[v for cell in first for v in values(cell, unedited)]]]
