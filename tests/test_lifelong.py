@@ -28,6 +28,7 @@ from ce_bench.reports.lifelong import (
     change_text,
     parse_editor,
     run_lifelong_report,
+    runs_dir,
     stream_grids,
 )
 from ce_bench.scoring import TokenScore, score_tokens
@@ -160,6 +161,28 @@ def test_microedit_moves_only_the_decoder_rows_the_edit_activates(tiny, topk_sae
     finally:
         for h in handles:
             h.remove()
+
+
+def test_microedit_continues_from_its_progress_with_the_rows_earlier_edits_moved(
+    tiny, topk_sae_dir
+) -> None:
+    model, tokenizer = tiny
+    params = {"sae_path": str(topk_sae_dir), "reg_steps": 2, "edit_steps": 2}
+    first = new_editor("microedit", model, params)
+    handles = first.attach(model, Switch())
+    try:
+        for record in (RECORD, RECORD):
+            first.apply_edit(model, tokenizer, record)
+    finally:
+        for h in handles:
+            h.remove()
+    tensors, info = first.progress()
+    second = new_editor("microedit", model, params)
+    second.resume(tensors, info, 2)
+    assert second.edits_applied == 2 and torch.equal(
+        second.tensors["w_dec"], first.tensors["w_dec"]
+    )
+    assert torch.equal(torch.stack(second.rows_moved), torch.stack(first.rows_moved))
 
 
 def test_row_overlap_is_the_mean_jaccard_share_over_pairs_of_edits() -> None:
@@ -627,6 +650,8 @@ def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
     collapsed = {"delta": 2.587e8, "ci": [4.2e7, 6.3e8], "n": 10}  # MEND's PPL after 10 edits
     assert change_text(collapsed) == "+2.59e+08 [+4.2e+07, +6.3e+08]"
     assert 0 <= cell["metrics"]["rel"] <= 1 and "rel_base" in cell["metrics"]
+    progress = runs_dir(config, "grace:layer=1,steps=1", 1) / "progress"
+    assert [p.name for p in progress.iterdir()] == ["after-1"]  # a cut-off cell continues here
     table = (tmp_path / "table.md").read_text()
     assert "| unedited |" in table and "| grace:layer=1,steps=1 |" in table
     assert "Change from the unedited model at T=1:" in table and "| editor | ΔRel. |" in table

@@ -13,7 +13,7 @@ import ce_bench.lifelong.covariance as covariance
 from ce_bench.artifacts import load_artifact
 from ce_bench.embedded import load_model
 from ce_bench.interventions import InterventionSet, save_intervention
-from ce_bench.lifelong import load_stream, new_editor
+from ce_bench.lifelong import LifelongSession, load_stream, new_editor
 from ce_bench.lifelong.editor import edit_batch, target_loss
 from ce_bench.lifelong.memit import alphaedit_update, memit_update, null_space_projection
 from ce_bench.lifelong.mend import (
@@ -253,6 +253,74 @@ def test_an_edit_changes_w_down_as_its_method_says_switches_off_exactly_and_relo
         assert torch.equal(model(ids).logits, plain)
         with InterventionSet.attach(model, [load_artifact(path)]):
             torch.testing.assert_close(model(ids).logits, on)
+
+
+RESUMED = {  # editors whose continuation needs more than their state
+    "alphaedit": TINY["alphaedit"][0],  # the edited keys
+    "rome": TINY["rome"][0],  # the sampled context templates
+    "wise": {"layer": 1, "steps": 2, "save_freq": 2, "merge_freq": 4},  # the edit count, templates
+    "grace": {"layer": 1, "steps": 2},  # a codebook that grows
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RESUMED))
+def test_a_stream_cut_off_after_an_edit_continues_there_and_ends_where_an_uncut_one_does(
+    kind: str, embedded_tokenizer, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.setattr(covariance, "texts_for", lambda *args: TEXTS)
+    monkeypatch.setenv("CE_BENCH_HOME", str(tmp_path))
+    model = tiny_model_with_vocab("llama", len(embedded_tokenizer))
+    stream = load_stream("zsre", 3)
+
+    def run(progress=None, cut_after: int | None = None):  # type: ignore[no-untyped-def]
+        torch.manual_seed(5)  # the same random state for every run (the tiny model samples)
+        editor = new_editor(kind, model, RESUMED[kind])
+        if cut_after is not None:
+            edit, calls = editor.apply_edit, []
+
+            def cut(*args):  # type: ignore[no-untyped-def]
+                if len(calls) == cut_after:
+                    raise KeyboardInterrupt  # the machine's time slot ends
+                calls.append(1)
+                return edit(*args)
+
+            editor.apply_edit = cut  # type: ignore[method-assign]
+        with InterventionSet(model) as edits:
+            edits.add(editor)
+            session = LifelongSession(
+                editor, stream, model, embedded_tokenizer, "end", False, progress
+            )
+            return editor.progress(), session
+
+    (uncut, uncut_info), _ = run()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "progress", cut_after=2)
+    assert [p.name for p in (tmp_path / "progress").iterdir()] == ["after-2"]
+    (resumed, resumed_info), session = run(tmp_path / "progress")
+    assert session.editor.edits_applied == 3 and len(session.edit_stats) == 3
+    assert resumed.keys() == uncut.keys()
+    for name in uncut:  # up to rounding: W_down + delta is rebuilt from the saved delta
+        torch.testing.assert_close(resumed[name], uncut[name], rtol=0, atol=1e-6)
+    assert resumed_info == uncut_info
+    assert [p.name for p in (tmp_path / "progress").iterdir()] == ["after-3"]
+
+
+def test_saved_progress_of_another_run_is_refused(embedded_tokenizer, tmp_path) -> None:
+    model = tiny_model_with_vocab("llama", len(embedded_tokenizer))
+    stream = load_stream("zsre", 1)
+    for steps in (2, 3):
+        editor = new_editor("grace", model, {"layer": 1, "steps": steps})
+        with InterventionSet(model) as edits:
+            edits.add(editor)
+            if steps == 2:
+                LifelongSession(editor, stream, model, embedded_tokenizer, "end", False, tmp_path)
+            else:
+                with pytest.raises(ValueError, match="made by another run"):
+                    LifelongSession(
+                        editor, stream, model, embedded_tokenizer, "end", False, tmp_path
+                    )
+    with pytest.raises(ValueError, match="resume_edits= continues an interrupted stream"):
+        LifelongSession(editor, stream, model, embedded_tokenizer, "immediate", False, tmp_path)
 
 
 @pytest.mark.slow

@@ -56,14 +56,16 @@ def start_session(
     eval_at: str,
     model: torch.nn.Module,
     tokenizer: Any,
+    progress_dir: str | None = None,
 ) -> LifelongSession:
     """The session of a model built with `editor=` (`fresh`) or with a saved edited state among
-    the `loaded` artifacts; its stream is `edits` cut to `num_edits`."""
+    the `loaded` artifacts; its stream is `edits` cut to `num_edits`, continued from
+    `progress_dir` if an earlier run saved its progress there."""
     if not edits:
         raise ValueError("a lifelong run needs edits= (zsre, selfcheckgpt, or a file)")
     stream = load_stream(edits, num_edits)
     if fresh is not None:
-        return LifelongSession(fresh, stream, model, tokenizer, eval_at)
+        return LifelongSession(fresh, stream, model, tokenizer, eval_at, progress_dir=progress_dir)
     saved = [(a, i) for a, i in loaded if isinstance(i, Editor)]
     if len(saved) != 1:
         raise ValueError(
@@ -79,4 +81,6 @@ def start_session(
             f" edits={edits!r} num_edits={num_edits} is stream {stream.digest}"
         )
     editor.edits_applied = recorded.get("num_edits", 0)
-    return LifelongSession(editor, stream, model, tokenizer, eval_at, edited_already=True)
+    return LifelongSession(
+        editor, stream, model, tokenizer, eval_at, edited_already=True, progress_dir=progress_dir
+    )

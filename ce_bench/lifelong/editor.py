@@ -9,7 +9,10 @@ switched ON/OFF per request) with three more things:
   and return a few numbers about it (losses, steps);
 - `reset()`: back to the state it was built with (`eval_at=immediate` replays the stream);
 - `state()` / `load_state(tensors)`: what its answers depend on, kept at a checkpoint of a
-  retention curve and put back to answer there.
+  retention curve and put back to answer there;
+- `progress()` / `resume(...)`: the state plus whatever later edits read (AlphaEdit's edited
+  keys, ROME's context templates), so that a stream cut off after k edits continues from edit
+  k + 1 (`resume_edits=DIR`) and ends where an uncut one would.
 
 With the switch OFF an editor changes nothing, so the unedited model's answers (Locality's
 pre-edit predictions) come from the same loaded model in the same run. Its state is
@@ -109,6 +112,18 @@ class Editor(Intervention):
         Fisher, AlphaEdit's edited keys) is not part of it: `reset()` clears that."""
         device = next((v.device for v in self.tensors.values()), None)  # attached: the model's
         self.tensors = {k: v.to(device, copy=True) for k, v in tensors.items()}
+
+    def progress(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """What continuing the stream from here needs: tensors (the state and more) and JSON-able
+        values; None for an editor that cannot continue a stream (it edits from the start)."""
+        return self.state(), {}
+
+    def resume(
+        self, tensors: dict[str, torch.Tensor], info: dict[str, Any], edits_applied: int
+    ) -> None:
+        """Continue from a `progress()` saved after `edits_applied` edits."""
+        self.load_state({k: tensors[k] for k in self.tensors})
+        self.edits_applied = edits_applied
 
     def to_artifact(self, model: nn.Module, model_name: str, stream: EditStream) -> Artifact:
         """The edited state after `stream`, as an artifact that loads without editing again."""

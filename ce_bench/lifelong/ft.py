@@ -67,6 +67,11 @@ class FineTune(WeightDeltaEditor):
         self.fisher: torch.Tensor | None = None
         self.anchor: torch.Tensor | None = None
 
+    def progress(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """FT continues from its weights alone; FT-EWC would need its earlier edits' batches
+        too, and at a few seconds per edit it simply edits from the start again."""
+        return None if self.params.ewc_lambda else super().progress()
+
     def apply_edit(self, model: nn.Module, tokenizer: Any, record: EditRecord) -> dict[str, float]:
         weight = self.swapped[0].weight
         batch = edit_batch(tokenizer, record, weight.device)

@@ -158,6 +158,16 @@ class AlphaEdit(MEMIT):
         if hasattr(self, "edited_keys"):
             self.edited_keys = [torch.zeros_like(k) for k in self.edited_keys]
 
+    def progress(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, info = super().progress()
+        return {**tensors, "edited_keys": torch.stack(self.edited_keys)}, info
+
+    def resume(
+        self, tensors: dict[str, torch.Tensor], info: dict[str, Any], edits_applied: int
+    ) -> None:
+        super().resume(tensors, info, edits_applied)
+        self.edited_keys = list(tensors["edited_keys"])
+
 
 def memit_update(
     keys: torch.Tensor, residual: torch.Tensor, moment: torch.Tensor, weight: float

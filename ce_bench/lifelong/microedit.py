@@ -136,6 +136,20 @@ class MicroEdit(Editor):
         super().reset()
         self.rows_moved: list[torch.Tensor] = []  # per edit, the decoder rows it trained
 
+    def progress(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, info = super().progress()
+        rows = torch.zeros(0, len(self.tensors["w_dec"]), dtype=torch.bool)
+        return {
+            **tensors,
+            "rows_moved": torch.stack(self.rows_moved) if self.rows_moved else rows,
+        }, info
+
+    def resume(
+        self, tensors: dict[str, torch.Tensor], info: dict[str, Any], edits_applied: int
+    ) -> None:
+        super().resume(tensors, info, edits_applied)
+        self.rows_moved = list(tensors["rows_moved"])
+
     def start_stream(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> None:
         if self.params.tau < 0:
             self.tau = TAU_MANY if len(records) >= MANY_EDITS else TAU_FEW

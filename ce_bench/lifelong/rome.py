@@ -102,6 +102,16 @@ class KeyValueEditor(WeightDeltaEditor):
     def prepare(self) -> None:  # noqa: B027 (optional override)
         """What the updates need besides C (AlphaEdit: its projections)."""
 
+    def progress(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, info = super().progress()  # the templates were sampled: keep the same ones
+        return tensors, {**info, "templates": self.context_templates}
+
+    def resume(
+        self, tensors: dict[str, torch.Tensor], info: dict[str, Any], edits_applied: int
+    ) -> None:
+        super().resume(tensors, info, edits_applied)
+        self.context_templates = list(info["templates"])
+
     def stream_report(
         self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]
     ) -> dict[str, Any]:

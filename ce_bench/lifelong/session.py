@@ -18,19 +18,29 @@ When requests are answered (`eval_at`):
   tasks ask about the records edited so far (index < c) at each checkpoint.
 
 Requests about no record (side-effect tasks) are always answered after the last edit.
+
+With `progress_dir` (`resume_edits=DIR`, for `end`), the editor's `progress()` is saved there
+after every edit as an artifact (`after-<k>/`); a session started again with the same editor,
+parameters and stream continues after edit k instead of editing from the start, so a stream
+longer than a machine's time slot still finishes.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ce_bench import pairing
+from ce_bench.artifacts import load_artifact, save_artifact
 from ce_bench.lifelong.editor import Editor
 from ce_bench.lifelong.records import EditStream
 
@@ -75,6 +85,7 @@ class LifelongSession:
         tokenizer: Any,
         eval_at: str = "end",
         edited_already: bool = False,
+        progress_dir: str | Path | None = None,
     ) -> None:
         self.checkpoints = checkpoints(eval_at, len(stream.records))
         if edited_already and (eval_at == "immediate" or self.checkpoints[:-1]):
@@ -82,6 +93,12 @@ class LifelongSession:
                 f"eval_at={eval_at} answers between edits: give editor=..., not a saved edited"
                 " state (intervention=DIR)"
             )
+        if progress_dir is not None and (edited_already or str(eval_at) != "end"):
+            raise ValueError(
+                "resume_edits= continues an interrupted stream: it goes with editor=... and"
+                f" eval_at=end, not with eval_at={eval_at} or a saved edited state"
+            )
+        self.progress_dir = Path(progress_dir) if progress_dir is not None else None
         self.editor, self.stream, self.eval_at = editor, stream, str(eval_at)
         self.model, self.tokenizer = model, tokenizer
         self.states: dict[int, dict[str, torch.Tensor]] = {}  # checkpoint -> editor state
@@ -96,20 +113,77 @@ class LifelongSession:
         """Reset the editor and apply every edit in order, keeping the state at each checkpoint
         before the last edit; `after_each(t)` runs after edit t."""
         self.editor.reset()
-        stats, start = [], time.perf_counter()
+        done, stats, earlier_seconds = self._resume()
+        start = time.perf_counter()
         count = len(self.stream.records)
-        bar = tqdm(self.stream.records, desc=f"{self.editor.kind} edits", unit="edit")
-        for t, record in enumerate(bar):
+        bar = tqdm(
+            self.stream.records[done:],
+            desc=f"{self.editor.kind} edits",
+            unit="edit",
+            initial=done,
+            total=count,
+        )
+        for t, record in enumerate(bar, start=done):
             stats.append(self.editor.apply_edit(self.model, self.tokenizer, record))
             bar.set_postfix({k: f"{v:.3g}" for k, v in stats[-1].items()})
             if t + 1 in self.checkpoints and t + 1 < count:
                 self.states[t + 1] = self.editor.state()
             if after_each is not None:
                 after_each(t)
-        self.edit_stats, self.edit_seconds = stats, time.perf_counter() - start
+            self._save_progress(stats, earlier_seconds + time.perf_counter() - start)
+        self.edit_stats = stats
+        self.edit_seconds = earlier_seconds + time.perf_counter() - start
         self.after_stream = self.editor.stream_report(
             self.model, self.tokenizer, self.stream.records
         )
+
+    def _save_progress(self, stats: list[dict[str, float]], seconds: float) -> None:
+        """Save where the stream is (`after-<k>/`, then drop the older one), if asked to."""
+        progress = self.editor.progress() if self.progress_dir is not None else None
+        if self.progress_dir is None or progress is None:
+            return
+        tensors, info = progress
+        artifact = self.editor.to_artifact(self.model, self.model.name_or_path, self.stream)
+        report = {
+            **artifact.provenance.report,
+            "session": self._session_json(),
+            "edit_stats": stats,
+            "edit_seconds": seconds,
+            "info": info,
+        }
+        artifact = replace(
+            artifact, tensors=tensors, provenance=replace(artifact.provenance, report=report)
+        )
+        newest = f"after-{self.editor.edits_applied}"
+        save_artifact(artifact, self.progress_dir / newest)
+        for older in self.progress_dir.glob("after-*"):
+            if older.name != newest:
+                shutil.rmtree(older)
+
+    def _resume(self) -> tuple[int, list[dict[str, float]], float]:
+        """(edits done, their stats, their seconds) from the newest saved progress, after
+        putting the editor in that state; nothing done if there is none."""
+        saved = sorted(
+            (self.progress_dir.glob("after-*") if self.progress_dir else []),
+            key=lambda path: int(path.name.removeprefix("after-")),
+        )
+        if not saved:
+            return 0, [], 0.0
+        artifact = load_artifact(saved[-1])
+        report = artifact.provenance.report
+        if report.get("session") != self._session_json():
+            raise ValueError(
+                f"{saved[-1]}: the edits saved there were made by another run"
+                f" ({report.get('session')}), not by {self._session_json()}; remove the"
+                " directory or give another resume_edits="
+            )
+        done = int(report["edits_applied"])
+        self.editor.resume(artifact.tensors, report["info"], done)
+        return done, list(report["edit_stats"]), float(report["edit_seconds"])
+
+    def _session_json(self) -> dict[str, Any]:
+        """`key()` as it reads back from JSON (what saved progress is compared with)."""
+        return json.loads(json.dumps(self.key(), default=str))
 
     def check(self, tags: Sequence[dict[str, Any]]) -> None:
         """Fail if any request is about a record that is not in this model's edit stream."""

@@ -176,6 +176,16 @@ class Wise(Editor):
 
         return [module.register_forward_hook(hook)]
 
+    def progress(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, info = super().progress()  # templates made by the unedited model, kept
+        return tensors, {**info, "templates": self.templates}
+
+    def resume(
+        self, tensors: dict[str, torch.Tensor], info: dict[str, Any], edits_applied: int
+    ) -> None:
+        super().resume(tensors, info, edits_applied)
+        self.templates = info["templates"]
+
     # ------------------------------------------------------------------ editing
     def _templates(self, model: nn.Module, tokenizer: Any) -> list[str]:
         """The context templates: "{}" and the unedited model's greedy continuations of a few

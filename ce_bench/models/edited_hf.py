@@ -84,6 +84,9 @@ class EditedHFLM(HFLM):
             edited by then, after c edits, as rel@c ...; one pass over the stream).
         save_edits: a directory to save the edited state to (load it with intervention=DIR and
             the same edits= and num_edits=, without editing again).
+        resume_edits: a directory where the stream's progress is saved after every edit; a run
+            started again with the same editor, parameters and stream continues after the
+            last saved edit (eval_at=end; FT-EWC always edits from the start).
         any field of the editor's parameters (e.g. layer=20, lr=1e-4), over the paper's
             defaults; all of them are written into the results.
     """
@@ -101,6 +104,7 @@ class EditedHFLM(HFLM):
         num_edits: int | None = None,
         eval_at: str | int = "end",
         save_edits: str | None = None,
+        resume_edits: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.cost = CostMeter()  # from here: loading and editing count in the run's wall time
@@ -133,6 +137,7 @@ class EditedHFLM(HFLM):
                     eval_at,
                     self.model,
                     self.tokenizer,
+                    resume_edits,
                 )
                 if save_edits:
                     art = self.lifelong.editor.to_artifact(

@@ -5,7 +5,9 @@ For every T and every editor, one lm-eval run of `zsre_lifelong` (Rel, Gen, Loc,
 scored after the last edit (`eval_at=end`, MicroEdit's protocol). The unedited model's values
 come from the same runs (the editor switched off). Each cell runs in a fresh process, so its
 peak memory is its own, and is written to `results.json` at once; a cell already there with the
-same settings is not run again, so an interrupted report resumes where it stopped. Each cell's
+same settings is not run again, so an interrupted report resumes where it stopped; a cell cut
+off mid-stream continues after its last edit (saved in `out/runs/<editor>-T<T>/progress/`,
+`resume_edits=`), so a cell longer than a machine's time slot still finishes. Each cell's
 lm-eval results and samples are kept under `out/runs/<editor>-T<T>/`, with the side-effect
 tasks (`side_tasks`, on the model with all T edits) beside them when asked for.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -175,6 +178,9 @@ def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
     name, params = parse_editor(spec)
     task = TABLES[config.edits][0]
     start = time.perf_counter()
+    runs = runs_dir(config, spec, num_edits)
+    if not config.resume:  # start the stream again too
+        shutil.rmtree(runs / "progress", ignore_errors=True)
     lm = EditedHFLM(
         pretrained=config.model,
         editor=name,
@@ -182,11 +188,11 @@ def _evaluate(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
         num_edits=num_edits,
         eval_at=config.eval_at,
         batch_size=config.batch_size,
+        resume_edits=str(runs / "progress") if config.eval_at == "end" else None,
         **params,
     )
     try:
         metadata = {"edits": config.edits, "num_edits": num_edits, "eval_at": config.eval_at}
-        runs = runs_dir(config, spec, num_edits)
         results = evaluate(lm, [task], metadata=metadata, stderr=False, samples=True, out_dir=runs)
         if config.side_tasks:  # on the model with all T edits applied
             side = list(config.side_tasks)
