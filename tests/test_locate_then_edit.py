@@ -260,6 +260,7 @@ RESUMED = {  # editors whose continuation needs more than their state
     "rome": TINY["rome"][0],  # the sampled context templates
     "wise": {"layer": 1, "steps": 2, "save_freq": 2, "merge_freq": 4},  # the edit count, templates
     "grace": {"layer": 1, "steps": 2},  # a codebook that grows
+    "mend": TINY["mend"][0],  # the network it edits with
 }
 
 
@@ -271,10 +272,14 @@ def test_a_stream_cut_off_after_an_edit_continues_there_and_ends_where_an_uncut_
     monkeypatch.setenv("CE_BENCH_HOME", str(tmp_path))
     model = tiny_model_with_vocab("llama", len(embedded_tokenizer))
     stream = load_stream("zsre", 3)
+    params = dict(RESUMED[kind])
+    if kind == "mend":
+        untrained_mend(model, params["layers"], tmp_path / "net")
+        params["mend_path"] = str(tmp_path / "net")
 
     def run(progress=None, cut_after: int | None = None):  # type: ignore[no-untyped-def]
         torch.manual_seed(5)  # the same random state for every run (the tiny model samples)
-        editor = new_editor(kind, model, RESUMED[kind])
+        editor = new_editor(kind, model, params)
         if cut_after is not None:
             edit, calls = editor.apply_edit, []
 
@@ -295,7 +300,7 @@ def test_a_stream_cut_off_after_an_edit_continues_there_and_ends_where_an_uncut_
     (uncut, uncut_info), _ = run()
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "progress", cut_after=2)
-    assert [p.name for p in (tmp_path / "progress").iterdir()] == ["after-2"]
+    assert [p.name for p in (tmp_path / "progress").iterdir()] == ["after-2"]  # complete ones
     (resumed, resumed_info), session = run(tmp_path / "progress")
     assert session.editor.edits_applied == 3 and len(session.edit_stats) == 3
     assert resumed.keys() == uncut.keys()
@@ -321,6 +326,11 @@ def test_saved_progress_of_another_run_is_refused(embedded_tokenizer, tmp_path) 
                     )
     with pytest.raises(ValueError, match="resume_edits= continues an interrupted stream"):
         LifelongSession(editor, stream, model, embedded_tokenizer, "immediate", False, tmp_path)
+    other = tiny_model_with_vocab("gemma2", len(embedded_tokenizer))  # another model
+    editor = new_editor("grace", other, {"layer": 1, "steps": 2})
+    with InterventionSet(other) as edits, pytest.raises(ValueError, match="model"):
+        edits.add(editor)
+        LifelongSession(editor, stream, other, embedded_tokenizer, "end", False, tmp_path)
 
 
 @pytest.mark.slow

@@ -243,6 +243,20 @@ class MEND(WeightDeltaEditor):
         self.net_path = self._net_path(model)
         self.net: MENDNet | None = None  # loaded at the first edit (a saved state needs none)
 
+    def progress(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, info = super().progress()
+        return tensors, {**info, "mend_path": str(self.net_path)}
+
+    def resume(
+        self, tensors: dict[str, torch.Tensor], info: dict[str, Any], edits_applied: int
+    ) -> None:
+        if info["mend_path"] != str(self.net_path):  # a network trained since: not one stream
+            raise ValueError(
+                f"the saved edits were made with the MEND network {info['mend_path']}, this run"
+                f" would continue with {self.net_path}; give mend_path= or start again"
+            )
+        super().resume(tensors, info, edits_applied)
+
     def _load_net(self, model: nn.Module) -> MENDNet:
         net, self.net_description = MENDNet.load(self.net_path)
         expected, got = shape_for(model, len(self.layers)), net.shape

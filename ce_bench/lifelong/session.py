@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ce_bench import pairing
-from ce_bench.artifacts import load_artifact, save_artifact
+from ce_bench.artifacts import check_model, load_artifact, save_artifact
 from ce_bench.lifelong.editor import Editor
 from ce_bench.lifelong.records import EditStream
 
@@ -114,7 +114,7 @@ class LifelongSession:
         before the last edit; `after_each(t)` runs after edit t."""
         self.editor.reset()
         done, stats, earlier_seconds = self._resume()
-        start = time.perf_counter()
+        start, self.saving_seconds = time.perf_counter(), 0.0
         count = len(self.stream.records)
         bar = tqdm(
             self.stream.records[done:],
@@ -130,18 +130,24 @@ class LifelongSession:
                 self.states[t + 1] = self.editor.state()
             if after_each is not None:
                 after_each(t)
-            self._save_progress(stats, earlier_seconds + time.perf_counter() - start)
+            self._save_progress(stats, earlier_seconds + self._editing_since(start))
         self.edit_stats = stats
-        self.edit_seconds = earlier_seconds + time.perf_counter() - start
+        self.edit_seconds = earlier_seconds + self._editing_since(start)
         self.after_stream = self.editor.stream_report(
             self.model, self.tokenizer, self.stream.records
         )
 
+    def _editing_since(self, start: float) -> float:
+        """Seconds spent editing since `start`, without saving progress."""
+        return time.perf_counter() - start - self.saving_seconds
+
     def _save_progress(self, stats: list[dict[str, float]], seconds: float) -> None:
-        """Save where the stream is (`after-<k>/`, then drop the older one), if asked to."""
+        """Save where the stream is, if asked to: into a new folder that becomes `after-<k>/`
+        only once complete, then drop the older one (a run cut off while saving keeps it)."""
         progress = self.editor.progress() if self.progress_dir is not None else None
         if self.progress_dir is None or progress is None:
             return
+        begun = time.perf_counter()
         tensors, info = progress
         artifact = self.editor.to_artifact(self.model, self.model.name_or_path, self.stream)
         report = {
@@ -154,22 +160,29 @@ class LifelongSession:
         artifact = replace(
             artifact, tensors=tensors, provenance=replace(artifact.provenance, report=report)
         )
-        newest = f"after-{self.editor.edits_applied}"
-        save_artifact(artifact, self.progress_dir / newest)
-        for older in self.progress_dir.glob("after-*"):
-            if older.name != newest:
-                shutil.rmtree(older)
+        newest = self.progress_dir / f"after-{self.editor.edits_applied}"
+        writing = self.progress_dir / f".writing-{newest.name}"
+        shutil.rmtree(writing, ignore_errors=True)
+        save_artifact(artifact, writing)
+        writing.replace(newest)
+        for older in self._saved_progress()[:-1]:
+            shutil.rmtree(older)
+        self.saving_seconds += time.perf_counter() - begun
+
+    def _saved_progress(self) -> list[Path]:
+        """The `after-<k>/` folders in `progress_dir`, oldest first."""
+        found = self.progress_dir.glob("after-*") if self.progress_dir else []
+        done = [p for p in found if p.name.removeprefix("after-").isdigit()]
+        return sorted(done, key=lambda path: int(path.name.removeprefix("after-")))
 
     def _resume(self) -> tuple[int, list[dict[str, float]], float]:
         """(edits done, their stats, their seconds) from the newest saved progress, after
         putting the editor in that state; nothing done if there is none."""
-        saved = sorted(
-            (self.progress_dir.glob("after-*") if self.progress_dir else []),
-            key=lambda path: int(path.name.removeprefix("after-")),
-        )
+        saved = self._saved_progress()
         if not saved:
             return 0, [], 0.0
         artifact = load_artifact(saved[-1])
+        check_model(artifact, self.model)  # another model's progress is an error
         report = artifact.provenance.report
         if report.get("session") != self._session_json():
             raise ValueError(
