@@ -630,6 +630,26 @@ def test_report_with_a_mend_row_and_no_trained_mend_says_how_to_train_one(
     assert not (tmp_path / "results.json").exists()
 
 
+def test_a_report_keeps_the_cells_another_report_wrote_to_its_folder_meanwhile(
+    tmp_path, monkeypatch
+) -> None:
+    import ce_bench.reports.lifelong as report
+
+    config = LifelongReportConfig(editors=("grace",), num_edits=(1,), out=tmp_path)
+    other = {"key": {"editor": "wise", "num_edits": 50}, "metrics": {}}
+
+    def run_cell(config, spec, num_edits):  # type: ignore[no-untyped-def]
+        payload = {"config": {}, "cells": [other]}  # the other report finishes first
+        (tmp_path / "results.json").write_text(json.dumps(payload))
+        metrics = {"rel": 1.0, "gen": 1.0, "loc": 1.0, "avg": 1.0, "rel_base": 0.0, "gen_base": 0.0}
+        return {"metrics": metrics, "edit_seconds": 1.0, "seconds": 2.0}
+
+    monkeypatch.setattr(report, "_run_cell", run_cell)
+    run_lifelong_report(config)
+    saved = json.loads((tmp_path / "results.json").read_text())["cells"]
+    assert [c["key"]["editor"] for c in saved] == ["wise", "grace"]
+
+
 def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
     tiny_llama_dir, tmp_path, monkeypatch
 ) -> None:

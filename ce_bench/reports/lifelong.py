@@ -115,14 +115,22 @@ def run_lifelong_report(
                 progress.update(bar, detail=f"{shown_spec(spec)}, T = {t}")
                 cell = _run_cell(config, spec, t)
                 cell["key"] = key
-                done.append(cell)
+                done = [*_others(path, done + [cell]), *done, cell]  # another report's, kept
                 _write(config, done, cells + [cell])
             cells.append(cell)
             progress.advance(bar)
-    _write(config, done, cells)
+    _write(config, [*_others(path, done), *done], cells)
     for grid in report_grids(cells, config):
         show(console, grid)
     return cells
+
+
+def _others(path: Path, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cells in `path` that `cells` do not hold: what another report writing the same folder
+    finished meanwhile (two reports of different editors may run at once on one folder)."""
+    on_disk = json.loads(path.read_text())["cells"] if path.exists() else []
+    keys = [c["key"] for c in cells]
+    return [c for c in on_disk if c["key"] not in keys]
 
 
 def _cell_key(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[str, Any]:
