@@ -144,8 +144,10 @@ class LifelongSession:
     def _save_progress(self, stats: list[dict[str, float]], seconds: float) -> None:
         """Save where the stream is, if asked to: into a new folder that becomes `after-<k>/`
         only once complete, then drop the older one (a run cut off while saving keeps it)."""
-        progress = self.editor.progress() if self.progress_dir is not None else None
-        if self.progress_dir is None or progress is None:
+        if self.progress_dir is None:
+            return
+        progress = self.editor.progress()
+        if progress is None:
             return
         begun = time.perf_counter()
         tensors, info = progress

@@ -115,11 +115,11 @@ def run_lifelong_report(
                 progress.update(bar, detail=f"{shown_spec(spec)}, T = {t}")
                 cell = _run_cell(config, spec, t)
                 cell["key"] = key
-                done = [*_others(path, done + [cell]), *done, cell]  # another report's, kept
+                done.append(cell)
                 _write(config, done, cells + [cell])
             cells.append(cell)
             progress.advance(bar)
-    _write(config, [*_others(path, done), *done], cells)
+    _write(config, done, cells)
     for grid in report_grids(cells, config):
         show(console, grid)
     return cells
@@ -352,10 +352,15 @@ def time_grid(cells: list[dict[str, Any]]) -> Grid:
 def _write(
     config: LifelongReportConfig, done: list[dict[str, Any]], cells: list[dict[str, Any]]
 ) -> None:
-    """results.json (every finished cell, for resuming) and table.md (this report's cells)."""
+    """results.json (every finished cell, for resuming: `done` and what another report wrote
+    there meanwhile) and table.md (this report's cells)."""
     config.out.mkdir(parents=True, exist_ok=True)
-    payload = {"config": {**asdict(config), "out": str(config.out)}, "cells": done}
-    (config.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    path = config.out / "results.json"
+    payload = {
+        "config": {**asdict(config), "out": str(config.out)},
+        "cells": _others(path, done) + done,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
     note = (
         f"MicroEdit Table {'1' if config.edits == 'zsre' else '2'} layout on {config.model}:"
         f" the shipped `{config.edits}` set, the first T records edited in order, scored after"
