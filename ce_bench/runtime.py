@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -50,6 +52,20 @@ def free_cores() -> int:
 
     busy = os.getloadavg()[0]
     return max(1, min(torch.get_num_threads(), round((os.cpu_count() or 1) - busy)))
+
+
+def exit_with_parent(poll_seconds: float = 2.0) -> None:
+    """End this worker process soon after the process that started it ends (killed included),
+    so that a stopped report leaves no cell editing on and writing the progress that the
+    report, started again, writes too."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def reset_peak_memory() -> None:

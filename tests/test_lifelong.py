@@ -650,6 +650,43 @@ def test_a_report_keeps_the_cells_another_report_wrote_to_its_folder_meanwhile(
     assert [c["key"]["editor"] for c in saved] == ["wise", "grace"]
 
 
+def test_a_cell_worker_ends_when_the_report_that_started_it_is_killed() -> None:
+    """Else a killed report's cell edits on and writes the progress its restart writes too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    worker = (
+        "from ce_bench.runtime import exit_with_parent; import time;"
+        " exit_with_parent(poll_seconds=0.05); print('ready', flush=True); time.sleep(60)"
+    )
+    report = (
+        "import subprocess, sys, time;"
+        f" w = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE);"
+        " w.stdout.readline(); print(w.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", report], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    assert _running(pid)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is alive (an ended process nobody reaped yet is a zombie: not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_report_writes_each_cell_and_does_not_rerun_finished_cells(
     tiny_llama_dir, tmp_path, monkeypatch
 ) -> None:

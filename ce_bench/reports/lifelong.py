@@ -172,8 +172,9 @@ def _run_cell(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
 def _measured(
     config: LifelongReportConfig, spec: str, num_edits: int, log: Path | None
 ) -> dict[str, Any]:
-    from ce_bench.runtime import peak_rss_mb
+    from ce_bench.runtime import exit_with_parent, peak_rss_mb
 
+    exit_with_parent()
     with quiet_to(log):
         cell = _evaluate(config, spec, num_edits)
     return {**cell, "peak_mb": round(peak_rss_mb())}
