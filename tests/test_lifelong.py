@@ -311,6 +311,35 @@ def test_grace_replaces_the_output_only_within_the_radius(tiny) -> None:
     torch.testing.assert_close(other_on, other_off, rtol=0, atol=0)
 
 
+def test_grace_with_easyedits_query_misses_every_record_of_a_stream_but_the_last(tiny) -> None:
+    """query=last_edit reads every input where the last edit's prompt ended (EasyEdit's
+    forward-pass scoring); the default reads each input at its own last prompt token."""
+    model, tokenizer = tiny
+    other = EditRecord("Who painted the famous portrait of the Mona Lisa?", "Leonardo", "", "")
+    hits = {}
+    for query in ("own", "last_edit"):
+        editor = new_editor("grace", model, {"layer": 1, "steps": 1, "query": query})
+        switch = Switch()
+        handles = editor.attach(model, switch)
+        try:
+            editor.start_stream(model, tokenizer, [RECORD, other])
+            for record in (RECORD, other):
+                editor.apply_edit(model, tokenizer, record)
+            editor.tensors["eps"][:] = 1e-3  # a hit only where the query is the key itself
+            for record in (RECORD, other):
+                row = edit_batch(tokenizer, record, torch.device("cpu"))
+                with torch.no_grad(), switch.scoring(row.last_prompt):
+                    on = model(row.input_ids).logits
+                    with switch.set(False):
+                        off = model(row.input_ids).logits
+                hits[query, record.prompt] = not torch.equal(on, off)
+        finally:
+            for h in handles:
+                h.remove()
+    assert hits["own", RECORD.prompt] and hits["own", other.prompt]
+    assert not hits["last_edit", RECORD.prompt] and hits["last_edit", other.prompt]
+
+
 def test_ft_trains_until_the_target_is_greedy_and_switches_back_exactly(tiny, tmp_path) -> None:
     model, tokenizer = tiny
     original = {k: v.clone() for k, v in model.state_dict().items()}
@@ -603,6 +632,8 @@ def test_report_editor_specs_are_checked_before_anything_runs() -> None:
         parse_editor("romee")
     with pytest.raises(ValueError, match="steps must be an integer"):
         parse_editor("grace:steps=0")
+    with pytest.raises(ValueError, match="query must be one of own, last_edit"):
+        parse_editor("grace:query=last")
 
 
 def test_report_tables_what_an_editor_says_about_the_whole_stream() -> None:

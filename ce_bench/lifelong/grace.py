@@ -17,11 +17,19 @@ LLaMA settings).
 Where the query is taken: a scored (prompt, continuation) row's last prompt token; during
 generation the last token of each forward pass (the prompt's last token, then each new token);
 a text without a prompt (perplexity) its last token.
+
+`query=last_edit` reproduces how EasyEdit scores GRACE by a forward pass (its perplexity, as in
+MicroEdit Table 2): its adapter keeps the query position the last edit set (that record's last
+prompt token) and reads every later input there, clipped to the input's length. After one edit
+that is the edited record's own position; after a stream it is, for most records, a token
+inside their prompt or target, far from their key. For comparing with numbers made that way,
+not for ranking editors; the default `own` queries each input at its own last prompt token.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +55,7 @@ from ce_bench.sites import Site, model_dims, module_path
 
 GRACE_DEPTH = 27 / 32  # EasyEdit's GRACE wraps layers[27].mlp.down_proj of LLaMA-2-7B
 SPLIT_MARGIN = 1e-5  # the older key's radius ends this far inside the split point
+QUERIES = ("own", "last_edit")  # where an input's query is read (module docstring)
 
 
 @dataclass(frozen=True)
@@ -54,12 +63,15 @@ class GraceParams(EditorParams):
     eps: float = 1.0  # initial deferral radius
     lr: float = 1.0  # Adam on the value
     steps: int = 50  # value training steps per edit
+    query: str = "own"  # or last_edit: EasyEdit's forward-pass scoring (module docstring)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("eps", "lr"):
             check_number(name, getattr(self, name))
         check_integer("steps", self.steps, 1)
+        if self.query not in QUERIES:
+            raise ValueError(f"query must be one of {', '.join(QUERIES)}, got {self.query!r}")
 
 
 @register_intervention
@@ -120,15 +132,34 @@ class Grace(Editor):
 
         return [module.register_forward_hook(hook)]
 
-    @staticmethod
-    def _query_positions(switch: Switch, batch: int, seq_len: int) -> torch.Tensor:
+    def start_stream(self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]) -> None:
+        if self.params.query == "last_edit":  # where an edit of each record sets EasyEdit's query
+            self.prompt_ends = [
+                int(edit_batch(tokenizer, r, "cpu").last_prompt[0]) for r in records
+            ]
+
+    def _query_positions(self, switch: Switch, batch: int, seq_len: int) -> torch.Tensor:
         """Per row, the token whose W_down input is the query (see the module docstring)."""
+        if self.params.query == "last_edit" and switch.prompt_length is None:  # not generating
+            return self._last_edit_positions(switch, batch, seq_len)
         if switch.last_prompt is not None and switch.past_length == 0:
             return switch.last_prompt.long()
         mask = switch.token_mask(batch, seq_len, torch.device("cpu"))
         if mask is not None and switch.prompt_length is None:  # right padding: last real token
             return mask.long().sum(-1).clamp(min=1) - 1
         return torch.full((batch,), seq_len - 1)
+
+    def _last_edit_positions(self, switch: Switch, batch: int, seq_len: int) -> torch.Tensor:
+        """`query=last_edit`: per row, the last edit's prompt position, counted from the row's
+        first real token and clipped to its last one."""
+        if not getattr(self, "prompt_ends", None):
+            raise ValueError("grace:query=last_edit needs the edit stream (edits=...)")
+        position = self.prompt_ends[(self.edits_applied or len(self.prompt_ends)) - 1]
+        mask = switch.token_mask(batch, seq_len, torch.device("cpu"))
+        if mask is None:
+            return torch.full((batch,), min(position, seq_len - 1))
+        first, real = mask.long().argmax(-1), mask.long().sum(-1)
+        return first + (real - 1).clamp(max=position)
 
     # ------------------------------------------------------------------ editing
     def _training_output(self, inputs: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
