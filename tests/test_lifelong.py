@@ -6,6 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -683,12 +688,6 @@ def test_a_report_keeps_the_cells_another_report_wrote_to_its_folder_meanwhile(
 
 def test_a_cell_worker_ends_when_the_report_that_started_it_is_killed() -> None:
     """Else a killed report's cell edits on and writes the progress its restart writes too."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     worker = (
         "from ce_bench.runtime import exit_with_parent; import time;"
         " exit_with_parent(poll_seconds=0.05); print('ready', flush=True); time.sleep(60)"
