@@ -402,6 +402,24 @@ def test_wise_trains_the_shard_mask_within_the_norm_constraint(tiny) -> None:
     assert len(editor.templates) == 11  # "{}" and 10 generated contexts
 
 
+def test_wise_reports_the_parts_of_its_final_loss(tiny) -> None:
+    model, tokenizer = tiny
+    editor = new_editor("wise", model, {"layer": 1, "steps": 2})
+    handles = editor.attach(model, Switch())
+    try:
+        stats = editor.apply_edit(model, tokenizer, RECORD)
+    finally:
+        for h in handles:
+            h.remove()
+    assert stats["loss"] == pytest.approx(stats["nll"] + stats["margins"], rel=1e-5)
+    # the margins are hinges (alpha 5, beta 20, gamma 10) of the scores reported beside them;
+    # each hinge, a mean of positive parts, is at least the positive part of its mean
+    edit, irr = stats["in_scope"], stats["irrelevant_score"]
+    hinges = max(0.0, irr - 5.0) + max(0.0, 20.0 - edit) + max(0.0, irr - edit + 10.0)
+    assert stats["margins"] >= hinges - 1e-5
+    assert stats["margins"] > 0  # two steps cannot meet a margin of 20
+
+
 def test_wise_scores_a_long_pass_by_its_top_token_only_at_inference(tiny) -> None:
     """EasyEdit's `euc`: an edit's threshold comes from mean scores whatever its rows' length;
     a top-1 threshold would route no shorter input (seen on the long hallucination records)."""

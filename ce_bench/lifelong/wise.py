@@ -241,19 +241,19 @@ class Wise(Editor):
                         weight.copy_(torch.clamp(weight, original - lim, original + lim))
                 with torch.no_grad():
                     loss = self._loss(model, batch)
-                    in_scope = float(self.training["in_scope"].mean())
+                    parts = {k: float(v) for k, v in self.training["parts"].items()}
         finally:
             self.training = None
         deltas, min_act = self.tensors["deltas"].clone(), self.tensors["min_act"].clone()
         deltas[-1] = weight.detach() - original
-        min_act[-1] = min(float(min_act[-1]), in_scope)
+        min_act[-1] = min(float(min_act[-1]), parts["in_scope"])
         self.tensors = {"deltas": deltas, "min_act": min_act}
         self.edits_applied += 1
         if self.edits_applied % self.params.save_freq == 0:
             self._save_memory()
         if self.edits_applied % self.params.merge_freq == 0:
             self._merge()
-        return {"loss": float(loss.detach()), "in_scope": in_scope, "steps": steps}
+        return {"loss": float(loss.detach()), **parts, "steps": steps}
 
     def _loss(self, model: nn.Module, batch: GoldenBatch) -> torch.Tensor:
         """Edit loss on the template rows + the activation margins (module docstring)."""
@@ -265,10 +265,16 @@ class Wise(Editor):
         edit_loss = (per_row[:-1] / counts[:-1]).mean()
         mask = batch.attention_mask.bool()
         score = self.scores(state["original"], state["side"], mask, inference=False)
-        state["in_scope"] = score[:-1].detach()
         edit, irr = score[:-1], score[-1]
         p = self.params
         margins = _hinge(irr - edit + p.gamma) + _hinge(irr - p.alpha) + _hinge(p.beta - edit)
+        # reported per edit: which part of the loss is left, and the scores the margins act on
+        state["parts"] = {
+            "nll": edit_loss.detach(),
+            "margins": margins.detach(),
+            "in_scope": edit.detach().mean(),
+            "irrelevant_score": irr.detach(),
+        }
         return edit_loss + margins
 
     def _shard_mask(self, shape: torch.Size) -> torch.Tensor:
