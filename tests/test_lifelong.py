@@ -139,6 +139,17 @@ def _nll(model, tokenizer, record):  # type: ignore[no-untyped-def]
         return float(target_loss(model, edit_batch(tokenizer, record, torch.device("cpu")))[0])
 
 
+def _one_edit(model, tokenizer, kind, params):  # type: ignore[no-untyped-def]
+    """A new editor of `kind`, attached for one edit of RECORD: (editor, the edit's stats)."""
+    editor = new_editor(kind, model, params)
+    handles = editor.attach(model, Switch())
+    try:
+        return editor, editor.apply_edit(model, tokenizer, RECORD)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def test_microedit_moves_only_the_decoder_rows_the_edit_activates(tiny, topk_sae_dir) -> None:
     model, tokenizer = tiny
     editor = new_editor(
@@ -384,13 +395,8 @@ def test_ties_merge_trims_elects_a_sign_and_averages_the_agreeing_entries() -> N
 
 def test_wise_trains_the_shard_mask_within_the_norm_constraint(tiny) -> None:
     model, tokenizer = tiny
-    editor = new_editor("wise", model, {"layer": 1, "steps": 3, "norm_constraint": 0.05})
-    handles = editor.attach(model, Switch())
-    try:
-        stats = editor.apply_edit(model, tokenizer, RECORD)
-    finally:
-        for h in handles:
-            h.remove()
+    params = {"layer": 1, "steps": 3, "norm_constraint": 0.05}
+    editor, stats = _one_edit(model, tokenizer, "wise", params)
     delta = editor.tensors["deltas"][-1]
     mask = editor._shard_mask(delta.shape).bool()
     assert 0.15 < float(mask.float().mean()) < 0.25  # mask_ratio 0.2
@@ -404,13 +410,7 @@ def test_wise_trains_the_shard_mask_within_the_norm_constraint(tiny) -> None:
 
 def test_wise_reports_the_parts_of_its_final_loss(tiny) -> None:
     model, tokenizer = tiny
-    editor = new_editor("wise", model, {"layer": 1, "steps": 2})
-    handles = editor.attach(model, Switch())
-    try:
-        stats = editor.apply_edit(model, tokenizer, RECORD)
-    finally:
-        for h in handles:
-            h.remove()
+    _, stats = _one_edit(model, tokenizer, "wise", {"layer": 1, "steps": 2})
     assert stats["loss"] == pytest.approx(stats["nll"] + stats["margins"], rel=1e-5)
     # the margins are hinges (alpha 5, beta 20, gamma 10) of the scores reported beside them;
     # each hinge, a mean of positive parts, is at least the positive part of its mean
@@ -483,13 +483,8 @@ def test_wise_saves_a_shard_every_save_freq_edits_and_merges_every_merge_freq(ti
 
 def test_wise_state_saved_right_after_a_shard_is_frozen_loads_again(tiny, tmp_path) -> None:
     model, tokenizer = tiny
-    editor = new_editor("wise", model, {"layer": 1, "steps": 1, "save_freq": 1, "merge_freq": 2})
-    handles = editor.attach(model, Switch())
-    try:
-        editor.apply_edit(model, tokenizer, RECORD)  # freezes the shard: a fresh, empty memory
-    finally:
-        for h in handles:
-            h.remove()
+    params = {"layer": 1, "steps": 1, "save_freq": 1, "merge_freq": 2}
+    editor, _ = _one_edit(model, tokenizer, "wise", params)  # freezes the shard: a fresh memory
     path = save_artifact(editor.to_artifact(model, "tiny", load_stream("zsre", 1)), tmp_path / "w")
     loaded = build_intervention(load_artifact(path), model)
     assert torch.equal(loaded.tensors["min_act"], editor.tensors["min_act"].cpu())
