@@ -95,7 +95,7 @@ def _lifelong(full: bool) -> Preset:
         + " (MEND needs `ce-bench train-mend` first)"
     )
     time = (
-        "about 5.8 h for Table 1 and 21 h for Table 2 (Table 1 and 6.8 h of Table 2 measured"
+        "about 5.8 h for Table 1 and 21 h for Table 2 (Table 1 and 8.7 h of Table 2 measured"
         " in 2026-12 with one torch thread each, the rest from their editors' time per edit);"
         " a cell cut off continues after its last edit"
         if full
