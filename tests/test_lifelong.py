@@ -437,6 +437,13 @@ def test_wise_scores_a_long_pass_by_its_top_token_only_at_inference(tiny) -> Non
     assert mean == pytest.approx(top / 150)
     short = float(editor.scores(out[:, :100], side[:, :100], mask[:, :100], inference=True)[0])
     assert short == pytest.approx(top / 100)  # 100 tokens or fewer: the mean at inference too
+    # a row of 100 real tokens padded to 150 beside a longer row keeps its mean
+    padded = mask.clone()
+    padded[0, 100:] = False
+    beside = editor.scores(
+        out.repeat(2, 1, 1), side.repeat(2, 1, 1), torch.cat([padded, mask]), inference=True
+    )
+    assert beside.tolist() == pytest.approx([top / 100, top])
 
 
 def test_wise_routes_a_row_to_a_side_memory_only_at_or_above_its_threshold(tiny) -> None:
@@ -461,6 +468,30 @@ def test_wise_routes_a_row_to_a_side_memory_only_at_or_above_its_threshold(tiny)
     torch.testing.assert_close(unedited, off, rtol=0, atol=0)
     assert not torch.allclose(routed, off)
     torch.testing.assert_close(below, off, rtol=0, atol=0)
+
+
+def test_wise_reports_where_the_router_sends_edit_and_locality_inputs(tiny) -> None:
+    model, tokenizer = tiny
+    editor, stats = _one_edit(model, tokenizer, "wise", {"layer": 1, "steps": 3})
+    records = [RECORD, dataclasses.replace(RECORD, loc_prompt="The weather is", loc_answer="fine")]
+    handles = editor.attach(model, Switch())
+    try:
+        report = editor.stream_report(model, tokenizer, records)
+        editor.tensors["min_act"][0] = 1e-6  # every input reaches the memory
+        low = editor.stream_report(model, tokenizer, records)
+        editor.tensors["min_act"][0] = 1e6  # none does
+        high = editor.stream_report(model, tokenizer, records)
+    finally:
+        for h in handles:
+            h.remove()
+    assert report["thresholds"] == [pytest.approx(0.88 * stats["in_scope"], abs=1e-3)]
+    assert len(report["edit_scores"]) == len(report["loc_scores"]) == 2
+    assert min(report["edit_scores"] + report["loc_scores"]) > 0
+    assert low["edit_routed"] == low["loc_routed"] == 1.0
+    assert high["edit_routed"] == high["loc_routed"] == 0.0
+    assert (
+        low["loc_scores"] == high["loc_scores"] == report["loc_scores"]
+    )  # the score is the input's
 
 
 def test_wise_saves_a_shard_every_save_freq_edits_and_merges_every_merge_freq(tiny) -> None:
@@ -661,9 +692,14 @@ def test_report_tables_what_an_editor_says_about_the_whole_stream() -> None:
             "key": {"editor": "microedit:sae_path=/cache/saes/layer27-8c00", "num_edits": 10},
             "after_stream": {"within_tau_at_end": 0.3, "row_overlap": 0.35},
         },
+        {
+            "key": {"editor": "wise", "num_edits": 50},
+            "after_stream": {"edit_routed": 1.0, "loc_routed": 0.25, "thresholds": [27.8]},
+        },
     ]
-    (grid,) = stream_grids(cells)  # paths shown by their last part
-    assert grid.rows == [["microedit:sae_path=layer27-8c00", "10", "0.30", "0.35", "–"]]
+    microedit, wise = stream_grids(cells)  # one table per editor; paths by their last part
+    assert microedit.rows == [["microedit:sae_path=layer27-8c00", "10", "0.30", "0.35", "–"]]
+    assert wise.rows == [["wise", "50", "1.00", "0.25"]]
     assert stream_grids(cells[:1]) == []
 
 

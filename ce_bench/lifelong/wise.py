@@ -27,12 +27,14 @@ the deltas that agree) into one memory whose threshold comes from the smallest s
 them. This is WISE-Retrieve (EasyEdit's default): at inference each row of a forward pass goes to
 the memory with the highest score among those at or above their threshold, else to W_down
 (EasyEdit routes its batches of one as a whole; here each row of a batch is routed on its own
-real tokens, so batching does not change an answer). During generation each forward pass is
-routed by its own tokens: the prompt, then each new token, as in EasyEdit.
-"""
+real tokens, its length included, so batching does not change an answer). During generation
+each forward pass is routed by its own tokens: the prompt, then each new token, as in EasyEdit.
+After a stream, the results say which edit and locality inputs the router sends to a side
+memory (`stream_report`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,9 +144,11 @@ class Wise(Editor):
         gap = (self.act(side.float()) - self.act(out.float())).norm(dim=-1)  # (batch, seq)
         if mask is None:
             mask = torch.ones_like(gap, dtype=torch.bool)
-        if inference and gap.shape[1] > LONG_INPUT:
-            return gap.masked_fill(~mask, 0).max(-1).values
-        return (gap * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        mean = (gap * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        if not inference:
+            return mean
+        long = mask.sum(-1) > LONG_INPUT  # each row by its own length, not the batch's padding
+        return torch.where(long, gap.masked_fill(~mask, 0).max(-1).values, mean)
 
     def attach(self, model: nn.Module, switch: Switch) -> list[RemovableHandle]:
         module = model.get_submodule(module_path(model, self.site))
@@ -154,27 +158,75 @@ class Wise(Editor):
         self.training: dict[str, Any] | None = None  # set while an edit trains
         self.templates: list[str] | None = None  # made at the first edit
 
+        self.watching: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # stream_report
+
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
             x = args[0]
+            if self.watching is not None:  # look, change nothing
+                self.watching.append((x.detach(), output.detach()))
+                return None
             if self.training is not None:
                 return self._training_output(x, output)
-            thresholds = self.params.act_ratio * self.tensors["min_act"]
-            if not switch.on_for(self) or not bool(torch.isfinite(thresholds).any()):
+            if not switch.on_for(self) or not bool(torch.isfinite(self.tensors["min_act"]).any()):
                 return None
             mask = switch.token_mask(x.shape[0], x.shape[1], x.device)
-            best = torch.full((x.shape[0],), -1.0, device=x.device)
-            routed = output.clone()
-            for delta, threshold in zip(self.tensors["deltas"], thresholds, strict=True):
-                if not torch.isfinite(threshold):
-                    continue
-                side = output + x @ delta.to(x.dtype).T
-                score = self.scores(output, side, mask, inference=True)
-                take = (score >= threshold) & (score > best)
-                routed[take] = side[take]
-                best = torch.where(take, score, best)
-            return routed if bool((best >= 0).any()) else None
+            routed, taken, _ = self.route(x, output, mask)
+            return routed if bool(taken.any()) else None
 
         return [module.register_forward_hook(hook)]
+
+    def route(
+        self, x: torch.Tensor, output: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """W_down's output with each row through the side memory it goes to (WISE-Retrieve),
+        whether it went to one, and its highest score over the memories that hold an edit."""
+        thresholds = self.params.act_ratio * self.tensors["min_act"]
+        best = torch.full((x.shape[0],), -1.0, device=x.device)  # the taken memory's score
+        top = torch.full((x.shape[0],), -1.0, device=x.device)
+        routed = output.clone()
+        for delta, threshold in zip(self.tensors["deltas"], thresholds, strict=True):
+            if not torch.isfinite(threshold):
+                continue
+            side = output + x @ delta.to(x.dtype).T
+            score = self.scores(output, side, mask, inference=True)
+            take = (score >= threshold) & (score > best)
+            routed[take] = side[take]
+            best = torch.where(take, score, best)
+            top = torch.maximum(top, score)
+        return routed, best >= 0, top
+
+    def stream_report(
+        self, model: nn.Module, tokenizer: Any, records: Sequence[EditRecord]
+    ) -> dict[str, Any]:
+        """Where the router sends each record's edit input and its locality input once the
+        whole stream is in: a locality input scoring at or above a memory's threshold is
+        answered by that memory, which is how WISE loses Loc."""
+        min_act = self.tensors["min_act"]
+        held = [float(self.params.act_ratio * m) for m in min_act if m < NO_EDIT]
+        report: dict[str, Any] = {"thresholds": [round(t, 3) for t in held]}
+        for name, pairs in (
+            ("edit", [(r.prompt, r.target) for r in records]),
+            ("loc", [(r.loc_prompt, r.loc_answer) for r in records]),
+        ):
+            routes = [self._route_one(model, tokenizer, pair) for pair in pairs]
+            report[f"{name}_routed"] = sum(taken for taken, _ in routes) / max(1, len(routes))
+            report[f"{name}_scores"] = [round(score, 3) for _, score in routes]
+        return report
+
+    def _route_one(
+        self, model: nn.Module, tokenizer: Any, pair: tuple[str, str]
+    ) -> tuple[bool, float]:
+        """`route`'s verdict and top score for one (prompt, answer) row, alone in its pass."""
+        batch = golden_batch(tokenizer, [pair], self.device)
+        self.watching = []
+        try:
+            with torch.no_grad():
+                model(input_ids=batch.input_ids)
+            x, output = self.watching.pop()
+        finally:
+            self.watching = None
+        _, taken, top = self.route(x, output, None)
+        return bool(taken[0]), float(top[0])
 
     def progress(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, info = super().progress()  # templates made by the unedited model, kept

@@ -372,22 +372,36 @@ def _write(
     (config.out / "table.md").write_text(note + tables)
 
 
-STREAM_COLUMNS = {  # after_stream numbers shown, when an editor reports them (MicroEdit)
-    "within_tau_at_end": "edits within tau at the end",
-    "row_overlap": "decoder-row overlap (Jaccard)",
-    "rows_per_edit": "rows per edit",
+STREAM_COLUMNS = {  # per editor, the after_stream numbers shown (shares, or Jaccard overlap)
+    "microedit": {
+        "within_tau_at_end": "edits within tau at the end",
+        "row_overlap": "decoder-row overlap (Jaccard)",
+        "rows_per_edit": "rows per edit",
+    },
+    "wise": {
+        "edit_routed": "edit inputs sent to a side memory",
+        "loc_routed": "loc. inputs sent to a side memory",
+    },
 }
 
 
 def stream_grids(cells: list[dict[str, Any]]) -> list[Grid]:
-    """What editors reported about the whole stream (`after_stream`): a table, if any did."""
-    reported = [c for c in cells if any(k in c.get("after_stream", {}) for k in STREAM_COLUMNS)]
-    rows = []
-    for c in reported:
-        values = [c["after_stream"].get(k) for k in STREAM_COLUMNS]
-        shown = [
-            "–" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v) for v in values
-        ]
-        rows.append([shown_spec(c["key"]["editor"]), str(c["key"]["num_edits"]), *shown])
-    heads = ["editor", "T", *STREAM_COLUMNS.values()]
-    return [Grid("After the stream", heads, rows, keys=2)] if rows else []
+    """What editors reported about the whole stream (`after_stream`): a table per editor
+    that did."""
+    grids = []
+    for kind, columns in STREAM_COLUMNS.items():
+        rows = []
+        for c in cells:
+            spec, stream = c["key"]["editor"], c.get("after_stream", {})
+            if spec.partition(":")[0] != kind or not any(k in stream for k in columns):
+                continue
+            values = [stream.get(k) for k in columns]
+            shown = [
+                "–" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v) for v in values
+            ]
+            rows.append([shown_spec(spec), str(c["key"]["num_edits"]), *shown])
+        if rows:
+            grids.append(
+                Grid(f"After the stream ({kind})", ["editor", "T", *columns.values()], rows, keys=2)
+            )
+    return grids
