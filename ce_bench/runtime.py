@@ -54,11 +54,11 @@ def free_cores() -> int:
     return max(1, min(torch.get_num_threads(), round((os.cpu_count() or 1) - busy)))
 
 
-def exit_with_parent(poll_seconds: float = 2.0) -> None:
-    """End this worker process soon after the process that started it ends (killed included),
-    so that a stopped report leaves no cell editing on and writing the progress that the
-    report, started again, writes too."""
-    parent = os.getppid()
+def exit_with_parent(parent: int, poll_seconds: float = 2.0) -> None:
+    """End this worker process soon after the process that started it, `parent` (its pid, as
+    the parent saw it), ends (killed included), so that a stopped report leaves no cell
+    editing on and writing the progress that the report, started again, writes too. A parent
+    gone before this call (killed while the worker was still importing) ends it at once."""
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -735,16 +736,24 @@ def test_a_report_keeps_the_cells_another_report_wrote_to_its_folder_meanwhile(
     assert [c["key"]["editor"] for c in saved] == ["wise", "grace"]
 
 
-def test_a_cell_worker_ends_when_the_report_that_started_it_is_killed() -> None:
+@pytest.mark.parametrize("killed", ["while the cell runs", "before the cell starts watching"])
+def test_a_cell_worker_ends_when_the_report_that_started_it_is_killed(killed) -> None:
     """Else a killed report's cell edits on and writes the progress its restart writes too."""
-    worker = (
-        "from ce_bench.runtime import exit_with_parent; import time;"
-        " exit_with_parent(poll_seconds=0.05); print('ready', flush=True); time.sleep(60)"
-    )
+    late = killed == "before the cell starts watching"  # (the worker still importing)
+    worker = textwrap.dedent(f"""
+        import os, sys, time
+        from ce_bench.runtime import exit_with_parent
+        report = int(sys.argv[1])
+        print("ready", flush=True)
+        while {late} and os.getppid() == report:
+            time.sleep(0.01)
+        exit_with_parent(report, poll_seconds=0.05)
+        time.sleep(60)
+    """)
     report = (
-        "import subprocess, sys, time;"
-        f" w = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE);"
-        " w.stdout.readline(); print(w.pid, flush=True); time.sleep(60)"
+        "import os, subprocess, sys, time;"
+        f" w = subprocess.Popen([sys.executable, '-c', {worker!r}, str(os.getpid())],"
+        " stdout=subprocess.PIPE); w.stdout.readline(); print(w.pid, flush=True); time.sleep(60)"
     )
     parent = subprocess.Popen([sys.executable, "-c", report], stdout=subprocess.PIPE, text=True)
     pid = int(parent.stdout.readline())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -166,15 +167,16 @@ def _run_cell(config: LifelongReportConfig, spec: str, num_edits: int) -> dict[s
     """One cell in a fresh process, so that its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_measured, config, spec, num_edits, current_log()).result()
+        job = pool.submit(_measured, config, spec, num_edits, current_log(), os.getpid())
+        return job.result()
 
 
 def _measured(
-    config: LifelongReportConfig, spec: str, num_edits: int, log: Path | None
+    config: LifelongReportConfig, spec: str, num_edits: int, log: Path | None, report: int
 ) -> dict[str, Any]:
     from ce_bench.runtime import exit_with_parent, peak_rss_mb
 
-    exit_with_parent()
+    exit_with_parent(report)
     with quiet_to(log):
         cell = _evaluate(config, spec, num_edits)
     return {**cell, "peak_mb": round(peak_rss_mb())}
