@@ -95,8 +95,8 @@ def _lifelong(full: bool) -> Preset:
         + " (MEND needs `ce-bench train-mend` first)"
     )
     time = (
-        "about 5.8 h for Table 1 and 21 h for Table 2 (Table 1 and 8.7 h of Table 2 measured"
-        " in 2026-12 with one torch thread each, the rest from their editors' time per edit);"
+        "about 5.8 h for Table 1 and 17 h for Table 2 (measured in 2026-12 with one torch"
+        " thread each, but for ROME's T = 50 cell, 8.7 h from its first 36 edits);"
         " a cell cut off continues after its last edit"
         if full
         else "about 5.8 h (its 27 cells measured in 2026-12 with one torch thread each, the other"
