@@ -157,7 +157,6 @@ class Wise(Editor):
         self.tensors = {k: v.to(self.device) for k, v in self.tensors.items()}
         self.training: dict[str, Any] | None = None  # set while an edit trains
         self.templates: list[str] | None = None  # made at the first edit
-
         self.watching: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # stream_report
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
