@@ -166,7 +166,7 @@ class Wise(Editor):
                 return None
             if self.training is not None:
                 return self._training_output(x, output)
-            if not switch.on_for(self) or not bool(torch.isfinite(self.tensors["min_act"]).any()):
+            if not switch.on_for(self) or not bool(torch.isfinite(self.thresholds()).any()):
                 return None
             mask = switch.token_mask(x.shape[0], x.shape[1], x.device)
             routed, taken, _ = self.route(x, output, mask)
@@ -174,16 +174,21 @@ class Wise(Editor):
 
         return [module.register_forward_hook(hook)]
 
+    def thresholds(self) -> torch.Tensor:
+        """Each memory's routing threshold, act_ratio x its smallest in-scope score; inf for a
+        memory that holds no edit yet (its min_act is NO_EDIT), which no input reaches."""
+        min_act = self.tensors["min_act"]
+        return torch.where(min_act < NO_EDIT, self.params.act_ratio * min_act, torch.inf)
+
     def route(
         self, x: torch.Tensor, output: torch.Tensor, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """W_down's output with each row through the side memory it goes to (WISE-Retrieve),
         whether it went to one, and its highest score over the memories that hold an edit."""
-        thresholds = self.params.act_ratio * self.tensors["min_act"]
         best = torch.full((x.shape[0],), -1.0, device=x.device)  # the taken memory's score
         top = torch.full((x.shape[0],), -1.0, device=x.device)
         routed = output.clone()
-        for delta, threshold in zip(self.tensors["deltas"], thresholds, strict=True):
+        for delta, threshold in zip(self.tensors["deltas"], self.thresholds(), strict=True):
             if not torch.isfinite(threshold):
                 continue
             side = output + x @ delta.to(x.dtype).T
@@ -200,8 +205,7 @@ class Wise(Editor):
         """Where the router sends each record's edit input and its locality input once the
         whole stream is in: a locality input scoring at or above a memory's threshold is
         answered by that memory, which is how WISE loses Loc."""
-        min_act = self.tensors["min_act"]
-        held = [float(self.params.act_ratio * m) for m in min_act if m < NO_EDIT]
+        held = [float(t) for t in self.thresholds() if torch.isfinite(t)]
         report: dict[str, Any] = {"thresholds": [round(t, 3) for t in held]}
         for name, pairs in (
             ("edit", [(r.prompt, r.target) for r in records]),
